@@ -1,0 +1,39 @@
+# Ferry's two set-up commands are `make run` and `make test`; everything they
+# need (the wasm32-wasip2 target, the example plugins, the host) is built here.
+
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+PLUGINS := echo faulty
+WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
+FERRY := $(CARGO_TARGET_DIR)/release/ferry
+
+.PHONY: run test plugins host toolchain bench clean
+
+## Build the example plugins and serve them on the embedded defaults.
+run: plugins host
+	$(FERRY) serve
+
+## The whole test suite: unit tests, then end-to-end tests against the real binary.
+test: plugins host
+	$(CARGO) test --release -p ferry-host -p ferry-tests
+
+## Socket echo benchmark: Ferry against a native server, in one run.
+bench: plugins host
+	$(CARGO) bench -p ferry-tests --bench socket_echo
+
+## Build the example plugins into deploy/.
+plugins: toolchain
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+	@mkdir -p deploy
+	@for p in $(PLUGINS); do cp $(WASM_DIR)/$$p.wasm deploy/$$p.wasm; done
+	@echo "plugins in deploy/: $(PLUGINS)"
+
+host:
+	$(CARGO) build --release -p ferry-host
+
+toolchain:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+clean:
+	rm -rf deploy data run
+	$(CARGO) clean

@@ -1,0 +1,113 @@
+//! `ferry call` and `ferry check`: the command-line tools that talk to a
+//! running host or inspect a plugin file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::config::Limits;
+use crate::protocol::FrameReader;
+use crate::runtime::Runtime;
+
+/// Largest response `ferry call` accepts.
+const MAX_RESPONSE: u32 = 256 << 20;
+
+pub struct CallArgs {
+    pub socket: PathBuf,
+    pub service: String,
+    pub action: String,
+    pub params: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub tenant: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Sends one request, prints the response as pretty JSON. Exits 0 on
+/// `success`, 1 on an `error` response.
+pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let params: Value = match &args.params {
+        Some(text) => serde_json::from_str(text)
+            .with_context(|| format!("params are not valid JSON: {text}"))?,
+        None => json!({}),
+    };
+    let mut request = json!({
+        "id": 1,
+        "service": args.service,
+        "action": args.action,
+        "params": params,
+    });
+    for (key, value) in [
+        ("timeout_ms", args.timeout_ms.map(Value::from)),
+        ("tenant_id", args.tenant.map(Value::from)),
+        ("token", args.token.map(Value::from)),
+    ] {
+        if let Some(value) = value {
+            request[key] = value;
+        }
+    }
+    let payload = serde_json::to_vec(&request)?;
+
+    let stream = UnixStream::connect(&args.socket).await.with_context(|| {
+        format!(
+            "cannot connect to {} (is `ferry serve` running there?)",
+            args.socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    write.write_all(&payload).await?;
+    let mut frames = FrameReader::new(read, MAX_RESPONSE, Duration::from_secs(30));
+    let Some(frame) = frames.read_frame().await? else {
+        bail!("the host closed the connection without answering");
+    };
+    let response: Value =
+        serde_json::from_slice(&frame).context("the host answered something that is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(if response["status"] == "success" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Compiles, links and instantiates `file` exactly as `serve` would, and
+/// says what is wrong if any step fails. Exits 0 when valid, 1 when not.
+pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = Arc::new(Runtime::new(None)?);
+    let path = file.to_owned();
+    let loaded = tokio::task::spawn_blocking({
+        let runtime = runtime.clone();
+        move || runtime.load("check", &path, Limits::default())
+    })
+    .await?;
+    let (plugin, report) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            println!("invalid: {}: {e}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Err(e) = plugin.warm_up().await {
+        println!(
+            "invalid: {}: it links, but instantiating it fails: {e}",
+            file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms)",
+        file.display(),
+        report.bytes / 1024,
+        &report.digest[..12],
+        report.elapsed.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
+}

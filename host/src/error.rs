@@ -1,0 +1,105 @@
+//! The stable error codes every door (socket, and later HTTP) answers with,
+//! and the host-side failures that map onto them.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The fixed, documented set of codes the host itself produces. Plugins may
+/// answer other codes; those pass through unchanged as plain strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Timeout,
+    TooLarge,
+    Overloaded,
+    Unavailable,
+    PluginTrap,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PluginTrap => "plugin_trap",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `error` object of a response: `{"code", "message"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a call into a plugin did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin answered an error of its own; it passes through as is.
+    #[error("{message}")]
+    Plugin { code: String, message: String },
+    #[error("service `{service}` is overloaded: {detail}")]
+    Overloaded { service: String, detail: String },
+    #[error("service `{service}` did not answer within {ms} ms")]
+    Timeout { service: String, ms: u64 },
+    #[error("service `{service}` trapped: {detail}")]
+    Trap { service: String, detail: String },
+    #[error("service `{service}` exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimit { service: String, limit_mb: u64 },
+    #[error("service `{service}` answered a result that is not valid JSON: {detail}")]
+    BadResult { service: String, detail: String },
+    #[error("service `{service}` could not be started: {detail}")]
+    Instantiate { service: String, detail: String },
+}
+
+impl CallError {
+    pub fn code(&self) -> &str {
+        match self {
+            CallError::Plugin { code, .. } => code,
+            CallError::Overloaded { .. } => ErrorCode::Overloaded.as_str(),
+            CallError::Timeout { .. } => ErrorCode::Timeout.as_str(),
+            CallError::Trap { .. } | CallError::MemoryLimit { .. } => {
+                ErrorCode::PluginTrap.as_str()
+            }
+            CallError::BadResult { .. } => ErrorCode::Internal.as_str(),
+            CallError::Instantiate { .. } => ErrorCode::Unavailable.as_str(),
+        }
+    }
+}
+
+impl From<CallError> for ErrorBody {
+    fn from(e: CallError) -> Self {
+        ErrorBody {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        }
+    }
+}

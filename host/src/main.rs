@@ -1,0 +1,156 @@
+//! `ferry`: the command line. Parses arguments, sets up logging, and hands
+//! off to the server, the client or the checker.
+
+mod bindings;
+mod client;
+mod config;
+mod error;
+mod interfaces;
+mod protocol;
+mod router;
+mod runtime;
+mod server;
+mod socket;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Ferry: IPC services whose handlers are WebAssembly components.
+#[derive(Parser)]
+#[command(name = "ferry", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the plugins folder over the Unix sockets.
+    Serve {
+        /// YAML config file; without one, embedded defaults are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Send one request and print the response.
+    Call {
+        /// Service to call.
+        service: String,
+        /// Action of the service.
+        action: String,
+        /// Params as JSON (default `{}`).
+        params: Option<String>,
+        /// Socket to connect to (default: the config's, else run/ferry.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Config file to read the socket path from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Lower the deadline for this request.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Tenant to act for.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Bearer token to send.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Say whether a file is a valid Ferry plugin and, if not, why.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => {
+                let config = load_config(config.as_deref())?;
+                server::serve(config).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Call {
+                service,
+                action,
+                params,
+                socket,
+                config,
+                timeout_ms,
+                tenant,
+                token,
+            } => {
+                let socket = match socket {
+                    Some(socket) => socket,
+                    None => load_config(config.as_deref())?.socket,
+                };
+                client::call(client::CallArgs {
+                    socket,
+                    service,
+                    action,
+                    params,
+                    timeout_ms,
+                    tenant,
+                    token,
+                })
+                .await
+            }
+            Command::Check { file } => client::check(&file).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
+/// Logs go to stderr. `FERRY_LOG` picks levels per target, for example
+/// `FERRY_LOG=debug` or `FERRY_LOG=info,plugin=warn`.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("FERRY_LOG")
+        .ok()
+        .and_then(|spec| match spec.parse::<Targets>() {
+            Ok(targets) => Some(targets),
+            Err(e) => {
+                eprintln!("ferry: ignoring FERRY_LOG={spec:?}: {e}");
+                None
+            }
+        })
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+        )
+        .with(filter)
+        .init();
+}

@@ -1,0 +1,178 @@
+//! The plugin runtime: one Wasmtime `Engine` and `Linker` for the whole host,
+//! and loading a `.wasm` file into a ready-to-call [`Plugin`].
+
+mod cache;
+mod plugin;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use cache::CacheOutcome;
+pub use plugin::{Call, Plugin};
+use state::StoreState;
+
+use crate::bindings::{ServicePre, add_log_to_linker};
+use crate::config::{Limits, MAX_INSTANCES, MAX_MEMORY_MB};
+
+/// How often the epoch advances. A running plugin yields to the scheduler at
+/// every tick, so a deadline is enforced within about one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a file is not a usable plugin. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "not a WebAssembly component: it is a core wasm module. Build it for the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("not a WebAssembly file: it does not start with the `\\0asm` magic bytes")]
+    NotWasm,
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error("the component imports something Ferry does not provide: {0}")]
+    Imports(String),
+    #[error(
+        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world: {0}"
+    )]
+    Exports(String),
+}
+
+/// What loading a plugin did, for the log and `ferry check`.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub digest: String,
+    pub bytes: usize,
+    pub cache: CacheOutcome,
+    pub elapsed: Duration,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: cache::CodeCache,
+    pooling: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (with the pooling allocator when the machine lets
+    /// us reserve its address space), the linker, and the epoch ticker.
+    /// `cache_dir` of `None` compiles every time.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(
+                    "pooling allocator unavailable ({e}); allocating instances on demand"
+                );
+                (Engine::new(&engine_config(false))?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        add_log_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| &mut s.log)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("ferry-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+
+        Ok(Runtime {
+            cache: cache::CodeCache::new(&engine, cache_dir),
+            engine,
+            linker,
+            pooling,
+            stop_ticker,
+        })
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin file. This is
+    /// CPU-heavy: call it from a blocking thread.
+    pub fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        limits: Limits,
+    ) -> Result<(Plugin, LoadReport), LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        check_header(&bytes)?;
+        let digest = cache::digest(&bytes);
+        let (component, outcome) = self
+            .cache
+            .load(&self.engine, &bytes, &digest)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let service_pre =
+            ServicePre::new(instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        let report = LoadReport {
+            digest: digest.clone(),
+            bytes: bytes.len(),
+            cache: outcome,
+            elapsed: started.elapsed(),
+        };
+        Ok((Plugin::new(name, service_pre, limits, digest), report))
+    }
+}
+
+/// Rejects files that are not components before spending time on them.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes.get(0..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err(LoadError::NotWasm),
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(pooling: bool) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 8)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 4)
+            .total_stacks(MAX_INSTANCES)
+            .max_memory_size((MAX_MEMORY_MB << 20) as usize)
+            .max_tables_per_module(4)
+            .max_memories_per_module(2)
+            .table_elements(1 << 16);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}

@@ -1,0 +1,82 @@
+//! The data each instance's `Store` carries, and the memory limiter that
+//! enforces a plugin's `memory_mb`.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::interfaces::{log::PluginLog, wasi};
+
+/// Everything one instance owns. Each WIT interface's state is a field,
+/// reached from the linker through a projection.
+pub struct StoreState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub log: PluginLog,
+}
+
+impl StoreState {
+    pub fn new(plugin: &Arc<str>, memory_bytes: usize) -> Self {
+        StoreState {
+            wasi: wasi::sandbox(plugin),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_bytes),
+            log: PluginLog::new(plugin.clone()),
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Table elements one instance may grow its tables to.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Caps linear memory and remembers when it refused a growth, so that the
+/// trap that usually follows can be reported as "memory limit exceeded".
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    pub refused: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max_bytes: usize) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

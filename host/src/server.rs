@@ -1,0 +1,167 @@
+//! `ferry serve`: start-up in a fixed order (config already validated, then
+//! the runtime, then the plugins, then the sockets), and shutdown on a signal.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Config, Manifest};
+use crate::router::{Door, Router, valid_service_name};
+use crate::runtime::{Plugin, Runtime};
+use crate::socket::{self, ConnectionLimits, Listener};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create the data folder {}", config.data.display()))?;
+    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
+    let router = Arc::new(Router::default());
+
+    for (name, wasm) in discover(&config.plugins)? {
+        match load(&runtime, &config, &name, &wasm).await {
+            Ok(plugin) => {
+                router.insert(plugin);
+            }
+            Err(e) => {
+                tracing::error!(plugin = %name, path = %wasm.display(), "plugin not loaded: {e:#}")
+            }
+        }
+    }
+
+    let mut listeners = vec![Listener {
+        listener: socket::bind(&config.socket).await?,
+        path: config.socket.clone(),
+        door: Door::Main,
+    }];
+    for name in router.names() {
+        let path = config.services_dir().join(format!("{name}.sock"));
+        if path.as_os_str().len() > crate::config::MAX_SOCKET_PATH {
+            tracing::error!(
+                path = %path.display(),
+                "path too long for a Unix socket; `{name}` is reachable through the main socket only"
+            );
+            continue;
+        }
+        listeners.push(Listener {
+            listener: socket::bind(&path).await?,
+            path,
+            door: Door::Service(name.as_str().into()),
+        });
+    }
+
+    let limits = ConnectionLimits {
+        max_frame: config.max_frame_bytes,
+        stall_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
+    let (stop, stopped) = watch::channel(false);
+    let mut doors = tokio::task::JoinSet::new();
+    for listener in listeners {
+        doors.spawn(socket::serve(
+            listener,
+            router.clone(),
+            limits,
+            connections.clone(),
+            stopped.clone(),
+        ));
+    }
+    tracing::info!(
+        socket = %config.socket.display(),
+        services = ?router.names(),
+        pooling = runtime.pooling(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ferry is serving"
+    );
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while doors.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Plugin files in `dir`: `NAME.wasm` where NAME is a valid service name.
+/// Anything else (hidden files, editor leftovers, odd names) is skipped.
+fn discover(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "plugins folder does not exist; serving no plugins");
+            return Ok(Vec::new());
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the plugins folder {}", dir.display()));
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wasm"))
+        else {
+            continue;
+        };
+        if !valid_service_name(name) {
+            tracing::warn!(path = %path.display(), "ignored: a plugin name is lowercase letters, digits, `-` and `_`");
+            continue;
+        }
+        if path.is_file() {
+            found.push((name.to_owned(), path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Loads one plugin with its manifest, compiling on a blocking thread.
+async fn load(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    name: &str,
+    wasm: &Path,
+) -> anyhow::Result<Plugin> {
+    let manifest = Manifest::load_optional(&wasm.with_extension("yaml"))?;
+    let limits = manifest
+        .limits(&config.defaults)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.with_extension("yaml").display()))?;
+    let (runtime, name, wasm) = (runtime.clone(), name.to_owned(), wasm.to_owned());
+    let (plugin, report) =
+        tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, limits)).await??;
+    plugin.warm_up().await?;
+    tracing::info!(
+        plugin = plugin.name(),
+        version = &report.digest[..12],
+        cache = %report.cache.as_str(),
+        load_ms = report.elapsed.as_millis() as u64,
+        "plugin loaded"
+    );
+    Ok(plugin)
+}

@@ -1,0 +1,216 @@
+//! The Unix-socket doors: binding (with stale-socket recovery), accepting
+//! under a connection limit, and serving one connection with many requests
+//! in flight and responses written as they complete.
+
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::protocol::{FrameError, FrameReader};
+use crate::router::{Door, Router};
+
+/// Requests one connection may have in flight; reading pauses beyond it, so
+/// one client cannot queue unbounded work.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+/// Settings every connection shares.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_frame: u32,
+    pub stall_timeout: Duration,
+}
+
+/// Binds a listener at `path`, creating its folder. An existing socket file
+/// is replaced only if nothing answers on it; any other file is left alone.
+pub async fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is in use by a running process (another ferry?)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(_) => {
+                tracing::info!(path = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path)?;
+            }
+        },
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", path.display()),
+        )
+    })
+}
+
+/// A bound socket and the door it opens; removes its file when dropped.
+pub struct Listener {
+    pub path: PathBuf,
+    pub listener: UnixListener,
+    pub door: Door,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts connections until `shutdown` flips, then waits for the
+/// connections it started to finish their in-flight requests.
+pub async fn serve(
+    listener: Listener,
+    router: Arc<Router>,
+    limits: ConnectionLimits,
+    connections: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
+            _ = stopping(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(path = %listener.path.display(), "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        let (router, door, shutdown) = (router.clone(), listener.door.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            connection(stream, router, door, limits, shutdown).await;
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Serves one connection. Requests run concurrently and their responses are
+/// written in completion order. A clean end of stream (or a shutdown) stops
+/// reading but still delivers every response owed; a client that is gone
+/// cancels the work done on its behalf.
+async fn connection(
+    stream: UnixStream,
+    router: Arc<Router>,
+    door: Door,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (read, write) = stream.into_split();
+    let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);
+    let (responses, outbox) = mpsc::unbounded_channel::<Outgoing>();
+    let mut writer = tokio::spawn(write_responses(write, outbox));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let mut requests = JoinSet::new();
+
+    loop {
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit.expect("in-flight semaphore is never closed"),
+            _ = stopping(&mut shutdown) => break,
+        };
+        let frame: Bytes = tokio::select! {
+            read = frames.read_frame() => match read {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(response) = e.response() {
+                        let _ = responses.send((response, None));
+                    }
+                    match &e {
+                        FrameError::Io(_) | FrameError::Truncated => tracing::debug!("connection closed: {e}"),
+                        _ => tracing::info!("closing connection: {e}"),
+                    }
+                    break;
+                }
+            },
+            _ = stopping(&mut shutdown) => break,
+            _ = &mut writer => {
+                // The client stopped reading: nobody wants the answers.
+                requests.abort_all();
+                return;
+            }
+        };
+        let (router, door, responses) = (router.clone(), door.clone(), responses.clone());
+        requests.spawn(async move {
+            let response = router.handle_frame(&frame, &door).await;
+            let _ = responses.send((response, Some(permit)));
+        });
+        while requests.try_join_next().is_some() {}
+    }
+
+    drop(responses);
+    tokio::select! {
+        _ = async { while requests.join_next().await.is_some() {} } => {
+            let _ = writer.await;
+        }
+        _ = &mut writer => requests.abort_all(),
+    }
+}
+
+/// A response frame, with the in-flight slot it holds until it is written:
+/// a client that sends but does not read stalls itself, not the host.
+type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+
+/// Writes response frames as they come, flushing whenever no more are ready
+/// so that pipelined responses share system calls.
+async fn write_responses(write: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, write);
+    while let Some((frame, _slot)) = outbox.recv().await {
+        if out.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok((frame, _slot)) = outbox.try_recv() {
+            if out.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
+/// Resolves once shutdown has begun.
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // A closed channel means the server is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,187 @@
+//! Misbehaving plugins: each failure costs only the request that caused it,
+//! with a clear error, and the next request is served by a fresh instance.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::{Ferry, expect_error, expect_success};
+use serde_json::{Value, json};
+
+fn faulty(id: u64, action: &str) -> Value {
+    json!({"id": id, "service": "faulty", "action": action})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_answers_plugin_trap_and_the_next_request_succeeds() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    let response = client.request(&faulty(1, "trap")).await;
+    let message = expect_error(&response, "plugin_trap");
+    assert!(
+        message.contains("faulty") && message.contains("unreachable"),
+        "{message}"
+    );
+    let response = client.request(&faulty(2, "ok")).await;
+    assert_eq!(expect_success(&response)["ok"], true);
+    assert!(ferry.log().contains("instance discarded"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_is_a_trap_that_quotes_the_panic_message() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    let response = client.request(&faulty(1, "panic")).await;
+    let message = expect_error(&response, "plugin_trap");
+    assert!(
+        message.contains("faulty plugin panicked on purpose"),
+        "{message}"
+    );
+    expect_success(&client.request(&faulty(2, "ok")).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_times_out_on_time() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    for timeout_ms in [300u64, 1000] {
+        let began = Instant::now();
+        let response = client
+            .request(
+                &json!({"id": 1, "service": "faulty", "action": "loop", "timeout_ms": timeout_ms}),
+            )
+            .await;
+        let took = began.elapsed();
+        let message = expect_error(&response, "timeout");
+        assert!(message.contains(&format!("{timeout_ms} ms")), "{message}");
+        assert!(
+            took >= Duration::from_millis(timeout_ms)
+                && took < Duration::from_millis(timeout_ms + 100),
+            "timeout_ms {timeout_ms} answered after {took:?}"
+        );
+        expect_success(&client.request(&faulty(2, "ok")).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plugin_timeout_caps_what_a_request_asks_for() {
+    let ferry = Ferry::options()
+        .plugin("faulty", "faulty", Some("timeout_ms: 200\n"))
+        .start();
+    let mut client = ferry.connect().await;
+    let began = Instant::now();
+    let response = client
+        .request(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 60000}))
+        .await;
+    assert!(expect_error(&response, "timeout").contains("200 ms"));
+    assert!(began.elapsed() < Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_plugin_is_cut_off_at_its_deadline() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    let began = Instant::now();
+    let response = client
+        .request(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 250}))
+        .await;
+    expect_error(&response, "timeout");
+    assert!(began.elapsed() < Duration::from_millis(350));
+    expect_success(&client.request(&faulty(2, "ok")).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_fails_alone_and_host_memory_stays_bounded() {
+    let ferry = Ferry::options()
+        .plugin("faulty", "faulty", Some("memory_mb: 64\n"))
+        .start();
+    let mut client = ferry.connect().await;
+    expect_success(&client.request(&faulty(0, "ok")).await);
+    let baseline = ferry.rss_kib();
+    let mut peak = baseline;
+    for i in 0..10 {
+        let response = client.request(&faulty(i, "alloc")).await;
+        let message = expect_error(&response, "plugin_trap");
+        assert!(message.contains("memory limit of 64 MiB"), "{message}");
+        peak = peak.max(ferry.rss_kib());
+        expect_success(&client.request(&faulty(100 + i, "ok")).await);
+    }
+    let after = ferry.rss_kib();
+    eprintln!("host RSS: baseline {baseline} KiB, peak {peak} KiB, after 10 bombs {after} KiB");
+    // One bomb may hold its 64 MiB until the instance is dropped; ten must
+    // not add up.
+    assert!(
+        peak < baseline + 100 * 1024,
+        "peak RSS {peak} KiB vs baseline {baseline} KiB"
+    );
+    assert!(
+        after < baseline + 32 * 1024,
+        "RSS after {after} KiB vs baseline {baseline} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_error_codes_pass_through() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    let response = client.request(&faulty(1, "refuse")).await;
+    assert_eq!(
+        expect_error(&response, "out_of_stock"),
+        "nothing left to sell"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn excess_requests_queue_then_get_overloaded() {
+    let ferry = Ferry::options()
+        .plugin(
+            "faulty",
+            "faulty",
+            Some("max_concurrency: 1\nmax_queue: 1\n"),
+        )
+        .start();
+    let mut client = ferry.connect().await;
+    // 1 runs for its whole second; 2 waits behind it with a shorter deadline.
+    for (id, timeout_ms) in [(1, 1000), (2, 300), (3, 1000)] {
+        client
+            .send(
+                &json!({"id": id, "service": "faulty", "action": "slow", "timeout_ms": timeout_ms}),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 3 finds one running and one waiting: refused at once.
+    let third = client.recv().await.unwrap();
+    assert_eq!(third["id"], 3);
+    assert!(
+        expect_error(&third, "overloaded").contains("waiting"),
+        "{third}"
+    );
+    let second = client.recv().await.unwrap();
+    assert_eq!(second["id"], 2);
+    assert!(
+        expect_error(&second, "overloaded").contains("before the deadline"),
+        "{second}"
+    );
+    let first = client.recv().await.unwrap();
+    assert_eq!(first["id"], 1);
+    expect_error(&first, "timeout");
+    expect_success(&client.request(&faulty(4, "ok")).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_does_not_disturb_requests_running_beside_it() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    for id in 0..40u64 {
+        let action = if id % 10 == 5 { "trap" } else { "ok" };
+        client.send(&faulty(id, action)).await;
+    }
+    for _ in 0..40 {
+        let response = client.recv().await.unwrap();
+        let id = response["id"].as_u64().unwrap();
+        if id % 10 == 5 {
+            expect_error(&response, "plugin_trap");
+        } else {
+            expect_success(&response);
+        }
+    }
+}

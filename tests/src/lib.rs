@@ -1,0 +1,386 @@
+//! Test harness: starts the real `ferry` binary in a scratch folder with the
+//! real example plugins, and talks to it over its real sockets.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Where cargo put the binaries of this build: `target/<profile>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bench>
+    let mut dir = exe.parent().expect("exe folder").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The `ferry` binary under test: `$FERRY_BIN`, or the one built beside
+/// this test.
+pub fn ferry_bin() -> PathBuf {
+    let path = std::env::var_os("FERRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("ferry"));
+    assert!(
+        path.exists(),
+        "ferry binary not found at {}; run `make test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A built example plugin: `$FERRY_PLUGINS/NAME.wasm`, or the wasm32-wasip2
+/// release build in this target folder.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FERRY_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            profile_dir()
+                .parent()
+                .expect("target folder")
+                .join("wasm32-wasip2/release")
+        });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "plugin {} not found; run `make test`, which builds the example plugins",
+        path.display()
+    );
+    path
+}
+
+/// A fresh scratch folder, short enough for Unix socket paths.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(format!(
+        "/tmp/fe-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create scratch folder");
+    dir
+}
+
+/// How to start a host.
+pub struct Options {
+    dir: PathBuf,
+    plugins: Vec<(String, String, Option<String>)>,
+    config: String,
+}
+
+impl Options {
+    /// `extra` is appended to the generated config file.
+    pub fn config(mut self, extra: &str) -> Self {
+        self.config.push_str(extra);
+        self
+    }
+
+    /// Deploys example plugin `plugin` as service `name`, with a manifest.
+    pub fn plugin(mut self, plugin: &str, name: &str, manifest: Option<&str>) -> Self {
+        self.plugins.push((
+            plugin.to_owned(),
+            name.to_owned(),
+            manifest.map(str::to_owned),
+        ));
+        self
+    }
+
+    pub fn start(self) -> Ferry {
+        let Options {
+            dir,
+            plugins,
+            config,
+        } = self;
+        let deploy = dir.join("deploy");
+        fs::create_dir_all(&deploy).unwrap();
+        for (plugin, name, manifest) in plugins {
+            fs::copy(plugin_wasm(&plugin), deploy.join(format!("{name}.wasm"))).unwrap();
+            if let Some(manifest) = manifest {
+                fs::write(deploy.join(format!("{name}.yaml")), manifest).unwrap();
+            }
+        }
+        let config_path = dir.join("ferry.yaml");
+        fs::write(
+            &config_path,
+            format!("socket: run/ferry.sock\nplugins: deploy\ndata: data\n{config}"),
+        )
+        .unwrap();
+        Ferry::spawn(dir, &config_path)
+    }
+}
+
+/// A running `ferry serve`, killed when dropped.
+pub struct Ferry {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    log: PathBuf,
+    /// Time from spawn to "ferry is serving".
+    pub startup: Duration,
+    keep: bool,
+}
+
+impl Ferry {
+    /// Options for a host in a new scratch folder.
+    pub fn options() -> Options {
+        Self::options_in(scratch_dir())
+    }
+
+    /// Options for a host in `dir`, which may hold a previous run's data.
+    pub fn options_in(dir: PathBuf) -> Options {
+        Options {
+            dir,
+            plugins: Vec::new(),
+            config: String::new(),
+        }
+    }
+
+    /// A host serving `echo` and `faulty` with default settings.
+    pub fn start_default() -> Ferry {
+        Self::options()
+            .plugin("echo", "echo", None)
+            .plugin("faulty", "faulty", None)
+            .start()
+    }
+
+    fn spawn(dir: PathBuf, config: &Path) -> Ferry {
+        // One log per run, so a restarted host in the same folder keeps both.
+        let runs = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count();
+        let log = dir.join(format!("ferry-{runs}.log"));
+        let log_file = fs::File::create(&log).unwrap();
+        let started = Instant::now();
+        let child = Command::new(ferry_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("FERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn ferry");
+        let mut ferry = Ferry {
+            child: Some(child),
+            socket: dir.join("run/ferry.sock"),
+            dir,
+            log,
+            startup: Duration::ZERO,
+            keep: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if ferry.log().contains("ferry is serving") {
+                break;
+            }
+            if let Some(status) = ferry.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "ferry exited with {status} during start-up:\n{}",
+                    ferry.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not start:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ferry.startup = started.elapsed();
+        ferry
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The socket of one service.
+    pub fn service_socket(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("run/services/{service}.sock"))
+    }
+
+    /// Resident memory of the host process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// File descriptors the host process has open.
+    pub fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the host and keeps its folder (data, cache) for another start.
+    pub fn stop_keeping_dir(mut self) -> PathBuf {
+        self.terminate();
+        self.keep = true;
+        self.dir.clone()
+    }
+
+    /// A client connected to the main socket.
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.socket).await
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- ferry log ({}) ---\n{}", self.log.display(), self.log());
+        } else if !self.keep {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// How long a test waits for any single response before failing.
+pub const RESPONSE_WAIT: Duration = Duration::from_secs(30);
+
+/// A framed-JSON client over a Unix socket.
+pub struct Client {
+    read: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        let (read, write) = stream.into_split();
+        Client {
+            read: BufReader::new(read),
+            write,
+        }
+    }
+
+    /// Sends `value` as one frame.
+    pub async fn send(&mut self, value: &Value) {
+        let payload = serde_json::to_vec(value).unwrap();
+        self.send_payload(&payload).await;
+    }
+
+    /// Sends arbitrary bytes as one well-formed frame.
+    pub async fn send_payload(&mut self, payload: &[u8]) {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        self.send_raw(&frame).await;
+    }
+
+    /// Sends bytes exactly as given.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.expect("write to ferry");
+    }
+
+    /// Closes the sending half; the host still owes responses.
+    pub async fn shutdown_write(&mut self) {
+        self.write.shutdown().await.unwrap();
+    }
+
+    /// The next response, or `None` when the host closed the connection.
+    pub async fn recv(&mut self) -> Option<Value> {
+        tokio::time::timeout(RESPONSE_WAIT, self.recv_inner())
+            .await
+            .expect("no response within the test's wait")
+    }
+
+    async fn recv_inner(&mut self) -> Option<Value> {
+        let mut header = [0u8; 4];
+        match self.read.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("read from ferry: {e}"),
+        }
+        let mut payload = vec![0; u32::from_be_bytes(header) as usize];
+        self.read
+            .read_exact(&mut payload)
+            .await
+            .expect("frame payload");
+        Some(serde_json::from_slice(&payload).expect("response is JSON"))
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn request(&mut self, value: &Value) -> Value {
+        self.send(value).await;
+        self.recv().await.expect("ferry closed the connection")
+    }
+}
+
+/// Asserts that `response` is an error with `code` and returns its message.
+pub fn expect_error(response: &Value, code: &str) -> String {
+    assert_eq!(
+        response["status"], "error",
+        "expected error `{code}`, got {response}"
+    );
+    assert_eq!(
+        response["error"]["code"], code,
+        "wrong error code in {response}"
+    );
+    response["error"]["message"]
+        .as_str()
+        .expect("error message is a string")
+        .to_owned()
+}
+
+/// Asserts that `response` succeeded and returns its result.
+pub fn expect_success(response: &Value) -> &Value {
+    assert_eq!(
+        response["status"], "success",
+        "expected success, got {response}"
+    );
+    &response["result"]
+}
