@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 PLUGINS := echo faulty
-WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
+WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
 .PHONY: run test plugins host toolchain bench clean
@@ -23,7 +23,7 @@ bench: plugins host
 
 ## Build the example plugins into deploy/.
 plugins: toolchain
-	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 	@mkdir -p deploy
 	@for p in $(PLUGINS); do cp $(WASM_DIR)/$$p.wasm deploy/$$p.wasm; done
 	@echo "plugins in deploy/: $(PLUGINS)"

@@ -38,7 +38,7 @@ pub fn ferry_bin() -> PathBuf {
 }
 
 /// A built example plugin: `$FERRY_PLUGINS/NAME.wasm`, or the wasm32-wasip2
-/// release build in this target folder.
+/// `plugin`-profile build in this target folder.
 pub fn plugin_wasm(name: &str) -> PathBuf {
     let dir = std::env::var_os("FERRY_PLUGINS")
         .map(PathBuf::from)
@@ -46,7 +46,7 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
             profile_dir()
                 .parent()
                 .expect("target folder")
-                .join("wasm32-wasip2/release")
+                .join("wasm32-wasip2/plugin")
         });
     let path = dir.join(format!("{name}.wasm"));
     assert!(
@@ -55,6 +55,19 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Restricts the calling thread (and what it spawns after) to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, and CPU_SET stays inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A fresh scratch folder, short enough for Unix socket paths.
@@ -75,12 +88,19 @@ pub struct Options {
     dir: PathBuf,
     plugins: Vec<(String, String, Option<String>)>,
     config: String,
+    cpu0: bool,
 }
 
 impl Options {
     /// `extra` is appended to the generated config file.
     pub fn config(mut self, extra: &str) -> Self {
         self.config.push_str(extra);
+        self
+    }
+
+    /// Holds the host to CPU 0 (for benchmarks, with the load on CPU 1).
+    pub fn cpu0(mut self) -> Self {
+        self.cpu0 = true;
         self
     }
 
@@ -99,6 +119,7 @@ impl Options {
             dir,
             plugins,
             config,
+            cpu0,
         } = self;
         let deploy = dir.join("deploy");
         fs::create_dir_all(&deploy).unwrap();
@@ -114,7 +135,7 @@ impl Options {
             format!("socket: run/ferry.sock\nplugins: deploy\ndata: data\n{config}"),
         )
         .unwrap();
-        Ferry::spawn(dir, &config_path)
+        Ferry::spawn(dir, &config_path, cpu0)
     }
 }
 
@@ -141,6 +162,7 @@ impl Ferry {
             dir,
             plugins: Vec::new(),
             config: String::new(),
+            cpu0: false,
         }
     }
 
@@ -152,7 +174,7 @@ impl Ferry {
             .start()
     }
 
-    fn spawn(dir: PathBuf, config: &Path) -> Ferry {
+    fn spawn(dir: PathBuf, config: &Path, cpu0: bool) -> Ferry {
         // One log per run, so a restarted host in the same folder keeps both.
         let runs = fs::read_dir(&dir)
             .unwrap()
@@ -164,16 +186,23 @@ impl Ferry {
         let log = dir.join(format!("ferry-{runs}.log"));
         let log_file = fs::File::create(&log).unwrap();
         let started = Instant::now();
-        let child = Command::new(ferry_bin())
+        let mut command = Command::new(ferry_bin());
+        command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .env("FERRY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn ferry");
+            .stderr(log_file);
+        if cpu0 {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe system call between fork and exec.
+            unsafe {
+                command.pre_exec(|| pin_to_cpu(0));
+            }
+        }
+        let child = command.spawn().expect("spawn ferry");
         let mut ferry = Ferry {
             child: Some(child),
             socket: dir.join("run/ferry.sock"),

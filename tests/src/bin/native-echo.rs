@@ -1,6 +1,7 @@
 //! The benchmark's baseline: a plain native Rust server speaking Ferry's
 //! framed JSON protocol and doing the same echo as `plugins/echo`, with no
-//! plugin in between. Usage: `native-echo SOCKET_PATH`.
+//! plugin in between. Usage: `native-echo SOCKET_PATH [--batch]`; with
+//! `--batch` the writer batches responses the way Ferry's does.
 
 use std::time::Instant;
 
@@ -48,7 +49,7 @@ struct Response<'a> {
 fn handle(frame: &[u8]) -> Vec<u8> {
     let started = Instant::now();
     let request: Request = serde_json::from_slice(frame).expect("benchmark sends valid requests");
-    assert_eq!(request.action, "echo");
+    let _ = &request.action;
     let params: Value =
         serde_json::from_str(request.params.as_ref().map_or("{}", |p| p.get())).unwrap();
     let timeout = request.timeout_ms.unwrap_or(5000);
@@ -74,7 +75,7 @@ fn handle(frame: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn connection(stream: UnixStream) {
+async fn connection(stream: UnixStream, batch: bool) {
     let (read, write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
@@ -82,6 +83,10 @@ async fn connection(stream: UnixStream) {
         while let Some(frame) = rx.recv().await {
             if out.write_all(&frame).await.is_err() {
                 return;
+            }
+            if batch {
+                // The same write batching as Ferry's socket writer.
+                tokio::task::yield_now().await;
             }
             while let Ok(frame) = rx.try_recv() {
                 if out.write_all(&frame).await.is_err() {
@@ -113,14 +118,13 @@ async fn connection(stream: UnixStream) {
 
 #[tokio::main]
 async fn main() {
-    let path = std::env::args()
-        .nth(1)
-        .expect("usage: native-echo SOCKET_PATH");
+    let path = std::env::args().nth(1).expect("usage: native-echo SOCKET_PATH [--batch]");
+    let batch = std::env::args().nth(2).is_some_and(|a| a == "--batch");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
     println!("listening");
     loop {
         let (stream, _) = listener.accept().await.expect("accept");
-        tokio::spawn(connection(stream));
+        tokio::spawn(connection(stream, batch));
     }
 }
