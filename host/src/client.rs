@@ -106,7 +106,7 @@ pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
         "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms)",
         file.display(),
         report.bytes / 1024,
-        &report.digest[..12],
+        &plugin.digest()[..12],
         report.elapsed.as_millis()
     );
     Ok(ExitCode::SUCCESS)

@@ -158,7 +158,7 @@ async fn load(
     plugin.warm_up().await?;
     tracing::info!(
         plugin = plugin.name(),
-        version = &report.digest[..12],
+        version = &plugin.digest()[..12],
         cache = %report.cache.as_str(),
         load_ms = report.elapsed.as_millis() as u64,
         "plugin loaded"

@@ -91,13 +91,15 @@ pub async fn serve(
     router: Arc<Router>,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
+    let stop = stopping(shutdown.clone());
+    tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
-            _ = stopping(&mut shutdown) => break,
+            _ = &mut stop => break,
         };
         let stream = tokio::select! {
             accepted = listener.listener.accept() => match accepted {
@@ -109,7 +111,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopping(&mut shutdown) => break,
+            _ = &mut stop => break,
         };
         let (router, door, shutdown) = (router.clone(), listener.door.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -132,8 +134,11 @@ async fn connection(
     router: Arc<Router>,
     door: Door,
     limits: ConnectionLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    // Created once: registering a fresh shutdown waiter per frame costs time.
+    let stop = stopping(shutdown);
+    tokio::pin!(stop);
     let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);
     let (responses, outbox) = mpsc::unbounded_channel::<Outgoing>();
@@ -144,7 +149,7 @@ async fn connection(
     loop {
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => permit.expect("in-flight semaphore is never closed"),
-            _ = stopping(&mut shutdown) => break,
+            _ = &mut stop => break,
         };
         let frame: Bytes = tokio::select! {
             read = frames.read_frame() => match read {
@@ -161,7 +166,7 @@ async fn connection(
                     break;
                 }
             },
-            _ = stopping(&mut shutdown) => break,
+            _ = &mut stop => break,
             _ = &mut writer => {
                 // The client stopped reading: nobody wants the answers.
                 requests.abort_all();
@@ -214,7 +219,7 @@ async fn write_responses(write: OwnedWriteHalf, mut outbox: mpsc::UnboundedRecei
 }
 
 /// Resolves once shutdown has begun.
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+async fn stopping(mut shutdown: watch::Receiver<bool>) {
     // A closed channel means the server is gone, which is a shutdown too.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

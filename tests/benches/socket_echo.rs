@@ -33,9 +33,8 @@ impl Outcome {
 }
 
 fn request_frame(id: u64) -> Vec<u8> {
-    let action = std::env::var("BENCH_ACTION").unwrap_or_else(|_| "echo".into());
     let payload = format!(
-        r#"{{"id":{id},"service":"echo","action":"{action}","params":{{"user":"ada","items":[1,2,3],"note":"hello ferry"}},"tenant_id":"acme"}}"#
+        r#"{{"id":{id},"service":"echo","action":"echo","params":{{"user":"ada","items":[1,2,3],"note":"hello ferry"}},"tenant_id":"acme"}}"#
     );
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(payload.as_bytes());
@@ -78,11 +77,13 @@ async fn drive(socket: PathBuf, measure_from: Instant, until: Instant) -> Outcom
         outgoing.clear();
         let mut consumed = 0;
         while buffer.len() - consumed >= 4 {
-            let len = u32::from_be_bytes(buffer[consumed..consumed + 4].try_into().unwrap()) as usize;
+            let len =
+                u32::from_be_bytes(buffer[consumed..consumed + 4].try_into().unwrap()) as usize;
             if buffer.len() - consumed - 4 < len {
                 break;
             }
-            let reply: Reply = serde_json::from_slice(&buffer[consumed + 4..consumed + 4 + len]).unwrap();
+            let reply: Reply =
+                serde_json::from_slice(&buffer[consumed + 4..consumed + 4 + len]).unwrap();
             consumed += 4 + len;
             let started = sent.remove(&reply.id).expect("reply to a request we sent");
             if now >= measure_from {
@@ -90,7 +91,9 @@ async fn drive(socket: PathBuf, measure_from: Instant, until: Instant) -> Outcom
                 if reply.status != "success" {
                     outcome.errors += 1;
                 }
-                outcome.latencies_us.push(now.duration_since(started).as_micros() as u32);
+                outcome
+                    .latencies_us
+                    .push(now.duration_since(started).as_micros() as u32);
             }
             if now < until {
                 outgoing.extend(request_frame(next_id));
@@ -180,7 +183,10 @@ impl Case {
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -191,12 +197,18 @@ fn main() {
         std::process::exit(1);
     }
     pin_to_cpu(1).expect("pin the load generator to CPU 1");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     let dir = scratch_dir();
     let mut natives = Vec::new();
     let mut cases = Vec::new();
-    for (label, flag) in [("native Rust, plain", None), ("native Rust, batched writes", Some("--batch"))] {
+    for (label, flag) in [
+        ("native Rust, plain", None),
+        ("native Rust, batched writes", Some("--batch")),
+    ] {
         let socket = dir.join(format!("native-{}.sock", natives.len()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_native-echo"));
         command.arg(&socket).args(flag).stdout(Stdio::null());
@@ -206,8 +218,14 @@ fn main() {
     }
     let reuse = Ferry::options().plugin("echo", "echo", None).cpu0().start();
     cases.push(Case::new("ferry, instance reuse", reuse.socket.clone()));
-    let fresh = Ferry::options().plugin("echo", "echo", Some("reuse: 1\n")).cpu0().start();
-    cases.push(Case::new("ferry, instance per request", fresh.socket.clone()));
+    let fresh = Ferry::options()
+        .plugin("echo", "echo", Some("reuse: 1\n"))
+        .cpu0()
+        .start();
+    cases.push(Case::new(
+        "ferry, instance per request",
+        fresh.socket.clone(),
+    ));
 
     println!(
         "socket echo: {CONNECTIONS} connections x {DEPTH} in flight; {rounds} rounds of {seconds} s per server, \
@@ -216,7 +234,11 @@ fn main() {
     for round in 0..rounds {
         for case in &mut cases {
             let outcome = runtime.block_on(run_load(&case.socket, seconds));
-            eprintln!("round {round}: {:<30} {:>9.0} req/s", case.label, outcome.rps());
+            eprintln!(
+                "round {round}: {:<30} {:>9.0} req/s",
+                case.label,
+                outcome.rps()
+            );
             case.rounds.push(outcome.rps());
             case.errors += outcome.errors;
             case.latencies_us.extend(outcome.latencies_us);

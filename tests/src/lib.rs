@@ -249,12 +249,7 @@ impl Ferry {
 
     /// Resident memory of the host process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
+        rss_kib_of(self.pid())
     }
 
     /// File descriptors the host process has open.
@@ -313,6 +308,16 @@ impl Drop for Ferry {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }
 
 /// How long a test waits for any single response before failing.

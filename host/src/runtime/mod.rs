@@ -51,7 +51,6 @@ pub enum LoadError {
 /// What loading a plugin did, for the log and `ferry check`.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
-    pub digest: String,
     pub bytes: usize,
     pub cache: CacheOutcome,
     pub elapsed: Duration,
@@ -133,7 +132,6 @@ impl Runtime {
         let service_pre =
             ServicePre::new(instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
         let report = LoadReport {
-            digest: digest.clone(),
             bytes: bytes.len(),
             cache: outcome,
             elapsed: started.elapsed(),
@@ -161,9 +159,6 @@ fn engine_config(pooling: bool) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    if std::env::var_os("FERRY_PERFMAP").is_some() {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(MAX_INSTANCES)
@@ -178,42 +173,4 @@ fn engine_config(pooling: bool) -> wasmtime::Config {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
-}
-
-#[cfg(test)]
-mod probe {
-    use super::*;
-
-    #[tokio::test(flavor = "current_thread")]
-    #[ignore]
-    async fn call_cost() {
-        let path = std::env::var("PROBE_WASM").unwrap();
-        let rt = Runtime::new(None).unwrap();
-        let (plugin, _) = rt.load("echo", Path::new(&path), Limits::default()).unwrap();
-        let router = crate::router::Router::default();
-        eprintln!("handle_frame future: {} bytes", std::mem::size_of_val(&router.handle_frame(b"", &crate::router::Door::Main)));
-        for action in ["nop", "echo"] {
-            let n = 300_000;
-            let t = Instant::now();
-            for i in 0..n {
-                let call = Call {
-                    ctx: crate::bindings::Context {
-                        request_id: i.to_string(),
-                        app: "default".into(),
-                        service: "echo".into(),
-                        tenant: Some("acme".into()),
-                        subject: None,
-                        claims: "{}".into(),
-                        time_left_ms: 5000,
-                    },
-                    action,
-                    params: r#"{"user":"ada","items":[1,2,3],"note":"hello ferry"}"#,
-                    deadline: Instant::now() + Duration::from_secs(5),
-                    timeout_ms: 5000,
-                };
-                plugin.call(call).await.unwrap();
-            }
-            eprintln!("{action}: {:?} per call", t.elapsed() / n);
-        }
-    }
 }

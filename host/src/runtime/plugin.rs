@@ -133,6 +133,9 @@ impl Plugin {
             None => self.instantiate(call.deadline, call.timeout_ms).await?,
         };
         warm.store.data_mut().log.begin_request();
+        // An instance that sat idle across epoch ticks would otherwise yield
+        // at its first check: start every call with a full tick.
+        warm.store.set_epoch_deadline(1);
         call.ctx.time_left_ms = call
             .deadline
             .saturating_duration_since(Instant::now())

@@ -55,8 +55,4 @@ fn sum(_: &Ctx, p: Numbers) -> Result<Sum, Error> {
         .ok_or_else(|| Error::bad_request("the sum does not fit in 64 bits"))
 }
 
-fn nop(_: &Ctx, _: serde::de::IgnoredAny) -> Result<u8, Error> {
-    Ok(1)
-}
-
-ferry_sdk::service!(echo, sum, nop);
+ferry_sdk::service!(echo, sum);

@@ -49,7 +49,7 @@ struct Response<'a> {
 fn handle(frame: &[u8]) -> Vec<u8> {
     let started = Instant::now();
     let request: Request = serde_json::from_slice(frame).expect("benchmark sends valid requests");
-    let _ = &request.action;
+    assert_eq!(request.action, "echo");
     let params: Value =
         serde_json::from_str(request.params.as_ref().map_or("{}", |p| p.get())).unwrap();
     let timeout = request.timeout_ms.unwrap_or(5000);
@@ -118,7 +118,9 @@ async fn connection(stream: UnixStream, batch: bool) {
 
 #[tokio::main]
 async fn main() {
-    let path = std::env::args().nth(1).expect("usage: native-echo SOCKET_PATH [--batch]");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: native-echo SOCKET_PATH [--batch]");
     let batch = std::env::args().nth(2).is_some_and(|a| a == "--batch");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
