@@ -74,8 +74,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // A worker polls for I/O every `event_interval` task polls. A busy plugin's
+    // poll lasts up to an epoch tick, so the default (61) would let a few
+    // spinning plugins delay every socket by a hundred milliseconds or more.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .event_interval(8)
         .build()
     {
         Ok(runtime) => runtime,

@@ -327,3 +327,77 @@ async fn clients_that_vanish_mid_request_leak_nothing() {
         .await;
     expect_success(&response);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_clients_do_not_disturb_good_ones() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .plugin("faulty", "faulty", None)
+        .config("max_frame_bytes: 4096\nidle_timeout_ms: 500\n")
+        .start();
+    let socket = ferry.socket.clone();
+
+    // A steady client keeps asking while others misbehave in every way.
+    let steady = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            let mut client = Client::connect(&socket).await;
+            let mut slowest = Duration::ZERO;
+            for i in 0..300 {
+                let began = Instant::now();
+                let response = client
+                    .request(&json!({"id": i, "service": "echo", "action": "echo", "params": i}))
+                    .await;
+                slowest = slowest.max(began.elapsed());
+                assert_eq!(expect_success(&response)["params"], i);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            slowest
+        }
+    });
+
+    let mut abusers = Vec::new();
+    for n in 0..60u32 {
+        let socket = socket.clone();
+        abusers.push(tokio::spawn(async move {
+            let mut client = Client::connect(&socket).await;
+            match 3 {
+                0 => client.send_payload(b"][ not json").await,
+                1 => client.send_raw(&(1u32 << 30).to_be_bytes()).await,
+                2 => client.send_raw(&[0, 0, 0, 50, b'{']).await,
+                3 => client
+                    .send(
+                        &json!({"id": n, "service": "faulty", "action": "loop", "timeout_ms": 300}),
+                    )
+                    .await,
+                4 => {
+                    client
+                        .send(&json!({"id": n, "service": "faulty", "action": "trap"}))
+                        .await
+                }
+                _ => {
+                    client
+                        .send(&json!({"id": n, "service": "faulty", "action": "alloc"}))
+                        .await
+                }
+            }
+            // Whatever the host answers (or closes), it must do so in time.
+            let _ = client.recv().await;
+        }));
+    }
+    for abuser in abusers {
+        abuser.await.unwrap();
+    }
+    let slowest = steady.await.unwrap();
+    eprintln!("slowest steady request while under abuse: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a good client waited {slowest:?}"
+    );
+    let mut client = ferry.connect().await;
+    expect_success(
+        &client
+            .request(&json!({"id": "end", "service": "echo", "action": "echo"}))
+            .await,
+    );
+}

@@ -21,8 +21,9 @@ use crate::bindings::{ServicePre, add_log_to_linker};
 use crate::config::{Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
-/// every tick, so a deadline is enforced within about one tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// every tick, so a deadline is enforced within about one tick, and a ready
+/// request waits at most a tick per busy plugin ahead of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Why a file is not a usable plugin. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]

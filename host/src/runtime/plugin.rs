@@ -155,7 +155,10 @@ impl Plugin {
         // Every path below that does not return `warm` to the pool drops it,
         // which is how a failed instance is thrown away.
         match outcome {
-            Err(_elapsed) => Err(self.timeout(call.timeout_ms)),
+            Err(_elapsed) => {
+                tracing::warn!(plugin = %self.name, timeout_ms = call.timeout_ms, "request timed out; instance discarded");
+                Err(self.timeout(call.timeout_ms))
+            }
             Ok(Err(trap)) => Err(self.trap(trap, warm.store.data())),
             Ok(Ok(Err(e))) => {
                 self.release(warm);
@@ -205,8 +208,16 @@ impl Plugin {
         let mut store = Store::new(self.pre.engine(), StoreState::new(&self.name, memory_bytes));
         store.limiter(|s| &mut s.limiter);
         // Yield to the scheduler at every epoch tick: a busy plugin cannot
-        // hold a worker thread, and the deadline below can fire.
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        // hold a worker thread, and the deadline below can fire. Tokio's own
+        // yield is used because it puts the task behind every other ready
+        // task; a plain self-wake would be polled again first, letting a few
+        // spinning plugins starve everyone else.
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         store.set_epoch_deadline(1);
 
         match tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store)).await
