@@ -134,6 +134,14 @@ async fn a_memory_bomb_fails_alone_and_host_memory_stays_bounded() {
     let peak = sampler.join().unwrap();
     expect_success(&client.request(&faulty(100, "ok")).await);
     let after = ferry.rss_kib();
+    // What the plugin printed to stderr is in the host log, tagged.
+    let log = ferry.log();
+    assert!(
+        log.lines().any(|l| l.contains("memory allocation")
+            && l.contains("plugin=\"faulty\"")
+            && l.contains("stderr")),
+        "plugin stderr not in the host log:\n{log}"
+    );
     eprintln!(
         "host RSS: baseline {baseline} KiB, peak {peak} KiB during {} bombs ({AT_ONCE} at once), after {after} KiB",
         WAVES * AT_ONCE
@@ -152,6 +160,22 @@ async fn a_memory_bomb_fails_alone_and_host_memory_stays_bounded() {
         after < baseline + 32 * 1024,
         "RSS after {after} KiB vs baseline {baseline} KiB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_grants_no_files_network_environment_or_arguments() {
+    let ferry = Ferry::start_default();
+    let mut client = ferry.connect().await;
+    let response = client.request(&faulty(1, "escape")).await;
+    let seen = expect_success(&response);
+    assert_eq!(seen["env"], 0, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    for attempt in ["read_file", "list_root", "write_file", "tcp"] {
+        assert!(
+            seen[attempt]["denied"].is_string(),
+            "{attempt} was not denied: {seen}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -48,4 +48,20 @@ fn refuse(_: &Ctx, _: Value) -> Result<Value, Error> {
     Err(Error::new("out_of_stock", "nothing left to sell"))
 }
 
-ferry_sdk::service!(ok, trap, panic, "loop" => r#loop, alloc, slow, refuse);
+/// Tries every way out of the sandbox and reports what happened.
+fn escape(_: &Ctx, _: Value) -> Result<Value, Error> {
+    let outcome = |r: std::io::Result<String>| match r {
+        Ok(got) => json!({ "ok": got }),
+        Err(e) => json!({ "denied": e.to_string() }),
+    };
+    Ok(json!({
+        "env": std::env::vars().count(),
+        "args": std::env::args().count(),
+        "read_file": outcome(std::fs::read_to_string("/etc/hostname")),
+        "list_root": outcome(std::fs::read_dir("/").map(|d| format!("{} entries", d.count()))),
+        "write_file": outcome(std::fs::write("escape.txt", b"x").map(|()| "written".into())),
+        "tcp": outcome(std::net::TcpStream::connect("127.0.0.1:22").map(|_| "connected".into())),
+    }))
+}
+
+ferry_sdk::service!(ok, trap, panic, "loop" => r#loop, alloc, slow, refuse, escape);
