@@ -111,3 +111,110 @@ pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Fetches `/v1/status` from a running host and prints it as a table.
+pub async fn status(addr: std::net::SocketAddr, raw: bool) -> anyhow::Result<ExitCode> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| {
+            format!("cannot connect to {addr} (is `ferry serve` running with HTTP there?)")
+        })?;
+    stream
+        .write_all(
+            format!("GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .context("the host did not answer within 10 s")??;
+    let reply = String::from_utf8_lossy(&reply);
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .context("not an HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "the host answered: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    let status: Value = serde_json::from_str(body).context("status is not JSON")?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", status_table(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders the status document as an aligned terminal table.
+fn status_table(status: &Value) -> String {
+    let headers = [
+        "SERVICE",
+        "STATE",
+        "VERSION",
+        "REQUESTS",
+        "ERRORS",
+        "TRAPS",
+        "TIMEOUTS",
+        "RESTARTS",
+        "IN FLIGHT",
+        "P50 MS",
+        "P99 MS",
+    ];
+    let number = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
+    let millis = |v: &Value| v.as_f64().map_or("-".to_owned(), |ms| format!("{ms:.2}"));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut notes = Vec::new();
+    for service in status["services"].as_array().into_iter().flatten() {
+        let stats = &service["stats"];
+        rows.push(vec![
+            service["name"].as_str().unwrap_or("?").to_owned(),
+            service["state"].as_str().unwrap_or("?").to_owned(),
+            service["version"].as_str().unwrap_or("-").to_owned(),
+            number(&stats["requests"]),
+            number(&stats["errors"]),
+            number(&stats["traps"]),
+            number(&stats["timeouts"]),
+            number(&stats["restarts"]),
+            number(&stats["in_flight"]),
+            millis(&stats["p50_ms"]),
+            millis(&stats["p99_ms"]),
+        ]);
+        if let Some(error) = service["error"].as_str() {
+            notes.push(format!(
+                "{}: {error}",
+                service["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    for note in notes {
+        out.push_str(&format!("\n{note}\n"));
+    }
+    out
+}

@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
 
 /// Limits that apply to each plugin; `defaults` in the config file, and the
 /// same keys in a plugin's `NAME.yaml` manifest override them per plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest a request may run, queue time included. A request's own
@@ -83,6 +85,8 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub struct Config {
     /// The main Unix socket. Per-service sockets go in `services/` beside it.
     pub socket: PathBuf,
+    /// Address of the HTTP gateway; `null` turns it off.
+    pub http: Option<SocketAddr>,
     /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
     pub plugins: PathBuf,
     /// Folder for the host's own state, such as the compile cache.
@@ -101,6 +105,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: PathBuf::from("run/ferry.sock"),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             plugins: PathBuf::from("deploy"),
             data: PathBuf::from("data"),
             max_frame_bytes: 1 << 20,
@@ -250,6 +255,20 @@ mod tests {
         assert!(e.contains("unknown field `sockett`"), "{e}");
         let e = Config::parse("defaults:\n  timeout: 5\n").unwrap_err();
         assert!(e.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn http_can_be_moved_or_turned_off() {
+        assert_eq!(
+            Config::parse("").unwrap().http,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            Config::parse("http: 0.0.0.0:9000\n").unwrap().http,
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(Config::parse("http: null\n").unwrap().http, None);
+        assert!(Config::parse("http: localhost\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bindings;
 mod client;
 mod config;
 mod error;
+mod http;
 mod interfaces;
 mod protocol;
 mod router;
@@ -64,6 +65,18 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Print every service's state and counters from a running host.
+    Status {
+        /// The host's HTTP address (default: the config's, else 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// Config file to read the HTTP address from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say whether a file is a valid Ferry plugin and, if not, why.
     Check {
         /// The `.wasm` file.
@@ -118,6 +131,15 @@ fn main() -> ExitCode {
                     token,
                 })
                 .await
+            }
+            Command::Status { http, config, json } => {
+                let addr = match http {
+                    Some(addr) => addr,
+                    None => load_config(config.as_deref())?.http.ok_or_else(|| {
+                        anyhow::anyhow!("the HTTP gateway is off in this config; pass --http")
+                    })?,
+                };
+                client::status(addr, json).await
             }
             Command::Check { file } => client::check(&file).await,
         }

@@ -43,16 +43,47 @@ pub fn valid_service_name(name: &str) -> bool {
 #[derive(Default)]
 pub struct Router {
     services: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Plugin files found but not loaded, with the reason; shown by status
+    /// and keeping `/readyz` red.
+    failed: RwLock<BTreeMap<String, String>>,
 }
 
 impl Router {
     pub fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
         let plugin = Arc::new(plugin);
+        self.failed
+            .write()
+            .expect("failed table lock")
+            .remove(plugin.name());
         self.services
             .write()
             .expect("routing table lock")
             .insert(plugin.name().to_owned(), plugin.clone());
         plugin
+    }
+
+    /// Records that the plugin file for `service` could not be loaded.
+    pub fn insert_failed(&self, service: &str, reason: String) {
+        self.failed
+            .write()
+            .expect("failed table lock")
+            .insert(service.to_owned(), reason);
+    }
+
+    /// Services whose files failed to load, with the reasons.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        let failed = self.failed.read().expect("failed table lock");
+        failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every loaded plugin, by name.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.services
+            .read()
+            .expect("routing table lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn get(&self, service: &str) -> Option<Arc<Plugin>> {
@@ -91,7 +122,9 @@ impl Router {
         }
     }
 
-    async fn dispatch(
+    /// Routes a parsed request and runs it; answers the plugin's JSON result
+    /// text or the error to send.
+    pub async fn dispatch(
         &self,
         request: &Request,
         door: &Door,

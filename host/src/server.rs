@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, Manifest};
+use crate::http;
 use crate::router::{Door, Router, valid_service_name};
 use crate::runtime::{Plugin, Runtime};
 use crate::socket::{self, ConnectionLimits, Listener};
@@ -29,7 +30,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 router.insert(plugin);
             }
             Err(e) => {
-                tracing::error!(plugin = %name, path = %wasm.display(), "plugin not loaded: {e:#}")
+                tracing::error!(plugin = %name, path = %wasm.display(), "plugin not loaded: {e:#}");
+                router.insert_failed(&name, format!("{e:#}"));
             }
         }
     }
@@ -55,6 +57,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?,
+        ),
+        None => None,
+    };
+
     let limits = ConnectionLimits {
         max_frame: config.max_frame_bytes,
         stall_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -70,6 +81,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             connections.clone(),
             stopped.clone(),
         ));
+    }
+    if let Some(listener) = http_listener {
+        let addr = listener.local_addr()?;
+        let app = http::app(http::HttpState {
+            router: router.clone(),
+            started,
+            max_body: config.max_frame_bytes as usize,
+        });
+        let mut stopped = stopped.clone();
+        doors.spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!("http gateway failed: {e}");
+            }
+        });
+        tracing::info!(%addr, "http gateway listening");
     }
     tracing::info!(
         socket = %config.socket.display(),

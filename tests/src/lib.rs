@@ -115,6 +115,11 @@ impl Options {
     }
 
     pub fn start(self) -> Ferry {
+        self.start_with(|_| {})
+    }
+
+    /// Starts after `prepare` has had a chance to add files to `deploy/`.
+    pub fn start_with(self, prepare: impl FnOnce(&Path)) -> Ferry {
         let Options {
             dir,
             plugins,
@@ -129,10 +134,13 @@ impl Options {
                 fs::write(deploy.join(format!("{name}.yaml")), manifest).unwrap();
             }
         }
+        prepare(&deploy);
         let config_path = dir.join("ferry.yaml");
         fs::write(
             &config_path,
-            format!("socket: run/ferry.sock\nplugins: deploy\ndata: data\n{config}"),
+            format!(
+                "socket: run/ferry.sock\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n{config}"
+            ),
         )
         .unwrap();
         Ferry::spawn(dir, &config_path, cpu0)
@@ -147,6 +155,8 @@ pub struct Ferry {
     log: PathBuf,
     /// Time from spawn to "ferry is serving".
     pub startup: Duration,
+    /// Where the HTTP gateway listens, if it is on.
+    pub http: Option<std::net::SocketAddr>,
     keep: bool,
 }
 
@@ -209,6 +219,7 @@ impl Ferry {
             dir,
             log,
             startup: Duration::ZERO,
+            http: None,
             keep: false,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -230,7 +241,26 @@ impl Ferry {
             std::thread::sleep(Duration::from_millis(10));
         }
         ferry.startup = started.elapsed();
+        ferry.http = ferry.log().lines().find_map(|line| {
+            let rest = line.split("http gateway listening").nth(1)?;
+            rest.split_whitespace()
+                .find_map(|field| field.strip_prefix("addr="))?
+                .parse()
+                .ok()
+        });
         ferry
+    }
+
+    /// Sends one HTTP/1.1 request to the gateway and reads the whole reply.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpReply {
+        let addr = self.http.expect("the HTTP gateway is on");
+        http_request(addr, method, path, headers, body).await
     }
 
     /// Everything the host logged so far.
@@ -417,4 +447,112 @@ pub fn expect_success(response: &Value) -> &Value {
         "expected success, got {response}"
     );
     &response["result"]
+}
+
+/// An HTTP response as the test saw it on the wire.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A deliberately small HTTP/1.1 client: one request per connection, so
+/// the test sees exactly the bytes the gateway sends.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP gateway");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(RESPONSE_WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("no HTTP response within the test's wait")
+        .expect("read HTTP response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
 }

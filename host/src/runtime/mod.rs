@@ -2,6 +2,7 @@
 //! and loading a `.wasm` file into a ready-to-call [`Plugin`].
 
 mod cache;
+mod latency;
 mod plugin;
 mod state;
 
@@ -14,7 +15,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::CacheOutcome;
-pub use plugin::{Call, Plugin};
+pub use plugin::{Call, Plugin, StatsSnapshot};
 use state::StoreState;
 
 use crate::bindings::{ServicePre, add_log_to_linker};

@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::latency::Histogram;
 use super::state::StoreState;
 use crate::bindings::{Context, Service, ServicePre};
 use crate::config::Limits;
@@ -33,6 +34,43 @@ pub struct PluginStats {
     /// Instances created, the first of each slot included.
     pub instantiations: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Time from arrival at the plugin (queueing included) to the answer.
+    pub latency: Histogram,
+}
+
+/// A point-in-time copy of a plugin's counters, for status and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub errors: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub overloaded: u64,
+    /// Instances thrown away after a trap or timeout and replaced.
+    pub restarts: u64,
+    pub instantiations: u64,
+    pub in_flight: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl PluginStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ms = |q| self.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+        StatsSnapshot {
+            requests: get(&self.requests),
+            errors: get(&self.errors),
+            traps: get(&self.traps),
+            timeouts: get(&self.timeouts),
+            overloaded: get(&self.overloaded),
+            restarts: get(&self.traps) + get(&self.timeouts),
+            instantiations: get(&self.instantiations),
+            in_flight: get(&self.in_flight),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+        }
+    }
 }
 
 /// One request as the plugin sees it.
@@ -109,8 +147,10 @@ impl Plugin {
     /// Runs one request: waits for a slot, takes an instance, calls the
     /// handler under the deadline, and answers the handler's JSON text.
     pub async fn call(&self, mut call: Call<'_>) -> Result<String, CallError> {
+        let arrived = Instant::now();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.call_inner(&mut call).await;
+        self.stats.latency.record(arrived.elapsed());
         if let Err(e) = &result {
             let counter = match e {
                 CallError::Timeout { .. } => &self.stats.timeouts,

@@ -1,0 +1,386 @@
+//! The HTTP door: `POST /v1/{service}/{action}` and `POST /v1/rpc` onto the
+//! same routing table, limits and error codes as the sockets, plus the
+//! operations endpoints (`/healthz`, `/readyz`, `/v1/status`, `/metrics`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::error::{ErrorBody, ErrorCode};
+use crate::protocol::{self, Request};
+use crate::router::{Door, Router};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct HttpState {
+    pub router: Arc<Router>,
+    pub started: Instant,
+    pub max_body: usize,
+}
+
+/// The HTTP application. Tests can drive it without a socket.
+pub fn app(state: HttpState) -> axum::Router {
+    let max_body = state.max_body;
+    axum::Router::new()
+        .route("/v1/rpc", post(rpc))
+        .route("/v1/{service}/{action}", post(call))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log_failures))
+        .with_state(state)
+}
+
+/// The HTTP status for an error code: one table for every endpoint.
+/// Codes a plugin invents map to 422: understood, and refused by the service.
+pub fn status_for(code: &str) -> StatusCode {
+    match code {
+        "bad_request" => StatusCode::BAD_REQUEST,
+        "unauthorized" => StatusCode::UNAUTHORIZED,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "not_found" => StatusCode::NOT_FOUND,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "plugin_trap" | "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+/// Seconds a client should wait after `overloaded` or `unavailable`.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// An error answer: `{"error": {"code", "message"}}` with its status.
+pub struct HttpError(pub ErrorBody);
+
+impl HttpError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        HttpError(ErrorBody::new(code, message))
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = status_for(&self.0.code);
+        let body =
+            serde_json::to_vec(&json!({ "error": self.0 })).expect("an error body serializes");
+        with_retry_after(status, json_response(status, body))
+    }
+}
+
+fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+/// Logs failed requests; error responses themselves never log.
+async fn log_failures(request: HttpRequest, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::warn!(%method, path, status = status.as_u16(), "http request failed");
+    } else if status.is_client_error() {
+        tracing::debug!(%method, path, status = status.as_u16(), "http request refused");
+    }
+    response
+}
+
+/// Reads the body, turning the body-limit refusal into `too_large`.
+fn body_or_error(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, HttpError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::new(
+                ErrorCode::TooLarge,
+                format!("request body is over the limit of {max} bytes"),
+            )
+        } else {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, HttpError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                HttpError::new(
+                    ErrorCode::BadRequest,
+                    format!("header `{name}` is not visible ASCII"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Ids for HTTP requests that do not bring an `X-Request-Id`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `POST /v1/{service}/{action}`: the body is the params, the answer is the
+/// plugin's result. Optional headers: `X-Request-Id`, `X-Tenant-Id`,
+/// `X-Timeout-Ms`.
+async fn call(
+    State(state): State<HttpState>,
+    Path((service, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let received = Instant::now();
+    let body = body_or_error(body, state.max_body)?;
+    let params = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8"))?;
+        Some(RawValue::from_string(text.to_owned()).map_err(|e| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!("request body is not JSON: {e}"),
+            )
+        })?)
+    };
+    let id = match header_str(&headers, "x-request-id")? {
+        Some(id) => Value::from(id),
+        None => Value::from(format!("http-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))),
+    };
+    let timeout_ms = header_str(&headers, "x-timeout-ms")?
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| {
+                HttpError::new(
+                    ErrorCode::BadRequest,
+                    "header `x-timeout-ms` must be a whole number",
+                )
+            })
+        })
+        .transpose()?;
+    let request = Request {
+        id,
+        service: Some(service),
+        action,
+        params,
+        tenant_id: header_str(&headers, "x-tenant-id")?.map(str::to_owned),
+        timeout_ms,
+        token: None,
+        app: None,
+    };
+    let result = state
+        .router
+        .dispatch(&request, &Door::Main, received)
+        .await
+        .map_err(HttpError)?;
+    Ok(json_response(StatusCode::OK, result))
+}
+
+/// `POST /v1/rpc`: the socket envelope over HTTP, answered with the socket's
+/// response envelope (and the status of its error code, if any).
+async fn rpc(
+    State(state): State<HttpState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let received = Instant::now();
+    let body = body_or_error(body, state.max_body)?;
+    let (status, frame) = match Request::parse(&body) {
+        Err(bad) => {
+            let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
+            (
+                status_for(&error.code),
+                protocol::error_frame(&bad.id, &error),
+            )
+        }
+        Ok(request) => match state.router.dispatch(&request, &Door::Main, received).await {
+            Ok(result) => (
+                StatusCode::OK,
+                protocol::success_frame(&request.id, &result),
+            ),
+            Err(error) => (
+                status_for(&error.code),
+                protocol::error_frame(&request.id, &error),
+            ),
+        },
+    };
+    // The same bytes as on a socket, without the length prefix.
+    Ok(with_retry_after(
+        status,
+        json_response(status, Bytes::from(frame).slice(4..)),
+    ))
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"alive"}"#)
+}
+
+/// Ready when every plugin file in the folder loaded.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let failed = state.router.failed();
+    if failed.is_empty() {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+        let body = json!({ "status": "not_ready", "failed": names });
+        json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+    }
+}
+
+/// The status document `/v1/status` answers and `ferry status` prints.
+pub fn status_document(router: &Router, started: Instant) -> Value {
+    let mut services: Vec<Value> = router
+        .plugins()
+        .iter()
+        .map(|plugin| {
+            json!({
+                "name": plugin.name(),
+                "state": "ready",
+                "version": &plugin.digest()[..12],
+                "limits": plugin.limits(),
+                "stats": plugin.stats.snapshot(),
+            })
+        })
+        .collect();
+    services.extend(
+        router
+            .failed()
+            .into_iter()
+            .map(|(name, reason)| json!({ "name": name, "state": "failed", "error": reason })),
+    );
+    json!({
+        "uptime_s": started.elapsed().as_secs(),
+        "services": services,
+    })
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let body = status_document(&state.router, state.started).to_string();
+    json_response(StatusCode::OK, body)
+}
+
+/// Prometheus text exposition of the per-plugin counters.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let plugins = state.router.plugins();
+    let snapshots: Vec<_> = plugins
+        .iter()
+        .map(|p| (p.name(), p.stats.snapshot()))
+        .collect();
+    let mut out = String::new();
+    let counters: [(&str, &str, fn(&crate::runtime::StatsSnapshot) -> u64); 7] = [
+        (
+            "ferry_requests_total",
+            "Requests that reached a plugin.",
+            |s| s.requests,
+        ),
+        (
+            "ferry_errors_total",
+            "Requests the plugin answered with an error of its own.",
+            |s| s.errors,
+        ),
+        (
+            "ferry_traps_total",
+            "Requests that trapped, panicked or hit the memory limit.",
+            |s| s.traps,
+        ),
+        (
+            "ferry_timeouts_total",
+            "Requests cut off at their deadline.",
+            |s| s.timeouts,
+        ),
+        (
+            "ferry_overloaded_total",
+            "Requests refused because every instance was busy.",
+            |s| s.overloaded,
+        ),
+        (
+            "ferry_restarts_total",
+            "Instances replaced after a trap or timeout.",
+            |s| s.restarts,
+        ),
+        ("ferry_instantiations_total", "Instances created.", |s| {
+            s.instantiations
+        }),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (service, snapshot) in &snapshots {
+            let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", value(snapshot));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferry_in_flight Requests running now.\n# TYPE ferry_in_flight gauge"
+    );
+    for (service, snapshot) in &snapshots {
+        let _ = writeln!(
+            out,
+            "ferry_in_flight{{service=\"{service}\"}} {}",
+            snapshot.in_flight
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferry_request_duration_seconds Time from arrival at the plugin to the answer.\n# TYPE ferry_request_duration_seconds summary"
+    );
+    for (service, snapshot) in &snapshots {
+        for (quantile, ms) in [("0.5", snapshot.p50_ms), ("0.99", snapshot.p99_ms)] {
+            if let Some(ms) = ms {
+                let _ = writeln!(
+                    out,
+                    "ferry_request_duration_seconds{{service=\"{service}\",quantile=\"{quantile}\"}} {}",
+                    ms / 1000.0
+                );
+            }
+        }
+    }
+    let mut response = Response::new(out.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+async fn no_route() -> HttpError {
+    HttpError::new(
+        ErrorCode::NotFound,
+        "no such endpoint: use POST /v1/{service}/{action}, POST /v1/rpc, GET /v1/status, /healthz, /readyz or /metrics",
+    )
+}
+
+async fn wrong_method() -> Response {
+    let mut response = HttpError::new(ErrorCode::BadRequest, "method not allowed on this endpoint")
+        .into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

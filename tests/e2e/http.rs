@@ -1,0 +1,295 @@
+//! The HTTP gateway end to end: the same plugins, limits and error codes as
+//! the sockets, one status table for errors, and the operations endpoints.
+
+use std::process::Command;
+
+use ferry_tests::{Ferry, expect_success, ferry_bin};
+use serde_json::{Value, json};
+
+/// Asserts an error reply: its status, and a body that is exactly
+/// `{"error": {"code", "message"}}` with `code`.
+fn assert_error(reply: &ferry_tests::HttpReply, status: u16, code: &str) -> String {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    let object = body.as_object().expect("error body is an object");
+    assert_eq!(object.len(), 1, "nothing but `error`: {body}");
+    let error = body["error"].as_object().expect("`error` is an object");
+    assert_eq!(error.len(), 2, "only code and message: {body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_service_action_answers_the_plugin_result() {
+    let ferry = Ferry::start_default();
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/echo/echo",
+            &[
+                ("x-request-id", "abc-1"),
+                ("x-tenant-id", "acme"),
+                ("content-type", "application/json"),
+            ],
+            br#"{"hello": ["world", 1]}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let result = reply.json();
+    assert_eq!(result["params"], json!({"hello": ["world", 1]}));
+    assert_eq!(result["ctx"]["tenant"], "acme");
+    assert_eq!(result["ctx"]["request_id"], "\"abc-1\"");
+
+    // An empty body means `{}`; typed params are checked by the SDK.
+    let reply = ferry.http("POST", "/v1/echo/echo", &[], b"").await;
+    assert_eq!(reply.json()["params"], json!({}));
+    let reply = ferry
+        .http("POST", "/v1/echo/sum", &[], br#"{"numbers": [40, 2]}"#)
+        .await;
+    assert_eq!(reply.json(), json!({"sum": 42}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_takes_and_answers_the_socket_envelope() {
+    let ferry = Ferry::start_default();
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/rpc",
+            &[],
+            &serde_json::to_vec(
+                &json!({"id": 9, "service": "echo", "action": "echo", "params": [1]}),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let envelope = reply.json();
+    assert_eq!(envelope["id"], 9);
+    assert_eq!(expect_success(&envelope)["params"], json!([1]));
+
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/rpc",
+            &[],
+            br#"{"id": "x", "service": "nope", "action": "a"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 404);
+    let envelope = reply.json();
+    assert_eq!(
+        (envelope["id"].clone(), envelope["status"].clone()),
+        (json!("x"), json!("error"))
+    );
+    assert_eq!(envelope["error"]["code"], "not_found");
+
+    let reply = ferry.http("POST", "/v1/rpc", &[], b"{broken").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["id"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_code_maps_to_its_documented_status() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .plugin(
+            "faulty",
+            "faulty",
+            Some("max_concurrency: 1\nmax_queue: 0\n"),
+        )
+        .config("max_frame_bytes: 4096\n")
+        .start();
+
+    assert_error(
+        &ferry.http("POST", "/v1/echo/echo", &[], b"{not json").await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &ferry
+            .http("POST", "/v1/echo/echo", &[("x-timeout-ms", "soon")], b"{}")
+            .await,
+        400,
+        "bad_request",
+    );
+    let message = assert_error(
+        &ferry.http("POST", "/v1/nope/echo", &[], b"{}").await,
+        404,
+        "not_found",
+    );
+    assert!(message.contains("no service named `nope`"), "{message}");
+    assert_error(
+        &ferry.http("POST", "/v1/echo/nope", &[], b"{}").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &ferry.http("GET", "/nowhere", &[], b"").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &ferry.http("GET", "/v1/echo/echo", &[], b"").await,
+        405,
+        "bad_request",
+    );
+    let big = vec![b' '; 10_000];
+    let message = assert_error(
+        &ferry.http("POST", "/v1/echo/echo", &[], &big).await,
+        413,
+        "too_large",
+    );
+    assert!(message.contains("4096"), "{message}");
+    let message = assert_error(
+        &ferry.http("POST", "/v1/faulty/trap", &[], b"{}").await,
+        500,
+        "plugin_trap",
+    );
+    assert!(message.contains("unreachable"), "{message}");
+    assert_error(
+        &ferry
+            .http("POST", "/v1/faulty/loop", &[("x-timeout-ms", "200")], b"{}")
+            .await,
+        504,
+        "timeout",
+    );
+    assert_error(
+        &ferry.http("POST", "/v1/faulty/refuse", &[], b"{}").await,
+        422,
+        "out_of_stock",
+    );
+
+    // The socket and HTTP share one plugin's limits: with its only instance
+    // busy on a socket request, an HTTP request is turned away.
+    let mut client = ferry.connect().await;
+    client
+        .send(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 1500}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reply = ferry.http("POST", "/v1/faulty/ok", &[], b"{}").await;
+    assert_error(&reply, 429, "overloaded");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    client.recv().await.unwrap();
+    assert_eq!(
+        ferry.http("POST", "/v1/faulty/ok", &[], b"{}").await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_status_and_metrics() {
+    let ferry = Ferry::start_default();
+    assert_eq!(ferry.http("GET", "/healthz", &[], b"").await.status, 200);
+    assert_eq!(ferry.http("GET", "/readyz", &[], b"").await.status, 200);
+
+    for _ in 0..5 {
+        assert_eq!(
+            ferry.http("POST", "/v1/echo/echo", &[], b"{}").await.status,
+            200
+        );
+    }
+    let mut client = ferry.connect().await;
+    client
+        .request(&json!({"id": 1, "service": "faulty", "action": "trap"}))
+        .await;
+    client
+        .request(&json!({"id": 2, "service": "faulty", "action": "loop", "timeout_ms": 100}))
+        .await;
+
+    let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
+    let service = |name: &str| {
+        status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    let echo = service("echo");
+    assert_eq!(echo["state"], "ready");
+    assert_eq!(echo["version"].as_str().unwrap().len(), 12);
+    assert_eq!(echo["stats"]["requests"], 5);
+    assert_eq!(echo["stats"]["in_flight"], 0);
+    assert!(echo["stats"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(echo["stats"]["p99_ms"].as_f64().unwrap() >= echo["stats"]["p50_ms"].as_f64().unwrap());
+    let faulty = service("faulty");
+    assert_eq!(faulty["stats"]["traps"], 1);
+    assert_eq!(faulty["stats"]["timeouts"], 1);
+    assert_eq!(faulty["stats"]["restarts"], 2);
+
+    let metrics = ferry.http("GET", "/metrics", &[], b"").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    assert!(
+        text.contains("ferry_requests_total{service=\"echo\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_traps_total{service=\"faulty\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE ferry_request_duration_seconds summary"),
+        "{text}"
+    );
+
+    // `ferry status` prints the same in a table.
+    let out = Command::new(ferry_bin())
+        .args(["status", "--http", &ferry.http.unwrap().to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.starts_with("SERVICE"), "{table}");
+    let echo_row = table
+        .lines()
+        .find(|l| l.starts_with("echo"))
+        .expect("echo row");
+    let cells: Vec<&str> = echo_row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..4],
+        ["ready", echo["version"].as_str().unwrap(), "5"],
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_fails_to_load_keeps_readyz_red_and_shows_why() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .start_with(|deploy| {
+            std::fs::write(deploy.join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        });
+    let reply = ferry.http("GET", "/readyz", &[], b"").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["failed"], json!(["broken"]));
+    let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
+    let broken = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "broken")
+        .unwrap()
+        .clone();
+    assert_eq!(broken["state"], "failed");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("core wasm module"),
+        "{broken}"
+    );
+    // The others are served all the same.
+    assert_eq!(
+        ferry.http("POST", "/v1/echo/echo", &[], b"{}").await.status,
+        200
+    );
+}
