@@ -71,6 +71,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         stall_timeout: Duration::from_millis(config.idle_timeout_ms),
     };
     let connections = Arc::new(Semaphore::new(config.max_connections as usize));
+    let tally = Arc::new(socket::Tally::default());
     let (stop, stopped) = watch::channel(false);
     let mut doors = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -79,6 +80,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             router.clone(),
             limits,
             connections.clone(),
+            tally.clone(),
             stopped.clone(),
         ));
     }
@@ -122,7 +124,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; exiting anyway");
     }
-    tracing::info!("stopped");
+    let (accepted, answered) = (
+        tally.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        tally.answered.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    tracing::info!(
+        accepted,
+        answered,
+        "stopped; socket requests accepted and answered over the host's life"
+    );
     Ok(())
 }
 

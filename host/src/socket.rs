@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,14 @@ use crate::router::{Door, Router};
 /// Requests one connection may have in flight; reading pauses beyond it, so
 /// one client cannot queue unbounded work.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+/// Requests read and responses written over every socket, so shutdown can
+/// say whether every accepted request was answered.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub answered: std::sync::atomic::AtomicU64,
+}
 
 /// Settings every connection shares.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +100,7 @@ pub async fn serve(
     router: Arc<Router>,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
+    tally: Arc<Tally>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
@@ -113,9 +123,14 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let (router, door, shutdown) = (router.clone(), listener.door.clone(), shutdown.clone());
+        let (router, door, tally, shutdown) = (
+            router.clone(),
+            listener.door.clone(),
+            tally.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
-            connection(stream, router, door, limits, shutdown).await;
+            connection(stream, router, door, limits, tally, shutdown).await;
             drop(permit);
         });
         // Reap finished connections so the set does not grow without bound.
@@ -134,6 +149,7 @@ async fn connection(
     router: Arc<Router>,
     door: Door,
     limits: ConnectionLimits,
+    tally: Arc<Tally>,
     shutdown: watch::Receiver<bool>,
 ) {
     // Created once: registering a fresh shutdown waiter per frame costs time.
@@ -142,7 +158,7 @@ async fn connection(
     let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);
     let (responses, outbox) = mpsc::unbounded_channel::<Outgoing>();
-    let mut writer = tokio::spawn(write_responses(write, outbox));
+    let mut writer = tokio::spawn(write_responses(write, outbox, tally.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let mut requests = JoinSet::new();
 
@@ -173,6 +189,7 @@ async fn connection(
                 return;
             }
         };
+        tally.accepted.fetch_add(1, Ordering::Relaxed);
         let (router, door, responses) = (router.clone(), door.clone(), responses.clone());
         requests.spawn(async move {
             let response = router.handle_frame(&frame, &door).await;
@@ -196,24 +213,36 @@ type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
 
 /// Writes response frames as they come, flushing whenever no more are ready
 /// so that pipelined responses share system calls.
-async fn write_responses(write: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_responses(
+    write: OwnedWriteHalf,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    tally: Arc<Tally>,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, write);
-    while let Some((frame, _slot)) = outbox.recv().await {
+    let mut written = 0;
+    while let Some((frame, slot)) = outbox.recv().await {
         if out.write_all(&frame).await.is_err() {
             return;
         }
+        written += u64::from(slot.is_some());
         // Let the requests that are ready finish first: their responses then
         // leave in the same write, which saves a system call and a wake-up of
         // the client per response.
         tokio::task::yield_now().await;
-        while let Ok((frame, _slot)) = outbox.try_recv() {
+        while let Ok((frame, slot)) = outbox.try_recv() {
             if out.write_all(&frame).await.is_err() {
                 return;
             }
+            written += u64::from(slot.is_some());
         }
         if out.flush().await.is_err() {
             return;
         }
+        // Counted once flushed: only then has the client been answered. Only
+        // responses to requests count (they hold a slot); a too_large
+        // refusal answers no request.
+        tally.answered.fetch_add(written, Ordering::Relaxed);
+        written = 0;
     }
     let _ = out.shutdown().await;
 }

@@ -243,3 +243,77 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
     assert!(status.success(), "exit status {status}");
     assert!(!ferry.socket.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_answers_every_accepted_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let mut ferry = Ferry::start_default();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..8u64 {
+        let (socket, received) = (ferry.socket.clone(), received.clone());
+        clients.push(tokio::spawn(async move {
+            let mut client = ferry_tests::Client::connect(&socket).await;
+            let request = |n: u64| {
+                // A few slow ones keep requests in flight at the signal.
+                if n % 500 == 0 {
+                    json!({"id": n, "service": "faulty", "action": "slow", "timeout_ms": 200})
+                } else {
+                    json!({"id": n, "service": "echo", "action": "echo", "params": n})
+                }
+            };
+            let mut next = c * 1_000_000;
+            for _ in 0..8 {
+                client.try_send(&request(next)).await.unwrap();
+                next += 1;
+            }
+            // Keep eight in flight until the host closes the connection.
+            while let Some(response) = client.recv().await {
+                let code = response["error"]["code"].as_str().unwrap_or("");
+                assert!(
+                    response["status"] == "success" || code == "timeout",
+                    "{response}"
+                );
+                received.fetch_add(1, Ordering::Relaxed);
+                let _ = client.try_send(&request(next)).await;
+                next += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let status = tokio::task::block_in_place(|| ferry.terminate());
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(status.success(), "exit status {status}");
+
+    let log = ferry.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stopped;"))
+        .expect("a shutdown summary");
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    let received = received.load(Ordering::Relaxed);
+    eprintln!(
+        "SIGTERM under load: accepted {}, answered {}, received {received}",
+        field("accepted"),
+        field("answered")
+    );
+    assert!(
+        received > 100,
+        "the load was running ({received} responses)"
+    );
+    assert_eq!(field("accepted"), field("answered"), "{line}");
+    assert_eq!(
+        field("answered"),
+        received,
+        "every answer reached its client"
+    );
+}

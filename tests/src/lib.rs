@@ -384,6 +384,14 @@ impl Client {
         self.send_raw(&frame).await;
     }
 
+    /// Sends `value` as one frame; an error once the host has closed.
+    pub async fn try_send(&mut self, value: &Value) -> std::io::Result<()> {
+        let payload = serde_json::to_vec(value).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        self.write.write_all(&frame).await
+    }
+
     /// Sends bytes exactly as given.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.write.write_all(bytes).await.expect("write to ferry");
