@@ -7,7 +7,7 @@ PLUGINS := echo faulty
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
-.PHONY: run test plugins host toolchain bench clean
+.PHONY: run test plugins host toolchain bench wrk clean
 
 ## Build the example plugins and serve them on the embedded defaults.
 run: plugins host
@@ -17,9 +17,9 @@ run: plugins host
 test: plugins host
 	$(CARGO) test --release -p ferry-host -p ferry-tests
 
-## Socket echo benchmark: Ferry against a native server, in one run.
-bench: plugins host
-	$(CARGO) bench -p ferry-tests --bench socket_echo
+## Benchmarks: socket and HTTP echo, Ferry against native servers, in one run each.
+bench: plugins host wrk
+	$(CARGO) bench -p ferry-tests --bench socket_echo --bench http_echo
 
 ## Build the example plugins into deploy/.
 plugins: toolchain
@@ -30,6 +30,10 @@ plugins: toolchain
 
 host:
 	$(CARGO) build --release -p ferry-host
+
+# The HTTP benchmark's load generator, from Debian's packages.
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

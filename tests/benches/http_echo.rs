@@ -1,0 +1,181 @@
+//! HTTP echo benchmark: requests per second and latency of `POST
+//! /v1/echo/echo` through Ferry's gateway, against a native axum handler
+//! doing the same JSON echo, in one run, with wrk as the load generator.
+//! Servers are held to CPU 0, wrk to CPU 1; servers take turns over rounds.
+//!
+//! `make bench` (it installs wrk). `BENCH_SECS` (default 5) and
+//! `BENCH_ROUNDS` (default 3) as in the socket benchmark.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use ferry_tests::{Ferry, pin_to_cpu, scratch_dir};
+
+const CONNECTIONS: u32 = 64;
+
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// wrk prints latencies like `1.23ms`, `850.00us` or `1.02s`.
+fn millis(text: &str) -> f64 {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .expect("a unit"),
+    );
+    let n: f64 = number.parse().expect("a number");
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => panic!("unknown unit in {text}"),
+    }
+}
+
+fn wrk(url: &str, seconds: u64, script: &std::path::Path) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("wrk");
+    command
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url);
+    // SAFETY: only an async-signal-safe system call between fork and exec.
+    unsafe {
+        command.pre_exec(|| pin_to_cpu(1));
+    }
+    let out = command.output().expect("run wrk (make bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    };
+    let errors = field("Non-2xx or 3xx responses:").map_or(0, |n| n.parse().unwrap())
+        + field("Socket errors:").map_or(0, |s| {
+            s.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        });
+    Run {
+        rps: field("Requests/sec:")
+            .expect("Requests/sec")
+            .parse()
+            .unwrap(),
+        p50_ms: millis(&field("50%").expect("50% latency")),
+        p99_ms: millis(&field("99%").expect("99% latency")),
+        errors,
+    }
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rounds: u64 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let dir = scratch_dir();
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.body = '{\"user\":\"ada\",\"items\":[1,2,3],\"note\":\"hello ferry\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"X-Tenant-Id\"] = \"acme\"\n",
+    )
+    .unwrap();
+
+    let mut native = {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_native-http"));
+        command.arg("127.0.0.1:0").stdout(Stdio::piped());
+        // SAFETY: only an async-signal-safe system call between fork and exec.
+        unsafe {
+            command.pre_exec(|| pin_to_cpu(0));
+        }
+        command.spawn().expect("start native-http")
+    };
+    let mut line = String::new();
+    BufReader::new(native.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let native_url = format!("http://{}/v1/echo/echo", line.trim());
+    let ferry = Ferry::options().plugin("echo", "echo", None).cpu0().start();
+    let ferry_url = format!(
+        "http://{}/v1/echo/echo",
+        ferry.http.expect("ferry http address")
+    );
+
+    println!(
+        "http echo: wrk -t1 -c{CONNECTIONS}, {rounds} rounds of {seconds} s per server, interleaved; servers on CPU 0, wrk on CPU 1\n"
+    );
+    let mut results: Vec<(&str, Vec<Run>)> =
+        vec![("native axum", Vec::new()), ("ferry", Vec::new())];
+    for round in 0..rounds {
+        for (label, url) in [("native axum", &native_url), ("ferry", &ferry_url)] {
+            let run = wrk(url, seconds, &script);
+            eprintln!("round {round}: {label:<12} {:>9.0} req/s", run.rps);
+            results
+                .iter_mut()
+                .find(|(l, _)| *l == label)
+                .unwrap()
+                .1
+                .push(run);
+        }
+    }
+    let _ = native.kill();
+    let _ = native.wait();
+
+    println!("| server       | req/s (median) | p50 (ms) | p99 (ms) | errors |");
+    println!("|--------------|----------------|----------|----------|--------|");
+    let median_index = |runs: &[Run]| {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|&a, &b| runs[a].rps.total_cmp(&runs[b].rps));
+        order[order.len() / 2]
+    };
+    for (label, runs) in &results {
+        let m = &runs[median_index(runs)];
+        let errors: u64 = runs.iter().map(|r| r.errors).sum();
+        println!(
+            "| {label:<12} | {:>14.0} | {:>8.3} | {:>8.3} | {errors:>6} |",
+            m.rps, m.p50_ms, m.p99_ms
+        );
+    }
+    let mut ratios: Vec<f64> = results[1]
+        .1
+        .iter()
+        .zip(&results[0].1)
+        .map(|(f, n)| f.rps / n.rps)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "\nferry / native axum: {:.2} (rounds: {})",
+        ratios[ratios.len() / 2],
+        shown.join(", ")
+    );
+    drop(ferry);
+    let _ = std::fs::remove_dir_all(dir);
+    let errors: u64 = results
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|r| r.errors))
+        .sum();
+    if errors > 0 {
+        eprintln!("{errors} requests failed");
+        std::process::exit(1);
+    }
+}
