@@ -1,5 +1,6 @@
 //! `ferry serve`: start-up in a fixed order (config already validated, then
-//! the runtime, then the plugins, then the sockets), and shutdown on a signal.
+//! the runtime, then the plugins, then the sockets and the HTTP listener),
+//! and shutdown on a signal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,11 +92,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             started,
             max_body: config.max_frame_bytes as usize,
         });
-        let mut stopped = stopped.clone();
+        let stop = socket::stopping(stopped.clone());
         doors.spawn(async move {
-            let stop = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

@@ -248,7 +248,7 @@ async fn write_responses(
 }
 
 /// Resolves once shutdown has begun.
-async fn stopping(mut shutdown: watch::Receiver<bool>) {
+pub async fn stopping(mut shutdown: watch::Receiver<bool>) {
     // A closed channel means the server is gone, which is a shutdown too.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
