@@ -1,6 +1,8 @@
 //! Test harness: starts the real `ferry` binary in a scratch folder with the
 //! real example plugins, and talks to it over its real sockets.
 
+pub mod baseline;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use ferry_tests::baseline::{Echoed, Seen};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -21,22 +22,6 @@ struct Request {
     params: Option<Box<RawValue>>,
     tenant_id: Option<String>,
     timeout_ms: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Seen<'a> {
-    request_id: String,
-    app: &'a str,
-    service: &'a str,
-    tenant: Option<&'a str>,
-    subject: Option<&'a str>,
-    time_left_ms: u64,
-}
-
-#[derive(Serialize)]
-struct Echoed<'a> {
-    params: Value,
-    ctx: Seen<'a>,
 }
 
 #[derive(Serialize)]

@@ -6,24 +6,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use serde::Serialize;
+use ferry_tests::baseline::{Echoed, Seen};
 use serde_json::Value;
-
-#[derive(Serialize)]
-struct Seen<'a> {
-    request_id: &'a str,
-    app: &'a str,
-    service: &'a str,
-    tenant: Option<&'a str>,
-    subject: Option<&'a str>,
-    time_left_ms: u64,
-}
-
-#[derive(Serialize)]
-struct Echoed<'a> {
-    params: Value,
-    ctx: Seen<'a>,
-}
 
 async fn echo(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let params: Value = match serde_json::from_slice(&body) {
@@ -34,7 +18,7 @@ async fn echo(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let body = serde_json::to_vec(&Echoed {
         params,
         ctx: Seen {
-            request_id: "\"http-1\"",
+            request_id: "\"http-1\"".to_owned(),
             app: "default",
             service: "echo",
             tenant,
