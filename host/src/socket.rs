@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,8 +27,8 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// say whether every accepted request was answered.
 #[derive(Debug, Default)]
 pub struct Tally {
-    pub accepted: std::sync::atomic::AtomicU64,
-    pub answered: std::sync::atomic::AtomicU64,
+    pub accepted: AtomicU64,
+    pub answered: AtomicU64,
 }
 
 /// Settings every connection shares.

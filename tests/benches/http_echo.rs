@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use ferry_tests::{Ferry, pin_to_cpu, scratch_dir};
+use ferry_tests::{Ferry, env_u64, run_on_cpu, scratch_dir};
 
 const CONNECTIONS: u32 = 64;
 
@@ -36,7 +36,6 @@ fn millis(text: &str) -> f64 {
 }
 
 fn wrk(url: &str, seconds: u64, script: &std::path::Path) -> Run {
-    use std::os::unix::process::CommandExt;
     let mut command = Command::new("wrk");
     command
         .args([
@@ -48,11 +47,9 @@ fn wrk(url: &str, seconds: u64, script: &std::path::Path) -> Run {
         ])
         .arg(script)
         .arg(url);
-    // SAFETY: only an async-signal-safe system call between fork and exec.
-    unsafe {
-        command.pre_exec(|| pin_to_cpu(1));
-    }
-    let out = command.output().expect("run wrk (make bench installs it)");
+    let out = run_on_cpu(&mut command, 1)
+        .output()
+        .expect("run wrk (make bench installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -83,14 +80,8 @@ fn wrk(url: &str, seconds: u64, script: &std::path::Path) -> Run {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let rounds: u64 = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seconds = env_u64("BENCH_SECS", 5);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
     let dir = scratch_dir();
     let script = dir.join("post.lua");
     std::fs::write(
@@ -99,16 +90,11 @@ fn main() {
     )
     .unwrap();
 
-    let mut native = {
-        use std::os::unix::process::CommandExt;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_native-http"));
-        command.arg("127.0.0.1:0").stdout(Stdio::piped());
-        // SAFETY: only an async-signal-safe system call between fork and exec.
-        unsafe {
-            command.pre_exec(|| pin_to_cpu(0));
-        }
-        command.spawn().expect("start native-http")
-    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_native-http"));
+    command.arg("127.0.0.1:0").stdout(Stdio::piped());
+    let mut native = run_on_cpu(&mut command, 0)
+        .spawn()
+        .expect("start native-http");
     let mut line = String::new();
     BufReader::new(native.stdout.as_mut().unwrap())
         .read_line(&mut line)

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{Ferry, pin_to_cpu, scratch_dir};
+use ferry_tests::{Ferry, env_u64, pin_to_cpu, run_on_cpu, scratch_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -132,16 +132,6 @@ async fn run_load(socket: &Path, seconds: u64) -> Outcome {
     total
 }
 
-/// Starts a command on CPU 0 only.
-fn spawn_on_cpu0(command: &mut Command) -> Child {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only an async-signal-safe system call between fork and exec.
-    unsafe {
-        command.pre_exec(|| pin_to_cpu(0));
-    }
-    command.spawn().expect("spawn server")
-}
-
 fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(path).is_err() {
@@ -182,16 +172,9 @@ impl Case {
     }
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let seconds = env_or("BENCH_SECS", 5);
-    let rounds = env_or("BENCH_ROUNDS", 3);
+    let seconds = env_u64("BENCH_SECS", 5);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("this benchmark needs two CPUs: one for the server, one for the load");
         std::process::exit(1);
@@ -212,7 +195,7 @@ fn main() {
         let socket = dir.join(format!("native-{}.sock", natives.len()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_native-echo"));
         command.arg(&socket).args(flag).stdout(Stdio::null());
-        natives.push(spawn_on_cpu0(&mut command));
+        natives.push(run_on_cpu(&mut command, 0).spawn().expect("spawn server"));
         wait_for_socket(&socket);
         cases.push(Case::new(label, socket));
     }

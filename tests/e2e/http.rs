@@ -20,6 +20,17 @@ fn assert_error(reply: &ferry_tests::HttpReply, status: u16, code: &str) -> Stri
     body["error"]["message"].as_str().unwrap().to_owned()
 }
 
+/// One service's entry in a `/v1/status` document.
+fn service_status(status: &Value, name: &str) -> Value {
+    status["services"]
+        .as_array()
+        .expect("a services list")
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn post_service_action_answers_the_plugin_result() {
     let ferry = Ferry::start_default();
@@ -200,15 +211,7 @@ async fn health_readiness_status_and_metrics() {
         .await;
 
     let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
-    let service = |name: &str| {
-        status["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
+    let service = |name: &str| service_status(&status, name);
     let echo = service("echo");
     assert_eq!(echo["state"], "ready");
     assert_eq!(echo["version"].as_str().unwrap().len(), 12);
@@ -272,13 +275,7 @@ async fn a_plugin_that_fails_to_load_keeps_readyz_red_and_shows_why() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["failed"], json!(["broken"]));
     let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
-    let broken = status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "broken")
-        .unwrap()
-        .clone();
+    let broken = service_status(&status, "broken");
     assert_eq!(broken["state"], "failed");
     assert!(
         broken["error"]

@@ -72,6 +72,22 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes `command` start on `cpu` only (for benchmarks: servers on one
+/// core, load on the other).
+pub fn run_on_cpu(command: &mut Command, cpu: usize) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only an async-signal-safe system call between fork and exec.
+    unsafe { command.pre_exec(move || pin_to_cpu(cpu)) }
+}
+
+/// A benchmark setting from the environment, or its default.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A fresh scratch folder, short enough for Unix socket paths.
 pub fn scratch_dir() -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -208,11 +224,7 @@ impl Ferry {
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
         if cpu0 {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only an async-signal-safe system call between fork and exec.
-            unsafe {
-                command.pre_exec(|| pin_to_cpu(0));
-            }
+            run_on_cpu(&mut command, 0);
         }
         let child = command.spawn().expect("spawn ferry");
         let mut ferry = Ferry {
