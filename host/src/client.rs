@@ -26,6 +26,36 @@ pub struct CallArgs {
     pub timeout_ms: Option<u64>,
     pub tenant: Option<String>,
     pub token: Option<String>,
+    pub app: Option<String>,
+}
+
+/// `ferry token`: prints a development token for `app`, signed with its
+/// HMAC secret; refuses, saying why, for applications without one.
+pub fn token(
+    config: &crate::config::Config,
+    app: &str,
+    subject: &str,
+    tenant: Option<&str>,
+    ttl: Duration,
+) -> anyhow::Result<ExitCode> {
+    let apps =
+        crate::apps::Apps::build(config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let Some(found) = apps.get(app) else {
+        bail!(
+            "no application named `{app}` in the config (applications: {})",
+            apps.names().join(", ")
+        );
+    };
+    let crate::apps::Auth::Jwt(jwt) = &found.auth else {
+        bail!(
+            "cannot mint a token for `{app}`: it has no JWT auth (`auth: none`), so it needs no token"
+        );
+    };
+    let token = jwt
+        .mint(subject, tenant, ttl)
+        .map_err(|e| anyhow::anyhow!("cannot mint a token for `{app}`: {e}"))?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Sends one request, prints the response as pretty JSON. Exits 0 on
@@ -46,6 +76,7 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         ("timeout_ms", args.timeout_ms.map(Value::from)),
         ("tenant_id", args.tenant.map(Value::from)),
         ("token", args.token.map(Value::from)),
+        ("app", args.app.map(Value::from)),
     ] {
         if let Some(value) = value {
             request[key] = value;

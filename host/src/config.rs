@@ -2,9 +2,9 @@
 //! manifests, and their validation. Everything here is checked before any
 //! socket opens.
 
-use std::path::{Path, PathBuf};
-
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,8 +83,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The main Unix socket. Per-service sockets go in `services/` beside it.
-    pub socket: PathBuf,
+    /// The main Unix socket and who may use it. Per-service sockets go in
+    /// `services/` beside it and share its settings.
+    #[serde(deserialize_with = "socket_config")]
+    pub socket: SocketConfig,
     /// Address of the HTTP gateway; `null` turns it off.
     pub http: Option<SocketAddr>,
     /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
@@ -99,12 +101,17 @@ pub struct Config {
     pub max_connections: u32,
     /// Limits for every plugin that its manifest does not override.
     pub defaults: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout_ms: u64,
+    /// Applications by name. Without any, one application named `default`
+    /// serves every loaded service with no authentication.
+    pub apps: BTreeMap<String, AppConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            socket: PathBuf::from("run/ferry.sock"),
+            socket: SocketConfig::at("run/ferry.sock"),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             plugins: PathBuf::from("deploy"),
             data: PathBuf::from("data"),
@@ -112,6 +119,8 @@ impl Default for Config {
             idle_timeout_ms: 10_000,
             max_connections: 1_024,
             defaults: Limits::default(),
+            drain_timeout_ms: 10_000,
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -135,9 +144,29 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
         let mut config = Config::parse(&text).map_err(error)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.socket, &mut config.plugins, &mut config.data] {
+        for p in [
+            &mut config.socket.path,
+            &mut config.plugins,
+            &mut config.data,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        for app in config.apps.values_mut() {
+            if let AuthConfig::Jwt(jwt) = &mut app.auth {
+                for p in [
+                    &mut jwt.secret_file,
+                    &mut jwt.public_key_file,
+                    &mut jwt.jwks_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
             }
         }
         Ok(config)
@@ -168,22 +197,80 @@ impl Config {
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        if !(1..=3_600_000).contains(&self.drain_timeout_ms) {
+            return Err(format!(
+                "drain_timeout_ms must be between 1 and 3600000, not {}",
+                self.drain_timeout_ms
+            ));
+        }
         // sockaddr_un holds 108 bytes; say so now rather than at bind time.
-        if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
+        if self.socket.path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!(
                 "socket path {} is too long: Unix socket paths must stay under {} bytes",
-                self.socket.display(),
+                self.socket.path.display(),
                 MAX_SOCKET_PATH + 1
             ));
         }
         self.defaults
             .validate()
-            .map_err(|e| format!("defaults: {e}"))
+            .map_err(|e| format!("defaults: {e}"))?;
+        self.validate_apps()
+    }
+
+    /// Checks what can be checked without reading key files: names, hosts
+    /// claimed twice, the socket's default application. Keys are loaded (and
+    /// checked) by `apps::Apps::build`, also before any socket opens.
+    fn validate_apps(&self) -> Result<(), String> {
+        let mut hosts: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, app) in &self.apps {
+            if !valid_app_name(name) {
+                return Err(format!(
+                    "apps: `{name}` is not a valid application name (lowercase letters, digits, `-` and `_`)"
+                ));
+            }
+            for host in &app.hosts {
+                let host = host.to_ascii_lowercase();
+                let with_port = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err();
+                if host.is_empty() || with_port || host.contains(['/', ' ', '[', ']']) {
+                    return Err(format!(
+                        "apps.{name}.hosts: `{host}` is not a host name (write it without scheme or port)"
+                    ));
+                }
+                if let Some(other) = hosts.insert(host.clone(), name) {
+                    return Err(format!(
+                        "apps: host `{host}` is claimed by both `{other}` and `{name}`"
+                    ));
+                }
+            }
+            for service in &app.services {
+                if !crate::router::valid_service_name(service) {
+                    return Err(format!(
+                        "apps.{name}.services: `{service}` is not a valid service name"
+                    ));
+                }
+            }
+            if let AuthConfig::Jwt(jwt) = &app.auth {
+                jwt.validate()
+                    .map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?;
+            }
+        }
+        if let Some(app) = &self.socket.app {
+            let known = if self.apps.is_empty() {
+                app == crate::router::DEFAULT_APP
+            } else {
+                self.apps.contains_key(app)
+            };
+            if !known {
+                return Err(format!("socket.app: no application named `{app}`"));
+            }
+        }
+        Ok(())
     }
 
     /// Where per-service sockets live: `services/` beside the main socket.
     pub fn services_dir(&self) -> PathBuf {
         self.socket
+            .path
             .parent()
             .unwrap_or(Path::new("."))
             .join("services")
@@ -192,6 +279,207 @@ impl Config {
     /// The compile cache folder.
     pub fn cache_dir(&self) -> PathBuf {
         self.data.join("cache")
+    }
+}
+
+/// Whether `name` can name an application: the same rule as service names.
+pub fn valid_app_name(name: &str) -> bool {
+    crate::router::valid_service_name(name)
+}
+
+/// The main socket: where it is and who may use it.
+///
+/// Written either as a plain path (`socket: run/ferry.sock`) or as a map
+/// with `path` and the optional keys below.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    /// Permission bits of the socket files, as a quoted octal string.
+    #[serde(default = "default_socket_mode", deserialize_with = "octal_mode")]
+    pub mode: u32,
+    /// Peer user ids allowed to connect (checked with SO_PEERCRED); absent
+    /// means any user the file mode lets in.
+    #[serde(default)]
+    pub allow_uids: Option<Vec<u32>>,
+    /// The application a request belongs to when it names none.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Local callers need no token on this socket. Never the default.
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
+}
+
+impl SocketConfig {
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        SocketConfig {
+            path: path.into(),
+            mode: default_socket_mode(),
+            allow_uids: None,
+            app: None,
+            trusted: false,
+        }
+    }
+}
+
+/// Reads a file mode as octal digits: `"0660"`, `0660`, `660` and `0o660`
+/// all mean rw-rw----. (serde_yaml hands an unquoted scalar over as its
+/// text, so `0660` is never misread as the decimal or YAML-1.1 octal number.)
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error;
+    let text = String::deserialize(d)
+        .map_err(|_| D::Error::custom("write the mode as an octal string, for example \"0660\""))?;
+    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(D::Error::custom(format!(
+            "`{text}` is not a file mode: use octal digits up to \"0777\", for example \"0660\""
+        ))),
+    }
+}
+
+/// Reads `socket`: a string is a path; a map is the full form.
+fn socket_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketConfig, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = SocketConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "a socket path, or a map with `path`, `mode`, `allow_uids`, `app`, `trusted`",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<SocketConfig, E> {
+            Ok(SocketConfig::at(path))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SocketConfig, A::Error> {
+            SocketConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// One application: its host names, its services and how it authenticates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// HTTP `Host` names (without port) that select this application.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The services reachable through this application.
+    pub services: Vec<String>,
+    /// `none`, or `jwt: {...}`. Required, so an open application is a
+    /// decision written down, never an omission.
+    pub auth: AuthConfig,
+}
+
+/// `auth: none`, or `auth: {jwt: {...}}`.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// Every action is public; tokens are not checked.
+    None,
+    Jwt(JwtConfig),
+}
+
+// serde_yaml writes enum variants as `!tags`; the config reads better as a
+// plain word or a one-key map, so this is spelled out by hand.
+impl<'de> Deserialize<'de> for AuthConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AuthMap {
+            jwt: JwtConfig,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AuthConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`none`, or a map with `jwt`")
+            }
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<AuthConfig, E> {
+                match word {
+                    "none" => Ok(AuthConfig::None),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not an auth setting: write `none`, or a map with `jwt`"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AuthConfig, A::Error> {
+                AuthMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|m| AuthConfig::Jwt(m.jwt))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Where an application's JWT keys come from and what a token must say.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted `alg` values; a token's header can only pick among these.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Environment variable holding the HMAC secret (HS256/384/512).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the HMAC secret; surrounding whitespace is ignored.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key (RS*/PS*, ES256/384 or EdDSA).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// A JWK set; the token's `kid` picks the key.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The claim that names the tenant.
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.algorithms.is_empty() {
+            return Err("algorithms must list at least one algorithm".into());
+        }
+        if self.secret_env.is_some() && self.secret_file.is_some() {
+            return Err("give the HMAC secret once: secret_env or secret_file, not both".into());
+        }
+        if self.public_key_file.is_none()
+            && self.jwks_file.is_none()
+            && self.secret_env.is_none()
+            && self.secret_file.is_none()
+        {
+            return Err("no key: set secret_env, secret_file, public_key_file or jwks_file".into());
+        }
+        if self.leeway_s > 300 {
+            return Err(format!(
+                "leeway_s must be at most 300 seconds, not {}",
+                self.leeway_s
+            ));
+        }
+        if self.tenant_claim.as_deref() == Some("") {
+            return Err("tenant_claim must not be empty".into());
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +492,10 @@ pub struct Manifest {
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
     pub reuse: Option<u32>,
+    /// Actions callable without a token. Every other action of the plugin
+    /// needs a verified token in applications that use JWT.
+    #[serde(default)]
+    pub public: Vec<String>,
 }
 
 impl Manifest {
@@ -245,7 +537,9 @@ mod tests {
     #[test]
     fn empty_text_is_all_defaults() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.socket, PathBuf::from("run/ferry.sock"));
+        assert_eq!(c.socket.path, PathBuf::from("run/ferry.sock"));
+        assert_eq!(c.socket.mode, 0o660);
+        assert!(!c.socket.trusted);
         assert_eq!(c.defaults, Limits::default());
     }
 
@@ -295,6 +589,29 @@ mod tests {
                 .unwrap_err()
                 .contains("memory_mb")
         );
+    }
+
+    #[test]
+    fn socket_is_a_path_or_a_map_and_modes_are_octal() {
+        let c = Config::parse("socket: /run/x.sock\n").unwrap();
+        assert_eq!(c.socket.path, PathBuf::from("/run/x.sock"));
+        for (text, mode) in [
+            ("0660", 0o660),
+            ("\"0600\"", 0o600),
+            ("660", 0o660),
+            ("0o640", 0o640),
+        ] {
+            let c = Config::parse(&format!("socket: {{path: a.sock, mode: {text}}}\n")).unwrap();
+            assert_eq!(c.socket.mode, mode, "{text}");
+        }
+        for bad in ["\"0999\"", "7777", "rw"] {
+            assert!(
+                Config::parse(&format!("socket: {{path: a.sock, mode: {bad}}}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        let e = Config::parse("socket: {path: a.sock, trusted: true, moed: 1}\n").unwrap_err();
+        assert!(e.contains("moed"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::error::{ErrorBody, ErrorCode};
 use crate::protocol::{self, Request};
 use crate::router::{Door, Router};
 
+/// `WWW-Authenticate` on every 401 (RFC 6750).
+const BEARER_CHALLENGE: &str = "Bearer";
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct HttpState {
@@ -84,6 +87,31 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// The bearer token of an `Authorization` header, if there is one. A header
+/// that is there but not `Bearer <token>` is refused, never ignored.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        HttpError::new(
+            ErrorCode::Unauthorized,
+            "malformed Authorization header: expected `Bearer <token>`",
+        )
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(malformed());
+    }
+    Ok(Some(token.to_owned()))
+}
+
+fn host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
 fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
@@ -94,11 +122,18 @@ fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Respo
     response
 }
 
+/// Adds the headers some statuses call for: `Retry-After` on 429 and 503,
+/// a bearer challenge on 401.
 fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    } else if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(BEARER_CHALLENGE),
         );
     }
     response
@@ -195,12 +230,15 @@ async fn call(
         params,
         tenant_id: header_str(&headers, "x-tenant-id")?.map(str::to_owned),
         timeout_ms,
-        token: None,
+        token: bearer_token(&headers)?,
         app: None,
+    };
+    let door = Door::Http {
+        host: host(&headers),
     };
     let result = state
         .router
-        .dispatch(&request, &Door::Main, received)
+        .dispatch(&request, door, received)
         .await
         .map_err(HttpError)?;
     Ok(json_response(StatusCode::OK, result))
@@ -210,11 +248,27 @@ async fn call(
 /// response envelope (and the status of its error code, if any).
 async fn rpc(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
     let received = Instant::now();
     let body = body_or_error(body, state.max_body)?;
-    let (status, frame) = match Request::parse(&body) {
+    let door = Door::Http {
+        host: host(&headers),
+    };
+    let bearer = bearer_token(&headers)?;
+    let parsed = Request::parse(&body).and_then(|mut request| match (&request.token, bearer) {
+        (Some(_), Some(_)) => Err(protocol::BadRequest {
+            id: request.id,
+            message: "a token in both the Authorization header and the envelope; send one".into(),
+        }),
+        (_, Some(bearer)) => {
+            request.token = Some(bearer);
+            Ok(request)
+        }
+        (_, None) => Ok(request),
+    });
+    let (status, frame) = match parsed {
         Err(bad) => {
             let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
             (
@@ -222,7 +276,7 @@ async fn rpc(
                 protocol::error_frame(&bad.id, &error),
             )
         }
-        Ok(request) => match state.router.dispatch(&request, &Door::Main, received).await {
+        Ok(request) => match state.router.dispatch(&request, door, received).await {
             Ok(result) => (
                 StatusCode::OK,
                 protocol::success_frame(&request.id, &result),
@@ -244,14 +298,16 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, r#"{"status":"alive"}"#)
 }
 
-/// Ready when every plugin file in the folder loaded.
+/// Ready when every plugin file in the folder loaded and every service an
+/// application lists is there.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let failed = state.router.failed();
-    if failed.is_empty() {
+    let missing = state.router.missing();
+    if failed.is_empty() && missing.is_empty() {
         json_response(StatusCode::OK, r#"{"status":"ready"}"#)
     } else {
         let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
-        let body = json!({ "status": "not_ready", "failed": names });
+        let body = json!({ "status": "not_ready", "failed": names, "missing": missing });
         json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
     }
 }
@@ -267,6 +323,7 @@ pub fn status_document(router: &Router, started: Instant) -> Value {
                 "state": "ready",
                 "version": &plugin.digest()[..12],
                 "limits": plugin.limits(),
+                "public": plugin.public_actions(),
                 "stats": plugin.stats.snapshot(),
             })
         })
@@ -277,9 +334,13 @@ pub fn status_document(router: &Router, started: Instant) -> Value {
             .into_iter()
             .map(|(name, reason)| json!({ "name": name, "state": "failed", "error": reason })),
     );
+    services.extend(router.missing().into_iter().map(|name| {
+        json!({ "name": name, "state": "missing", "error": "listed by an application, but no plugin file by this name" })
+    }));
     json!({
         "uptime_s": started.elapsed().as_secs(),
         "services": services,
+        "apps": router.apps().describe(),
     })
 }
 

@@ -1,6 +1,8 @@
 //! `ferry`: the command line. Parses arguments, sets up logging, and hands
 //! off to the server, the client or the checker.
 
+mod apps;
+mod auth;
 mod bindings;
 mod client;
 mod config;
@@ -64,6 +66,27 @@ enum Command {
         /// Bearer token to send.
         #[arg(long)]
         token: Option<String>,
+        /// Application to call (default: the socket's).
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Mint a development token with an application's HMAC secret.
+    Token {
+        /// The application whose key signs the token.
+        #[arg(long)]
+        app: String,
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The tenant, written to the application's `tenant_claim`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// Config file that defines the application.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print every service's state and counters from a running host.
     Status {
@@ -116,10 +139,11 @@ fn main() -> ExitCode {
                 timeout_ms,
                 tenant,
                 token,
+                app,
             } => {
                 let socket = match socket {
                     Some(socket) => socket,
-                    None => load_config(config.as_deref())?.socket,
+                    None => load_config(config.as_deref())?.socket.path,
                 };
                 client::call(client::CallArgs {
                     socket,
@@ -129,8 +153,19 @@ fn main() -> ExitCode {
                     timeout_ms,
                     tenant,
                     token,
+                    app,
                 })
                 .await
+            }
+            Command::Token {
+                app,
+                sub,
+                tenant,
+                ttl,
+                config,
+            } => {
+                let config = load_config(config.as_deref())?;
+                client::token(&config, &app, &sub, tenant.as_deref(), ttl)
             }
             Command::Status { http, config, json } => {
                 let addr = match http {
@@ -151,6 +186,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 15m, 1h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("the lifetime must be longer than zero".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {

@@ -31,11 +31,10 @@ pub struct Request {
     pub tenant_id: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Accepted now so clients can send it; verified once applications
-    /// configure JWT keys.
+    /// A JWT, checked against the application's keys.
     #[serde(default)]
-    #[allow(dead_code)]
     pub token: Option<String>,
+    /// The application; without it, the listener's default.
     #[serde(default)]
     pub app: Option<String>,
 }

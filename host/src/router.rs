@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use crate::apps::{App, Apps, Auth};
+use crate::auth::Identity;
 use crate::bindings::Context;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::protocol::{self, Request};
@@ -19,13 +21,25 @@ pub const MAX_SERVICE_NAME: usize = 64;
 /// configured.
 pub const DEFAULT_APP: &str = "default";
 
-/// Which door a request came through.
+/// A socket listener's settings, shared by its connections.
 #[derive(Debug, Clone)]
-pub enum Door {
-    /// The main socket: the request names its service.
-    Main,
-    /// A service's own socket: the service is implied.
-    Service(Arc<str>),
+pub struct Listening {
+    /// A service's own socket implies its service.
+    pub service: Option<Arc<str>>,
+    /// Requests that name no application go to this one.
+    pub app: Option<Arc<str>>,
+    /// Callers need no token here.
+    pub trusted: bool,
+}
+
+/// Which door a request came through.
+#[derive(Debug, Clone, Copy)]
+pub enum Door<'a> {
+    Socket(&'a Listening),
+    /// The HTTP gateway, with the request's `Host` header.
+    Http {
+        host: Option<&'a str>,
+    },
 }
 
 /// Whether `name` can be a service name: it becomes a file name and a socket
@@ -40,15 +54,41 @@ pub fn valid_service_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-#[derive(Default)]
 pub struct Router {
     services: RwLock<BTreeMap<String, Arc<Plugin>>>,
     /// Plugin files found but not loaded, with the reason; shown by status
     /// and keeping `/readyz` red.
     failed: RwLock<BTreeMap<String, String>>,
+    /// Swapped whole, so a request sees one consistent table.
+    apps: RwLock<Arc<Apps>>,
 }
 
 impl Router {
+    pub fn new(apps: Apps) -> Router {
+        Router {
+            services: RwLock::default(),
+            failed: RwLock::default(),
+            apps: RwLock::new(Arc::new(apps)),
+        }
+    }
+
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.read().expect("apps lock").clone()
+    }
+
+    /// Services an application lists for which there is no plugin file at
+    /// all (a file that failed to load is in `failed` instead).
+    pub fn missing(&self) -> Vec<String> {
+        let apps = self.apps();
+        let services = self.services.read().expect("routing table lock");
+        let failed = self.failed.read().expect("failed table lock");
+        apps.listed_services()
+            .into_iter()
+            .filter(|s| !services.contains_key(*s) && !failed.contains_key(*s))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
         let plugin = Arc::new(plugin);
         self.failed
@@ -105,7 +145,7 @@ impl Router {
 
     /// Handles one frame and answers the response frame. Never fails: every
     /// problem becomes an error response.
-    pub async fn handle_frame(&self, frame: &[u8], door: &Door) -> Vec<u8> {
+    pub async fn handle_frame(&self, frame: &[u8], door: Door<'_>) -> Vec<u8> {
         let received = Instant::now();
         let request = match Request::parse(frame) {
             Ok(request) => request,
@@ -123,44 +163,90 @@ impl Router {
     }
 
     /// Routes a parsed request and runs it; answers the plugin's JSON result
-    /// text or the error to send.
+    /// text or the error to send. Every check (application, service, token,
+    /// tenant) happens before the plugin is touched.
     pub async fn dispatch(
         &self,
         request: &Request,
-        door: &Door,
+        door: Door<'_>,
         received: Instant,
     ) -> Result<String, ErrorBody> {
         let service: &str = match (door, &request.service) {
-            (Door::Main, Some(service)) => service,
-            (Door::Main, None) => {
-                return Err(ErrorBody::new(
-                    ErrorCode::BadRequest,
-                    "invalid request: missing field `service`",
-                ));
-            }
-            (Door::Service(own), Some(named)) if **own != **named => {
+            (
+                Door::Socket(Listening {
+                    service: Some(own), ..
+                }),
+                Some(named),
+            ) if **own != **named => {
                 return Err(ErrorBody::new(
                     ErrorCode::BadRequest,
                     format!("this socket serves `{own}`, but the request names service `{named}`"),
                 ));
             }
-            (Door::Service(own), _) => own,
+            (
+                Door::Socket(Listening {
+                    service: Some(own), ..
+                }),
+                _,
+            ) => own,
+            (_, Some(service)) => service,
+            (_, None) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "invalid request: missing field `service`",
+                ));
+            }
         };
-        if let Some(app) = request.app.as_deref().filter(|app| *app != DEFAULT_APP) {
+        let apps = self.apps();
+        let app = resolve_app(&apps, request, door)?;
+        if !app.serves(service) {
             return Err(ErrorBody::new(
                 ErrorCode::NotFound,
-                format!("no application named `{app}` (this host serves only `{DEFAULT_APP}`)"),
+                format!(
+                    "application `{}` has no service named `{service}`",
+                    app.name
+                ),
             ));
         }
         let plugin = self.get(service).ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no service named `{service}` (loaded: {})",
-                    self.names().join(", ")
-                ),
-            )
+            if app.lists(service) {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("service `{service}` is configured but not loaded; see `ferry status`"),
+                )
+            } else {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no service named `{service}` (loaded: {})",
+                        self.names().join(", ")
+                    ),
+                )
+            }
         })?;
+        let trusted = matches!(door, Door::Socket(Listening { trusted: true, .. }));
+        let identity = authenticate(app, &plugin, request, trusted)?;
+        let tenant = match &identity {
+            Some(identity) => {
+                if let Some(asked) = &request.tenant_id
+                    && identity.tenant.as_deref() != Some(asked.as_str())
+                {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Forbidden,
+                        match &identity.tenant {
+                            Some(own) => format!(
+                                "tenant_id `{asked}` contradicts the token's tenant `{own}`"
+                            ),
+                            None => format!(
+                                "tenant_id `{asked}` is not allowed: the token names no tenant"
+                            ),
+                        },
+                    ));
+                }
+                identity.tenant.clone()
+            }
+            None => request.tenant_id.clone(),
+        };
         let timeout_ms = match request.timeout_ms {
             Some(0) => {
                 return Err(ErrorBody::new(
@@ -171,14 +257,20 @@ impl Router {
             Some(asked) => asked.min(plugin.limits().timeout_ms),
             None => plugin.limits().timeout_ms,
         };
+        let (subject, claims) = match identity {
+            Some(Identity {
+                subject, claims, ..
+            }) => (subject, claims),
+            None => (None, "{}".to_owned()),
+        };
         let call = Call {
             ctx: Context {
                 request_id: serde_json::to_string(&request.id).unwrap_or_default(),
-                app: DEFAULT_APP.to_owned(),
+                app: app.name.to_string(),
                 service: service.to_owned(),
-                tenant: request.tenant_id.clone(),
-                subject: None,
-                claims: "{}".to_owned(),
+                tenant,
+                subject,
+                claims,
                 time_left_ms: timeout_ms,
             },
             action: &request.action,
@@ -187,6 +279,92 @@ impl Router {
             timeout_ms,
         };
         plugin.call(call).await.map_err(ErrorBody::from)
+    }
+}
+
+/// The application a request belongs to: HTTP's `Host` header, or on a
+/// socket the request's `app`, else the listener's default.
+fn resolve_app<'a>(
+    apps: &'a Apps,
+    request: &Request,
+    door: Door<'_>,
+) -> Result<&'a Arc<App>, ErrorBody> {
+    let unknown = |name: &str| {
+        ErrorBody::new(
+            ErrorCode::NotFound,
+            format!(
+                "no application named `{name}` (this host serves: {})",
+                apps.names().join(", ")
+            ),
+        )
+    };
+    match door {
+        Door::Http { host } => {
+            let app = apps.for_host(host).ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    match host {
+                        Some(host) => format!("no application serves host `{host}`"),
+                        None => {
+                            "the request has no Host header, which picks the application".into()
+                        }
+                    },
+                )
+            })?;
+            match request.app.as_deref() {
+                Some(named) if named != &*app.name => Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "this host serves application `{}`, but the request names `{named}`",
+                        app.name
+                    ),
+                )),
+                _ => Ok(app),
+            }
+        }
+        Door::Socket(listening) => match request.app.as_deref().or(listening.app.as_deref()) {
+            Some(name) => apps.get(name).ok_or_else(|| unknown(name)),
+            None => apps.socket_default().ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "name the application with `app` (this host serves: {})",
+                        apps.names().join(", ")
+                    ),
+                )
+            }),
+        },
+    }
+}
+
+/// Checks the request's token against the application's keys. Answers the
+/// verified identity, or `None` for a caller without a token where none is
+/// needed: an open application, a public action, a trusted socket.
+fn authenticate(
+    app: &App,
+    plugin: &Plugin,
+    request: &Request,
+    trusted: bool,
+) -> Result<Option<Identity>, ErrorBody> {
+    let Auth::Jwt(jwt) = &app.auth else {
+        return Ok(None);
+    };
+    match &request.token {
+        // A token that is sent is checked even where none is needed: a bad
+        // one is a client bug worth reporting, not something to ignore.
+        Some(token) => jwt
+            .verify(token)
+            .map(Some)
+            .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string())),
+        None if trusted || plugin.is_public(&request.action) => Ok(None),
+        None => Err(ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "`{}.{}` needs a token (`Authorization: Bearer` over HTTP, `token` on a socket)",
+                plugin.name(),
+                request.action
+            ),
+        )),
     }
 }
 

@@ -9,21 +9,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
+use crate::apps::{Apps, Auth};
 use crate::config::{Config, Manifest};
 use crate::http;
-use crate::router::{Door, Router, valid_service_name};
+use crate::router::{Listening, Router, valid_service_name};
 use crate::runtime::{Plugin, Runtime};
 use crate::socket::{self, ConnectionLimits, Listener};
 
-/// How long in-flight requests may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Keys are read and checked here, before anything else starts.
+    let apps = Apps::build(&config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create the data folder {}", config.data.display()))?;
     let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
-    let router = Arc::new(Router::default());
+    let router = Arc::new(Router::new(apps));
 
     for (name, wasm) in discover(&config.plugins)? {
         match load(&runtime, &config, &name, &wasm).await {
@@ -37,10 +37,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    warn_about_apps(&router);
+
+    let socket = &config.socket;
+    let allow_uids: Option<Arc<[u32]>> = socket.allow_uids.as_deref().map(Arc::from);
+    let listening = |service: Option<&str>| {
+        Arc::new(Listening {
+            service: service.map(Arc::from),
+            app: socket.app.as_deref().map(Arc::from),
+            trusted: socket.trusted,
+        })
+    };
     let mut listeners = vec![Listener {
-        listener: socket::bind(&config.socket).await?,
-        path: config.socket.clone(),
-        door: Door::Main,
+        listener: socket::bind(&socket.path, socket.mode).await?,
+        path: socket.path.clone(),
+        listening: listening(None),
+        allow_uids: allow_uids.clone(),
     }];
     for name in router.names() {
         let path = config.services_dir().join(format!("{name}.sock"));
@@ -52,9 +64,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             continue;
         }
         listeners.push(Listener {
-            listener: socket::bind(&path).await?,
+            listener: socket::bind(&path, socket.mode).await?,
             path,
-            door: Door::Service(name.as_str().into()),
+            listening: listening(Some(&name)),
+            allow_uids: allow_uids.clone(),
         });
     }
 
@@ -104,7 +117,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "http gateway listening");
     }
     tracing::info!(
-        socket = %config.socket.display(),
+        socket = %config.socket.path.display(),
         services = ?router.names(),
         pooling = runtime.pooling(),
         startup_ms = started.elapsed().as_millis() as u64,
@@ -114,13 +127,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while doors.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    if tokio::time::timeout(drain, async { while doors.join_next().await.is_some() {} })
+        .await
+        .is_err()
     {
-        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; exiting anyway");
+        tracing::warn!("requests still running after {drain:?}; exiting anyway");
     }
     let (accepted, answered) = (
         tally.accepted.load(std::sync::atomic::Ordering::Relaxed),
@@ -132,6 +144,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "stopped; socket requests accepted and answered over the host's life"
     );
     Ok(())
+}
+
+/// Says at start-up what an operator would want to know about the
+/// applications: which accept any caller, and which listed services are
+/// missing.
+fn warn_about_apps(router: &Router) {
+    let apps = router.apps();
+    for name in apps.names() {
+        if let Some(app) = apps.get(name)
+            && matches!(app.auth, Auth::Open)
+        {
+            tracing::info!(
+                app = name,
+                "application has no auth: every action is public"
+            );
+        }
+    }
+    for service in router.missing() {
+        tracing::warn!(
+            service,
+            "an application lists this service, but no plugin by that name is loaded"
+        );
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
@@ -193,8 +228,9 @@ async fn load(
         .limits(&config.defaults)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.with_extension("yaml").display()))?;
     let (runtime, name, wasm) = (runtime.clone(), name.to_owned(), wasm.to_owned());
-    let (plugin, report) =
+    let (mut plugin, report) =
         tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, limits)).await??;
+    plugin.set_public(manifest.public);
     plugin.warm_up().await?;
     tracing::info!(
         plugin = plugin.name(),

@@ -16,8 +16,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::protocol::{FrameError, FrameReader};
-use crate::router::{Door, Router};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::protocol::{self, FrameError, FrameReader};
+use crate::router::{Door, Listening, Router};
 
 /// Requests one connection may have in flight; reading pauses beyond it, so
 /// one client cannot queue unbounded work.
@@ -38,9 +39,10 @@ pub struct ConnectionLimits {
     pub stall_timeout: Duration,
 }
 
-/// Binds a listener at `path`, creating its folder. An existing socket file
-/// is replaced only if nothing answers on it; any other file is left alone.
-pub async fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Binds a listener at `path`, creating its folder, and gives the file
+/// `mode`. An existing socket file is replaced only if nothing answers on
+/// it; any other file is left alone.
+pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -72,19 +74,32 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path).map_err(|e| {
+    let listener = UnixListener::bind(path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot listen on {}: {e}", path.display()),
         )
-    })
+    })?;
+    // Connections are only accepted once `serve` runs, so nobody is served
+    // under the umask's mode in between.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot set mode {mode:o} on {}: {e}", path.display()),
+        )
+    })?;
+    Ok(listener)
 }
 
 /// A bound socket and the door it opens; removes its file when dropped.
 pub struct Listener {
     pub path: PathBuf,
     pub listener: UnixListener,
-    pub door: Door,
+    pub listening: Arc<Listening>,
+    /// Peer uids allowed to connect; `None` lets in whoever the file mode
+    /// lets in.
+    pub allow_uids: Option<Arc<[u32]>>,
 }
 
 impl Drop for Listener {
@@ -123,14 +138,21 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let (router, door, tally, shutdown) = (
+        if let Some(allowed) = &listener.allow_uids
+            && let Err(refusal) = check_peer(&stream, allowed)
+        {
+            tracing::warn!(path = %listener.path.display(), "refused a connection: {refusal}");
+            tasks.spawn(refuse(stream, refusal, permit));
+            continue;
+        }
+        let (router, listening, tally, shutdown) = (
             router.clone(),
-            listener.door.clone(),
+            listener.listening.clone(),
             tally.clone(),
             shutdown.clone(),
         );
         tasks.spawn(async move {
-            connection(stream, router, door, limits, tally, shutdown).await;
+            connection(stream, router, listening, limits, tally, shutdown).await;
             drop(permit);
         });
         // Reap finished connections so the set does not grow without bound.
@@ -140,6 +162,34 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Checks the connecting process's uid, as the kernel reports it, against
+/// the listener's allow-list.
+fn check_peer(stream: &UnixStream, allowed: &[u32]) -> Result<(), String> {
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?
+        .uid();
+    if allowed.contains(&uid) {
+        Ok(())
+    } else {
+        Err(format!("uid {uid} is not in this socket's allow_uids"))
+    }
+}
+
+/// Tells a refused peer why (one `forbidden` frame), then closes.
+async fn refuse(mut stream: UnixStream, reason: String, permit: OwnedSemaphorePermit) {
+    let frame = protocol::error_frame(
+        &serde_json::Value::Null,
+        &ErrorBody::new(ErrorCode::Forbidden, reason),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await
+    })
+    .await;
+    drop(permit);
+}
+
 /// Serves one connection. Requests run concurrently and their responses are
 /// written in completion order. A clean end of stream (or a shutdown) stops
 /// reading but still delivers every response owed; a client that is gone
@@ -147,7 +197,7 @@ pub async fn serve(
 async fn connection(
     stream: UnixStream,
     router: Arc<Router>,
-    door: Door,
+    listening: Arc<Listening>,
     limits: ConnectionLimits,
     tally: Arc<Tally>,
     shutdown: watch::Receiver<bool>,
@@ -190,9 +240,9 @@ async fn connection(
             }
         };
         tally.accepted.fetch_add(1, Ordering::Relaxed);
-        let (router, door, responses) = (router.clone(), door.clone(), responses.clone());
+        let (router, listening, responses) = (router.clone(), listening.clone(), responses.clone());
         requests.spawn(async move {
-            let response = router.handle_frame(&frame, &door).await;
+            let response = router.handle_frame(&frame, Door::Socket(&listening)).await;
             let _ = responses.send((response, Some(permit)));
         });
         while requests.try_join_next().is_some() {}

@@ -3,33 +3,8 @@
 
 use std::process::Command;
 
-use ferry_tests::{Ferry, expect_success, ferry_bin};
+use ferry_tests::{Ferry, assert_error, expect_success, ferry_bin, service_status};
 use serde_json::{Value, json};
-
-/// Asserts an error reply: its status, and a body that is exactly
-/// `{"error": {"code", "message"}}` with `code`.
-fn assert_error(reply: &ferry_tests::HttpReply, status: u16, code: &str) -> String {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    let body = reply.json();
-    let object = body.as_object().expect("error body is an object");
-    assert_eq!(object.len(), 1, "nothing but `error`: {body}");
-    let error = body["error"].as_object().expect("`error` is an object");
-    assert_eq!(error.len(), 2, "only code and message: {body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    body["error"]["message"].as_str().unwrap().to_owned()
-}
-
-/// One service's entry in a `/v1/status` document.
-fn service_status(status: &Value, name: &str) -> Value {
-    status["services"]
-        .as_array()
-        .expect("a services list")
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} in {status}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn post_service_action_answers_the_plugin_result() {

@@ -107,12 +107,34 @@ pub struct Options {
     plugins: Vec<(String, String, Option<String>)>,
     config: String,
     cpu0: bool,
+    env: Vec<(String, String)>,
+    /// Replaces the generated `socket: run/ferry.sock` line.
+    socket: Option<String>,
 }
 
 impl Options {
     /// `extra` is appended to the generated config file.
     pub fn config(mut self, extra: &str) -> Self {
         self.config.push_str(extra);
+        self
+    }
+
+    /// Sets an environment variable for the host process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Writes `socket:` as given (YAML, after `socket:`) instead of the
+    /// plain path; the path must stay `run/ferry.sock`.
+    pub fn socket(mut self, yaml: &str) -> Self {
+        self.socket = Some(yaml.to_owned());
+        self
+    }
+
+    /// Writes a file into the host's folder (keys, secrets) before it starts.
+    pub fn file(self, name: &str, contents: &[u8]) -> Self {
+        fs::write(self.dir.join(name), contents).unwrap();
         self
     }
 
@@ -143,6 +165,8 @@ impl Options {
             plugins,
             config,
             cpu0,
+            env,
+            socket,
         } = self;
         let deploy = dir.join("deploy");
         fs::create_dir_all(&deploy).unwrap();
@@ -157,11 +181,12 @@ impl Options {
         fs::write(
             &config_path,
             format!(
-                "socket: run/ferry.sock\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n{config}"
+                "socket: {}\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n{config}",
+                socket.as_deref().unwrap_or("run/ferry.sock")
             ),
         )
         .unwrap();
-        Ferry::spawn(dir, &config_path, cpu0)
+        Ferry::spawn(dir, &config_path, cpu0, &env)
     }
 }
 
@@ -191,6 +216,8 @@ impl Ferry {
             plugins: Vec::new(),
             config: String::new(),
             cpu0: false,
+            env: Vec::new(),
+            socket: None,
         }
     }
 
@@ -202,7 +229,7 @@ impl Ferry {
             .start()
     }
 
-    fn spawn(dir: PathBuf, config: &Path, cpu0: bool) -> Ferry {
+    fn spawn(dir: PathBuf, config: &Path, cpu0: bool, env: &[(String, String)]) -> Ferry {
         // One log per run, so a restarted host in the same folder keeps both.
         let runs = fs::read_dir(&dir)
             .unwrap()
@@ -220,6 +247,7 @@ impl Ferry {
             .arg("--config")
             .arg(config)
             .env("FERRY_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
@@ -275,6 +303,15 @@ impl Ferry {
     ) -> HttpReply {
         let addr = self.http.expect("the HTTP gateway is on");
         http_request(addr, method, path, headers, body).await
+    }
+
+    /// Requests that reached `service`'s plugin, from `/v1/status`: how a
+    /// test proves a refused request never ran.
+    pub async fn plugin_requests(&self, service: &str) -> u64 {
+        let status = self.http("GET", "/v1/status", &[], b"").await.json();
+        service_status(&status, service)["stats"]["requests"]
+            .as_u64()
+            .expect("a request count")
     }
 
     /// Everything the host logged so far.
@@ -471,6 +508,31 @@ pub fn expect_success(response: &Value) -> &Value {
     &response["result"]
 }
 
+/// Asserts an HTTP error reply: its status, and a body that is exactly
+/// `{"error": {"code", "message"}}` with `code`. Returns the message.
+pub fn assert_error(reply: &HttpReply, status: u16, code: &str) -> String {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    let object = body.as_object().expect("error body is an object");
+    assert_eq!(object.len(), 1, "nothing but `error`: {body}");
+    let error = body["error"].as_object().expect("`error` is an object");
+    assert_eq!(error.len(), 2, "only code and message: {body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// One service's entry in a `/v1/status` document.
+pub fn service_status(status: &Value, name: &str) -> Value {
+    status["services"]
+        .as_array()
+        .expect("a services list")
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+}
+
 /// An HTTP response as the test saw it on the wire.
 #[derive(Debug)]
 pub struct HttpReply {
@@ -514,9 +576,12 @@ pub async fn http_request(
         .await
         .expect("connect to the HTTP gateway");
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -100,6 +100,8 @@ pub struct Plugin {
     slots: Semaphore,
     queued: AtomicU32,
     idle: Mutex<Vec<Warm>>,
+    /// Actions callable without a token (from the manifest's `public`).
+    public: Vec<String>,
     pub stats: PluginStats,
 }
 
@@ -118,6 +120,7 @@ impl Plugin {
             digest,
             queued: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
+            public: Vec::new(),
             stats: PluginStats::default(),
         }
     }
@@ -128,6 +131,19 @@ impl Plugin {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Marks `actions` as callable without a token.
+    pub fn set_public(&mut self, actions: Vec<String>) {
+        self.public = actions;
+    }
+
+    pub fn is_public(&self, action: &str) -> bool {
+        self.public.iter().any(|a| a == action)
+    }
+
+    pub fn public_actions(&self) -> &[String] {
+        &self.public
     }
 
     /// SHA-256 of the plugin's file.

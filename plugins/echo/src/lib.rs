@@ -13,6 +13,7 @@ struct Seen<'a> {
     service: &'a str,
     tenant: Option<&'a str>,
     subject: Option<&'a str>,
+    claims: Value,
     time_left_ms: u128,
 }
 
@@ -31,6 +32,7 @@ fn echo(ctx: &Ctx, params: Value) -> Result<Echoed<'_>, Error> {
             service: ctx.service(),
             tenant: ctx.tenant(),
             subject: ctx.subject(),
+            claims: ctx.claims()?,
             time_left_ms: ctx.time_left().as_millis(),
         },
     })
