@@ -16,7 +16,7 @@ use crate::router::DEFAULT_APP;
 pub enum Auth {
     /// Every action is public.
     Open,
-    Jwt(JwtAuth),
+    Jwt(Box<JwtAuth>),
 }
 
 pub struct App {
@@ -71,9 +71,9 @@ impl Apps {
         for (name, app) in &config.apps {
             let auth = match &app.auth {
                 AuthConfig::None => Auth::Open,
-                AuthConfig::Jwt(jwt) => {
-                    Auth::Jwt(JwtAuth::load(jwt).map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?)
-                }
+                AuthConfig::Jwt(jwt) => Auth::Jwt(Box::new(
+                    JwtAuth::load(jwt).map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?,
+                )),
             };
             let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
             let entry = Arc::new(App {

@@ -1,4 +1,4 @@
-//! The stable error codes every door (socket, and later HTTP) answers with,
+//! The stable error codes every door (socket and HTTP) answers with,
 //! and the host-side failures that map onto them.
 
 use std::fmt;
@@ -7,9 +7,6 @@ use serde::Serialize;
 
 /// The fixed, documented set of codes the host itself produces. Plugins may
 /// answer other codes; those pass through unchanged as plain strings.
-// `Unauthorized` and `Forbidden` are part of the documented set already;
-// token verification (applications with JWT keys) is what answers them.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::protocol::{self, Request};
 use crate::router::{Door, Router};
+use crate::socket::Tally;
 
 /// `WWW-Authenticate` on every 401 (RFC 6750).
 const BEARER_CHALLENGE: &str = "Bearer";
@@ -30,6 +31,7 @@ pub struct HttpState {
     pub router: Arc<Router>,
     pub started: Instant,
     pub max_body: usize,
+    pub tally: Arc<Tally>,
 }
 
 /// The HTTP application. Tests can drive it without a socket.
@@ -45,7 +47,7 @@ pub fn app(state: HttpState) -> axum::Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(log_failures))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -139,10 +141,13 @@ fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
     response
 }
 
-/// Logs failed requests; error responses themselves never log.
-async fn log_failures(request: HttpRequest, next: Next) -> Response {
+/// Counts requests in and responses out (for the shutdown summary) and
+/// logs failed requests; error responses themselves never log.
+async fn track(State(state): State<HttpState>, request: HttpRequest, next: Next) -> Response {
+    state.tally.http_accepted.fetch_add(1, Ordering::Relaxed);
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
+    state.tally.http_answered.fetch_add(1, Ordering::Relaxed);
     let status = response.status();
     if status.is_server_error() {
         tracing::warn!(%method, path, status = status.as_u16(), "http request failed");
@@ -349,6 +354,13 @@ async fn status(State(state): State<HttpState>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
+/// A counter's name, help text, and how to read it from a snapshot.
+type Counter = (
+    &'static str,
+    &'static str,
+    fn(&crate::runtime::StatsSnapshot) -> u64,
+);
+
 /// Prometheus text exposition of the per-plugin counters.
 async fn metrics(State(state): State<HttpState>) -> Response {
     let plugins = state.router.plugins();
@@ -357,7 +369,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .map(|p| (p.name(), p.stats.snapshot()))
         .collect();
     let mut out = String::new();
-    let counters: [(&str, &str, fn(&crate::runtime::StatsSnapshot) -> u64); 7] = [
+    let counters: [Counter; 7] = [
         (
             "ferry_requests_total",
             "Requests that reached a plugin.",

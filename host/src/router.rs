@@ -1,6 +1,6 @@
 //! The routing table: from a parsed request to the plugin that serves it,
 //! and back to a response frame. Every door (the main socket, a service's own
-//! socket, later HTTP) goes through here, so limits and error codes are the
+//! socket, HTTP) goes through here, so limits and error codes are the
 //! same whichever door a request used.
 
 use std::collections::BTreeMap;

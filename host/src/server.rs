@@ -104,6 +104,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             router: router.clone(),
             started,
             max_body: config.max_frame_bytes as usize,
+            tally: tally.clone(),
         });
         let stop = socket::stopping(stopped.clone());
         doors.spawn(async move {
@@ -134,14 +135,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("requests still running after {drain:?}; exiting anyway");
     }
-    let (accepted, answered) = (
-        tally.accepted.load(std::sync::atomic::Ordering::Relaxed),
-        tally.answered.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        accepted,
-        answered,
-        "stopped; socket requests accepted and answered over the host's life"
+        accepted = count(&tally.accepted),
+        answered = count(&tally.answered),
+        http_accepted = count(&tally.http_accepted),
+        http_answered = count(&tally.http_answered),
+        "stopped; requests accepted and answered over the host's life"
     );
     Ok(())
 }

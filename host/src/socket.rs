@@ -24,12 +24,16 @@ use crate::router::{Door, Listening, Router};
 /// one client cannot queue unbounded work.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
-/// Requests read and responses written over every socket, so shutdown can
+/// Requests read and responses written over every door, so shutdown can
 /// say whether every accepted request was answered.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub accepted: AtomicU64,
     pub answered: AtomicU64,
+    /// HTTP requests that reached a handler, and responses handed back to
+    /// the connection.
+    pub http_accepted: AtomicU64,
+    pub http_answered: AtomicU64,
 }
 
 /// Settings every connection shares.

@@ -258,7 +258,7 @@ async fn sigterm_under_load_answers_every_accepted_request() {
             let mut client = ferry_tests::Client::connect(&socket).await;
             let request = |n: u64| {
                 // A few slow ones keep requests in flight at the signal.
-                if n % 500 == 0 {
+                if n.is_multiple_of(500) {
                     json!({"id": n, "service": "faulty", "action": "slow", "timeout_ms": 200})
                 } else {
                     json!({"id": n, "service": "echo", "action": "echo", "params": n})
@@ -282,6 +282,37 @@ async fn sigterm_under_load_answers_every_accepted_request() {
             }
         }));
     }
+    // HTTP callers at the same time, one request per connection: a request
+    // either gets its whole answer or fails before the host accepted it.
+    let http_received = Arc::new(AtomicU64::new(0));
+    let addr = ferry.http.expect("the HTTP gateway is on");
+    for c in 0..4u64 {
+        let http_received = http_received.clone();
+        clients.push(tokio::spawn(async move {
+            for n in 0u64.. {
+                let body = json!({"client": c, "n": n}).to_string();
+                let path = if n.is_multiple_of(1000) {
+                    "/v1/faulty/slow"
+                } else {
+                    "/v1/echo/echo"
+                };
+                let headers: &[(&str, &str)] = if n.is_multiple_of(1000) {
+                    &[("x-timeout-ms", "200")]
+                } else {
+                    &[]
+                };
+                match ferry_tests::try_http_request(addr, "POST", path, headers, body.as_bytes())
+                    .await
+                {
+                    Ok(reply) => {
+                        assert!(reply.status == 200 || reply.status == 504, "{reply:?}");
+                        http_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let status = tokio::task::block_in_place(|| ferry.terminate());
     for client in clients {
@@ -301,10 +332,23 @@ async fn sigterm_under_load_answers_every_accepted_request() {
             .unwrap_or_else(|| panic!("{name} in {line}"))
     };
     let received = received.load(Ordering::Relaxed);
+    let http_received = http_received.load(Ordering::Relaxed);
     eprintln!(
-        "SIGTERM under load: accepted {}, answered {}, received {received}",
+        "SIGTERM under load: socket accepted {}, answered {}, received {received}; http accepted {}, answered {}, received {http_received}",
         field("accepted"),
-        field("answered")
+        field("answered"),
+        field("http_accepted"),
+        field("http_answered"),
+    );
+    assert!(
+        http_received > 20,
+        "the HTTP load was running ({http_received} responses)"
+    );
+    assert_eq!(field("http_accepted"), field("http_answered"), "{line}");
+    assert_eq!(
+        field("http_answered"),
+        http_received,
+        "every HTTP answer reached its client"
     );
     assert!(
         received > 100,

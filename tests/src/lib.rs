@@ -572,9 +572,25 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpReply {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the HTTP gateway");
+    tokio::time::timeout(
+        RESPONSE_WAIT,
+        try_http_request(addr, method, path, headers, body),
+    )
+    .await
+    .expect("no HTTP response within the test's wait")
+    .expect("HTTP exchange with the gateway")
+}
+
+/// [`http_request`] that reports connection errors (a host shutting down)
+/// instead of failing the test.
+pub async fn try_http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -586,17 +602,19 @@ pub async fn http_request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut raw = Vec::new();
-    tokio::time::timeout(RESPONSE_WAIT, stream.read_to_end(&mut raw))
-        .await
-        .expect("no HTTP response within the test's wait")
-        .expect("read HTTP response");
+    stream.read_to_end(&mut raw).await?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP head");
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the connection closed before a whole HTTP head",
+            )
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
@@ -618,11 +636,11 @@ pub async fn http_request(
     {
         body = dechunk(&body);
     }
-    HttpReply {
+    Ok(HttpReply {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
