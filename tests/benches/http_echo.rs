@@ -79,16 +79,47 @@ fn wrk(url: &str, seconds: u64, script: &std::path::Path) -> Run {
     }
 }
 
+/// The secret of the benchmark's JWT application.
+const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
+
+/// A wrk script that POSTs the same JSON with `headers`.
+fn post_script(path: &std::path::Path, headers: &[(&str, &str)]) {
+    let mut lua = String::from(
+        "wrk.method = \"POST\"\nwrk.body = '{\"user\":\"ada\",\"items\":[1,2,3],\"note\":\"hello ferry\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    );
+    for (k, v) in headers {
+        lua.push_str(&format!("wrk.headers[\"{k}\"] = \"{v}\"\n"));
+    }
+    std::fs::write(path, lua).unwrap();
+}
+
+/// An HS256 token for the benchmark's `bench` application, valid an hour.
+fn token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims =
+        serde_json::json!({"sub": "ada", "tenant": "acme", "aud": "bench", "exp": now + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 fn main() {
     let seconds = env_u64("BENCH_SECS", 5);
     let rounds = env_u64("BENCH_ROUNDS", 3);
     let dir = scratch_dir();
     let script = dir.join("post.lua");
-    std::fs::write(
-        &script,
-        "wrk.method = \"POST\"\nwrk.body = '{\"user\":\"ada\",\"items\":[1,2,3],\"note\":\"hello ferry\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"X-Tenant-Id\"] = \"acme\"\n",
-    )
-    .unwrap();
+    post_script(&script, &[("X-Tenant-Id", "acme")]);
+    let jwt_script = dir.join("post-jwt.lua");
+    post_script(
+        &jwt_script,
+        &[("Authorization", &format!("Bearer {}", token()))],
+    );
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_native-http"));
     command.arg("127.0.0.1:0").stdout(Stdio::piped());
@@ -105,15 +136,34 @@ fn main() {
         "http://{}/v1/echo/echo",
         ferry.http.expect("ferry http address")
     );
+    // The same echo behind an application that verifies an HS256 token on
+    // every request (wrk sends 127.0.0.1:port as the Host).
+    let ferry_jwt = Ferry::options()
+        .plugin("echo", "echo", None)
+        .env("BENCH_JWT_SECRET", SECRET)
+        .config("apps:\n  bench:\n    hosts: [127.0.0.1]\n    services: [echo]\n    auth:\n      jwt:\n        algorithms: [HS256]\n        secret_env: BENCH_JWT_SECRET\n        audience: bench\n        tenant_claim: tenant\n")
+        .cpu0()
+        .start();
+    let ferry_jwt_url = format!(
+        "http://{}/v1/echo/echo",
+        ferry_jwt.http.expect("ferry http address")
+    );
 
     println!(
         "http echo: wrk -t1 -c{CONNECTIONS}, {rounds} rounds of {seconds} s per server, interleaved; servers on CPU 0, wrk on CPU 1\n"
     );
-    let mut results: Vec<(&str, Vec<Run>)> =
-        vec![("native axum", Vec::new()), ("ferry", Vec::new())];
+    let mut results: Vec<(&str, Vec<Run>)> = vec![
+        ("native axum", Vec::new()),
+        ("ferry", Vec::new()),
+        ("ferry + JWT", Vec::new()),
+    ];
     for round in 0..rounds {
-        for (label, url) in [("native axum", &native_url), ("ferry", &ferry_url)] {
-            let run = wrk(url, seconds, &script);
+        for (label, url, script) in [
+            ("native axum", &native_url, &script),
+            ("ferry", &ferry_url, &script),
+            ("ferry + JWT", &ferry_jwt_url, &jwt_script),
+        ] {
+            let run = wrk(url, seconds, script);
             eprintln!("round {round}: {label:<12} {:>9.0} req/s", run.rps);
             results
                 .iter_mut()
@@ -141,20 +191,24 @@ fn main() {
             m.rps, m.p50_ms, m.p99_ms
         );
     }
-    let mut ratios: Vec<f64> = results[1]
-        .1
-        .iter()
-        .zip(&results[0].1)
-        .map(|(f, n)| f.rps / n.rps)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    println!(
-        "\nferry / native axum: {:.2} (rounds: {})",
-        ratios[ratios.len() / 2],
-        shown.join(", ")
-    );
+    println!();
+    for (i, label) in [(1, "ferry"), (2, "ferry + JWT")] {
+        let mut ratios: Vec<f64> = results[i]
+            .1
+            .iter()
+            .zip(&results[0].1)
+            .map(|(f, n)| f.rps / n.rps)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{label} / native axum: {:.2} (rounds: {})",
+            ratios[ratios.len() / 2],
+            shown.join(", ")
+        );
+    }
     drop(ferry);
+    drop(ferry_jwt);
     let _ = std::fs::remove_dir_all(dir);
     let errors: u64 = results
         .iter()
