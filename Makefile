@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-PLUGINS := echo faulty
+PLUGINS := echo faulty todo
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::auth::JwtAuth;
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, DatabaseConfig};
+use crate::database::Database;
 use crate::router::DEFAULT_APP;
 
 /// How an application checks its callers.
@@ -26,6 +27,9 @@ pub struct App {
     services: Option<BTreeSet<String>>,
     hosts: Vec<String>,
     pub auth: Auth,
+    /// The application's own pool; `None` only where databases are not
+    /// opened (`ferry token`).
+    pub database: Option<Arc<Database>>,
 }
 
 impl App {
@@ -50,14 +54,24 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// The table `config` describes, with every key loaded.
-    pub fn build(config: &Config) -> Result<Apps, String> {
+    /// The table `config` describes, with every key loaded and, with
+    /// `databases`, every pool created (pools connect on first use).
+    pub fn build(config: &Config, databases: bool) -> Result<Apps, String> {
+        let open = |name: &str, db: &DatabaseConfig| -> Result<Option<Arc<Database>>, String> {
+            if !databases {
+                return Ok(None);
+            }
+            Database::open(name, db, &config.data)
+                .map(|db| Some(Arc::new(db)))
+                .map_err(|e| format!("apps.{name}.database: {e}"))
+        };
         if config.apps.is_empty() {
             let app = Arc::new(App {
                 name: DEFAULT_APP.into(),
                 services: None,
                 hosts: Vec::new(),
                 auth: Auth::Open,
+                database: open(DEFAULT_APP, &DatabaseConfig::default())?,
             });
             return Ok(Apps {
                 by_name: BTreeMap::from([(DEFAULT_APP.to_owned(), app.clone())]),
@@ -81,6 +95,7 @@ impl Apps {
                 services: Some(app.services.iter().cloned().collect()),
                 hosts: hosts.clone(),
                 auth,
+                database: open(name, &app.database)?,
             });
             for host in hosts {
                 by_host.insert(host, entry.clone());
@@ -151,11 +166,16 @@ impl Apps {
                         "jwt": jwt.algorithms().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>()
                     }),
                 };
+                let database = app.database.as_ref().map(|db| {
+                    let (open, idle) = db.pool_size();
+                    json!({ "engine": db.engine().as_str(), "connections": open, "idle": idle })
+                });
                 json!({
                     "name": &*app.name,
                     "hosts": app.hosts,
                     "services": app.services.as_ref().map_or(json!("*"), |s| json!(s)),
                     "auth": auth,
+                    "database": database,
                 })
             })
             .collect();
@@ -192,7 +212,7 @@ mod tests {
             "apps:\n  shop:\n    hosts: [Shop.localhost, 127.0.0.1]\n    services: [echo]\n    auth: none\n  blog:\n    hosts: [blog.localhost]\n    services: [echo, faulty]\n    auth: none\n",
         )
         .unwrap();
-        let apps = Apps::build(&config).unwrap();
+        let apps = Apps::build(&config, false).unwrap();
         assert_eq!(
             &*apps.for_host(Some("shop.LOCALHOST:9")).unwrap().name,
             "shop"

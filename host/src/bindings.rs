@@ -6,11 +6,17 @@ mod generated {
         path: "../wit",
         world: "service",
         exports: { default: async },
+        imports: { "ferry:plugin/sql": async | trappable },
+        with: { "ferry:plugin/sql.transaction": crate::interfaces::sql::Transaction },
     });
 }
 
 pub use generated::ferry::plugin::log::{
     Host as LogHost, Level as LogLevel, add_to_linker as add_log_to_linker,
 };
-pub use generated::ferry::plugin::types::Context;
+pub use generated::ferry::plugin::sql::{
+    Executed as SqlExecuted, Host as SqlHost, HostTransaction as SqlHostTransaction,
+    Rows as SqlRows, Value as SqlValue, add_to_linker as add_sql_to_linker,
+};
+pub use generated::ferry::plugin::types::{Context, Error as WitError};
 pub use generated::{Service, ServicePre};

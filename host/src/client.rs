@@ -38,8 +38,8 @@ pub fn token(
     tenant: Option<&str>,
     ttl: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let apps =
-        crate::apps::Apps::build(config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let apps = crate::apps::Apps::build(config, false)
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let Some(found) = apps.get(app) else {
         bail!(
             "no application named `{app}` in the config (applications: {})",

@@ -154,6 +154,13 @@ impl Config {
             }
         }
         for app in config.apps.values_mut() {
+            if let Some(url) = &mut app.database.url
+                && let Some(file) = url.strip_prefix("sqlite:")
+                && !file.starts_with('/')
+                && !file.starts_with("//")
+            {
+                *url = format!("sqlite:{}", base.join(file).display());
+            }
             if let AuthConfig::Jwt(jwt) = &mut app.auth {
                 for p in [
                     &mut jwt.secret_file,
@@ -253,6 +260,9 @@ impl Config {
                 jwt.validate()
                     .map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?;
             }
+            app.database
+                .validate()
+                .map_err(|e| format!("apps.{name}.database: {e}"))?;
         }
         if let Some(app) = &self.socket.app {
             let known = if self.apps.is_empty() {
@@ -374,6 +384,50 @@ pub struct AppConfig {
     /// `none`, or `jwt: {...}`. Required, so an open application is a
     /// decision written down, never an omission.
     pub auth: AuthConfig,
+    /// The application's database; without it, its own SQLite file.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+}
+
+/// An application's database pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH`, `mysql://…`/`mariadb://…` or `postgres://…`. Absent:
+    /// `sqlite:` at `data/db/APP.sqlite`, created on first use.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// How long a statement may wait for a free connection.
+    pub acquire_timeout_ms: u64,
+    /// The server-side limit on one statement (the request's deadline
+    /// applies as well, whichever is sooner).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_ms: 2_000,
+            statement_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1_000).contains(&self.max_connections) {
+            return Err(format!(
+                "max_connections must be between 1 and 1000, not {}",
+                self.max_connections
+            ));
+        }
+        if self.acquire_timeout_ms == 0 || self.statement_timeout_ms == 0 {
+            return Err("acquire_timeout_ms and statement_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `auth: none`, or `auth: {jwt: {...}}`.
@@ -496,6 +550,18 @@ pub struct Manifest {
     /// needs a verified token in applications that use JWT.
     #[serde(default)]
     pub public: Vec<String>,
+    /// Host capabilities the plugin may use; none by default.
+    #[serde(default)]
+    pub permissions: Permissions,
+}
+
+/// What a plugin's manifest grants it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// The `sql` interface on the request's application database.
+    #[serde(default)]
+    pub database: bool,
 }
 
 impl Manifest {

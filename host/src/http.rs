@@ -329,6 +329,7 @@ pub fn status_document(router: &Router, started: Instant) -> Value {
                 "version": &plugin.digest()[..12],
                 "limits": plugin.limits(),
                 "public": plugin.public_actions(),
+                "database": plugin.database_granted(),
                 "stats": plugin.stats.snapshot(),
             })
         })

@@ -6,6 +6,7 @@ mod auth;
 mod bindings;
 mod client;
 mod config;
+mod database;
 mod error;
 mod http;
 mod interfaces;

@@ -273,6 +273,8 @@ impl Router {
                 claims,
                 time_left_ms: timeout_ms,
             },
+            app: app.name.clone(),
+            database: app.database.clone(),
             action: &request.action,
             params: request.params_json(),
             deadline: received + std::time::Duration::from_millis(timeout_ms),

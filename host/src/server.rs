@@ -19,7 +19,7 @@ use crate::socket::{self, ConnectionLimits, Listener};
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     // Keys are read and checked here, before anything else starts.
-    let apps = Apps::build(&config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let apps = Apps::build(&config, true).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create the data folder {}", config.data.display()))?;
     let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
@@ -231,6 +231,7 @@ async fn load(
     let (mut plugin, report) =
         tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, limits)).await??;
     plugin.set_public(manifest.public);
+    plugin.set_database_grant(manifest.permissions.database);
     plugin.warm_up().await?;
     tracing::info!(
         plugin = plugin.name(),

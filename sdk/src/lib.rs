@@ -43,6 +43,8 @@ pub mod __bindings {
     });
 }
 
+pub mod sql;
+
 use __bindings::exports::ferry::plugin::handler;
 use __bindings::ferry::plugin::log as wit_log;
 

@@ -3,4 +3,5 @@
 //! store's data.
 
 pub mod log;
+pub mod sql;
 pub mod wasi;

@@ -18,7 +18,7 @@ pub use cache::CacheOutcome;
 pub use plugin::{Call, Plugin, StatsSnapshot};
 use state::StoreState;
 
-use crate::bindings::{ServicePre, add_log_to_linker};
+use crate::bindings::{ServicePre, add_log_to_linker, add_sql_to_linker};
 use crate::config::{Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
@@ -83,6 +83,10 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         add_log_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| &mut s.log)?;
+        add_sql_to_linker::<StoreState, crate::interfaces::sql::HasSql>(
+            &mut linker,
+            StoreState::sql,
+        )?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());

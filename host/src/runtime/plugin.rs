@@ -18,6 +18,7 @@ use super::latency::Histogram;
 use super::state::StoreState;
 use crate::bindings::{Context, Service, ServicePre};
 use crate::config::Limits;
+use crate::database::Database;
 use crate::error::CallError;
 
 /// Longest trap description passed on to a caller.
@@ -76,6 +77,10 @@ impl PluginStats {
 /// One request as the plugin sees it.
 pub struct Call<'a> {
     pub ctx: Context,
+    /// The request's application, and its database (used only if the
+    /// plugin is granted it).
+    pub app: Arc<str>,
+    pub database: Option<Arc<Database>>,
     pub action: &'a str,
     pub params: &'a str,
     /// When the caller stops waiting; already capped by the plugin's own
@@ -102,6 +107,8 @@ pub struct Plugin {
     idle: Mutex<Vec<Warm>>,
     /// Actions callable without a token (from the manifest's `public`).
     public: Vec<String>,
+    /// Whether the manifest grants the application's database.
+    database: bool,
     pub stats: PluginStats,
 }
 
@@ -121,6 +128,7 @@ impl Plugin {
             queued: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
             public: Vec::new(),
+            database: false,
             stats: PluginStats::default(),
         }
     }
@@ -136,6 +144,15 @@ impl Plugin {
     /// Marks `actions` as callable without a token.
     pub fn set_public(&mut self, actions: Vec<String>) {
         self.public = actions;
+    }
+
+    /// Grants (or not) the application's database through `sql`.
+    pub fn set_database_grant(&mut self, granted: bool) {
+        self.database = granted;
+    }
+
+    pub fn database_granted(&self) -> bool {
+        self.database
     }
 
     pub fn is_public(&self, action: &str) -> bool {
@@ -189,6 +206,11 @@ impl Plugin {
             None => self.instantiate(call.deadline, call.timeout_ms).await?,
         };
         warm.store.data_mut().log.begin_request();
+        warm.store.data_mut().sql.begin_request(
+            call.app.clone(),
+            call.database.clone(),
+            call.deadline,
+        );
         // An instance that sat idle across epoch ticks would otherwise yield
         // at its first check: start every call with a full tick.
         warm.store.set_epoch_deadline(1);
@@ -261,7 +283,10 @@ impl Plugin {
     async fn instantiate(&self, deadline: Instant, timeout_ms: u64) -> Result<Warm, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let memory_bytes = (self.limits.memory_mb << 20) as usize;
-        let mut store = Store::new(self.pre.engine(), StoreState::new(&self.name, memory_bytes));
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(&self.name, memory_bytes, self.database),
+        );
         store.limiter(|s| &mut s.limiter);
         // Yield to the scheduler at every epoch tick: a busy plugin cannot
         // hold a worker thread, and the deadline below can fire. Tokio's own
@@ -305,6 +330,7 @@ impl Plugin {
 
     /// Returns a healthy instance to the pool unless it reached its reuse cap.
     fn release(&self, mut warm: Warm) {
+        warm.store.data_mut().end_request();
         warm.served += 1;
         if warm.served >= self.limits.reuse {
             return;

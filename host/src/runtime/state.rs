@@ -7,6 +7,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::interfaces::sql::{SqlState, SqlView};
 use crate::interfaces::{log::PluginLog, wasi};
 
 /// Everything one instance owns. Each WIT interface's state is a field,
@@ -16,16 +17,32 @@ pub struct StoreState {
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub log: PluginLog,
+    pub sql: SqlState,
 }
 
 impl StoreState {
-    pub fn new(plugin: &Arc<str>, memory_bytes: usize) -> Self {
+    pub fn new(plugin: &Arc<str>, memory_bytes: usize, database_granted: bool) -> Self {
         StoreState {
             wasi: wasi::sandbox(plugin),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             log: PluginLog::new(plugin.clone()),
+            sql: SqlState::new(plugin.clone(), database_granted),
         }
+    }
+
+    /// The projection the linker hands the `sql` interface.
+    pub fn sql(&mut self) -> SqlView<'_> {
+        SqlView {
+            state: &mut self.sql,
+            table: &mut self.table,
+        }
+    }
+
+    /// Clears what one request left behind, before the instance serves the
+    /// next.
+    pub fn end_request(&mut self) {
+        self.sql.end_request(&mut self.table);
     }
 }
 

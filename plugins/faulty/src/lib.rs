@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use ferry_sdk::{Ctx, Error};
+use ferry_sdk::{Ctx, Error, params, sql};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Succeeds, so tests can see the plugin is healthy again after a failure.
@@ -64,4 +65,129 @@ fn escape(_: &Ctx, _: Value) -> Result<Value, Error> {
     }))
 }
 
-ferry_sdk::service!(ok, trap, panic, "loop" => r#loop, alloc, slow, refuse, escape);
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn rows_table() -> Result<(), Error> {
+    sql::execute(
+        "CREATE TABLE IF NOT EXISTS faulty_rows (name VARCHAR(64) NOT NULL PRIMARY KEY)",
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Inserts `name` in a transaction, then panics before committing.
+fn write_then_panic(_: &Ctx, p: Named) -> Result<Value, Error> {
+    rows_table()?;
+    let tx = sql::begin()?;
+    tx.execute(
+        "INSERT INTO faulty_rows (name) VALUES (?)",
+        params![&p.name],
+    )?;
+    panic!(
+        "wrote {} in a transaction, and panicked before commit",
+        p.name
+    )
+}
+
+/// Inserts `name` in a transaction, then outlives its deadline.
+fn write_then_hang(ctx: &Ctx, p: Named) -> Result<Value, Error> {
+    rows_table()?;
+    let tx = sql::begin()?;
+    tx.execute(
+        "INSERT INTO faulty_rows (name) VALUES (?)",
+        params![&p.name],
+    )?;
+    std::thread::sleep(ctx.time_left() + Duration::from_secs(1));
+    tx.commit()?;
+    Ok(json!({ "committed": true }))
+}
+
+/// Inserts `name` in a transaction and returns without committing or
+/// dropping it (the handle is leaked on purpose).
+fn write_then_forget(_: &Ctx, p: Named) -> Result<Value, Error> {
+    rows_table()?;
+    let tx = sql::begin()?;
+    tx.execute(
+        "INSERT INTO faulty_rows (name) VALUES (?)",
+        params![&p.name],
+    )?;
+    std::mem::forget(tx);
+    Ok(json!({ "forgot": true }))
+}
+
+/// Inserts `name` and commits: the control for the cases above.
+fn write(_: &Ctx, p: Named) -> Result<Value, Error> {
+    rows_table()?;
+    let tx = sql::begin()?;
+    tx.execute(
+        "INSERT INTO faulty_rows (name) VALUES (?)",
+        params![&p.name],
+    )?;
+    tx.commit()?;
+    Ok(json!({ "committed": true }))
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: i64,
+}
+
+/// How many rows named `name` exist.
+fn count(_: &Ctx, p: Named) -> Result<Value, Error> {
+    rows_table()?;
+    let found: Vec<Count> = sql::query(
+        "SELECT COUNT(*) AS n FROM faulty_rows WHERE name = ?",
+        params![&p.name],
+    )?;
+    Ok(json!({ "count": found.first().map_or(0, |c| c.n) }))
+}
+
+#[derive(Deserialize)]
+struct Statement {
+    statement: String,
+}
+
+/// Runs the caller's statement and answers its rows as arrays: for tests
+/// of deadlines, outages and value types.
+fn run_sql(_: &Ctx, p: Statement) -> Result<Value, Error> {
+    let rows = sql::query_rows(&p.statement, &[])?;
+    let values: Vec<Value> = rows
+        .rows
+        .into_iter()
+        .map(|row| {
+            Value::Array(
+                row.into_iter()
+                    .map(|v| match v {
+                        sql::Value::Null => Value::Null,
+                        sql::Value::Boolean(b) => json!(b),
+                        sql::Value::Int(i) => json!(i),
+                        sql::Value::Float(f) => json!(f),
+                        sql::Value::Text(t) => json!(t),
+                        sql::Value::Blob(b) => json!({ "blob": b }),
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    Ok(json!({ "columns": rows.columns, "rows": values }))
+}
+
+ferry_sdk::service!(
+    ok,
+    trap,
+    panic,
+    "loop" => r#loop,
+    alloc,
+    slow,
+    refuse,
+    escape,
+    write_then_panic,
+    write_then_hang,
+    write_then_forget,
+    write,
+    count,
+    run_sql,
+);

@@ -1,0 +1,55 @@
+//! The database servers the tests run against: reached on loopback, and
+//! started with the machine's own commands when they are down. Under
+//! `CI=true` a server that cannot be reached fails the test; elsewhere the
+//! test says so and skips.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn reachable(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Makes sure something listens on `addr`, starting it with `start` (a
+/// shell command) if not. `false` means skip (never under `CI=true`).
+fn ensure(name: &str, addr: &str, start: &str) -> bool {
+    let addr: SocketAddr = addr.parse().unwrap();
+    if reachable(addr) {
+        return true;
+    }
+    eprintln!("{name} is not answering on {addr}; starting it: {start}");
+    let _ = Command::new("sh").arg("-c").arg(start).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if reachable(addr) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let message = format!("{name} is not reachable on {addr}, and `{start}` did not start it");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    false
+}
+
+pub const MARIADB_ADDR: &str = "127.0.0.1:3306";
+pub const MARIADB_START: &str =
+    "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
+pub const POSTGRES_ADDR: &str = "127.0.0.1:5432";
+pub const POSTGRES_START: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+/// The MariaDB `test` database, started if need be.
+pub fn mariadb_url() -> Option<String> {
+    ensure("MariaDB", MARIADB_ADDR, MARIADB_START)
+        .then(|| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// The PostgreSQL `test` database, started if need be.
+pub fn postgres_url() -> Option<String> {
+    ensure("PostgreSQL", POSTGRES_ADDR, POSTGRES_START)
+        .then(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
