@@ -17,15 +17,19 @@ run: plugins host
 test: plugins host
 	$(CARGO) test --release -p ferry-host -p ferry-tests
 
-## Benchmarks: socket and HTTP echo, Ferry against native servers, in one run each.
+## Benchmarks: socket and HTTP echo, and todo.get on each database engine,
+## Ferry against native servers, in one run each.
 bench: plugins host wrk
-	$(CARGO) bench -p ferry-tests --bench socket_echo --bench http_echo
+	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get
 
 ## Build the example plugins into deploy/.
 plugins: toolchain
 	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 	@mkdir -p deploy
-	@for p in $(PLUGINS); do cp $(WASM_DIR)/$$p.wasm deploy/$$p.wasm; done
+	@for p in $(PLUGINS); do \
+		cp $(WASM_DIR)/$$p.wasm deploy/$$p.wasm; \
+		if [ -f plugins/$$p/$$p.yaml ]; then cp plugins/$$p/$$p.yaml deploy/$$p.yaml; fi; \
+	done
 	@echo "plugins in deploy/: $(PLUGINS)"
 
 host:

@@ -50,12 +50,16 @@ pub enum SqlError {
     Unavailable(String),
     #[error("the request's deadline passed while the statement ran")]
     Timeout,
+    /// The database's own limit (`statement_timeout_ms`, a lock wait) ran
+    /// out; the connection is still sound.
+    #[error("{0}")]
+    ServerTimeout(String),
 }
 
 impl From<sqlx::Error> for SqlError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::Database(db) => SqlError::Refused(format!("database error: {db}")),
+            sqlx::Error::Database(db) => classify(&*db),
             sqlx::Error::PoolTimedOut => {
                 SqlError::Unavailable("no database connection became free in time".into())
             }
@@ -70,6 +74,58 @@ impl From<sqlx::Error> for SqlError {
                 SqlError::Refused(format!("cannot read a column: {e}"))
             }
             other => SqlError::Unavailable(format!("database failure: {other}")),
+        }
+    }
+}
+
+/// Sorts an error the database reported: the statement's own fault
+/// (`Refused`), or the server's state (`Unavailable`: shutting down,
+/// connection lost, out of resources, a deadlock worth retrying; `Timeout`:
+/// a server-side time limit or lock wait ran out).
+fn classify(db: &dyn sqlx::error::DatabaseError) -> SqlError {
+    enum Kind {
+        Refused,
+        Unavailable,
+        Timeout,
+    }
+    let kind = if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        match pg.code() {
+            "57014" | "55P03" => Kind::Timeout,
+            "40001" | "40P01" => Kind::Unavailable,
+            code if ["08", "53", "57", "58"].contains(&&code[..2.min(code.len())]) => {
+                Kind::Unavailable
+            }
+            _ => Kind::Refused,
+        }
+    } else if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        match my.number() {
+            // Statement time limits (MariaDB, MySQL) and lock waits.
+            1969 | 3024 | 1205 => Kind::Timeout,
+            // Shutdown, killed connection, too many connections, network
+            // errors, server gone, deadlock.
+            1053 | 1927 | 1040 | 1152..=1161 | 2006 | 2013 | 1213 => Kind::Unavailable,
+            _ => Kind::Refused,
+        }
+    } else if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        let code = sqlx::error::DatabaseError::code(lite);
+        let primary = code.and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+        match primary {
+            // BUSY and LOCKED after `busy_timeout`.
+            5 | 6 => Kind::Timeout,
+            // NOMEM, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+            7 | 10 | 11 | 13 | 14 | 26 => Kind::Unavailable,
+            _ => Kind::Refused,
+        }
+    } else {
+        Kind::Refused
+    };
+    match kind {
+        Kind::Refused => SqlError::Refused(format!("database error: {db}")),
+        Kind::Unavailable => {
+            SqlError::Unavailable(format!("the database cannot serve this now: {db}"))
+        }
+        Kind::Timeout => {
+            SqlError::ServerTimeout(format!("the database gave up on the statement: {db}"))
         }
     }
 }
@@ -170,6 +226,20 @@ impl Database {
                 let pool = PgPoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(acquire)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // A statement cut off at its deadline is left
+                            // behind by closing its connection; from 14 on,
+                            // the server then notices within this interval
+                            // and cancels it, instead of running it to
+                            // `statement_timeout`.
+                            if conn.server_version_num().is_some_and(|v| v >= 140_000) {
+                                conn.execute("SET client_connection_check_interval = 200")
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(options);
                 Ok(Database {
                     pool: Pool::Postgres(pool),
@@ -357,32 +427,30 @@ impl Conn {
 
 type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
 
-fn bind_sqlite(mut q: Query<'_, Sqlite>, params: Vec<SqlValue>) -> Query<'_, Sqlite> {
-    for p in params {
-        q = match p {
-            SqlValue::Null => q.bind(None::<i64>),
-            SqlValue::Boolean(b) => q.bind(b),
-            SqlValue::Int(i) => q.bind(i),
-            SqlValue::Float(f) => q.bind(f),
-            SqlValue::Text(t) => q.bind(t),
-            SqlValue::Blob(b) => q.bind(b),
-        };
-    }
-    q
+/// Binds every parameter in order; `$null` is the engine's NULL.
+macro_rules! bind_all {
+    ($q:expr, $params:expr, $null:expr) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                SqlValue::Null => q.bind($null),
+                SqlValue::Boolean(b) => q.bind(b),
+                SqlValue::Int(i) => q.bind(i),
+                SqlValue::Float(f) => q.bind(f),
+                SqlValue::Text(t) => q.bind(t),
+                SqlValue::Blob(b) => q.bind(b),
+            };
+        }
+        q
+    }};
 }
 
-fn bind_mysql(mut q: Query<'_, MySql>, params: Vec<SqlValue>) -> Query<'_, MySql> {
-    for p in params {
-        q = match p {
-            SqlValue::Null => q.bind(None::<String>),
-            SqlValue::Boolean(b) => q.bind(b),
-            SqlValue::Int(i) => q.bind(i),
-            SqlValue::Float(f) => q.bind(f),
-            SqlValue::Text(t) => q.bind(t),
-            SqlValue::Blob(b) => q.bind(b),
-        };
-    }
-    q
+fn bind_sqlite(q: Query<'_, Sqlite>, params: Vec<SqlValue>) -> Query<'_, Sqlite> {
+    bind_all!(q, params, None::<i64>)
+}
+
+fn bind_mysql(q: Query<'_, MySql>, params: Vec<SqlValue>) -> Query<'_, MySql> {
+    bind_all!(q, params, None::<String>)
 }
 
 /// A NULL of no particular type, so PostgreSQL infers it from where it is
@@ -404,18 +472,8 @@ impl sqlx::Encode<'_, Postgres> for UntypedNull {
     }
 }
 
-fn bind_pg(mut q: Query<'_, Postgres>, params: Vec<SqlValue>) -> Query<'_, Postgres> {
-    for p in params {
-        q = match p {
-            SqlValue::Null => q.bind(UntypedNull),
-            SqlValue::Boolean(b) => q.bind(b),
-            SqlValue::Int(i) => q.bind(i),
-            SqlValue::Float(f) => q.bind(f),
-            SqlValue::Text(t) => q.bind(t),
-            SqlValue::Blob(b) => q.bind(b),
-        };
-    }
-    q
+fn bind_pg(q: Query<'_, Postgres>, params: Vec<SqlValue>) -> Query<'_, Postgres> {
+    bind_all!(q, params, UntypedNull)
 }
 
 fn rows_of<R: Row>(

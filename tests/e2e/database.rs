@@ -29,8 +29,15 @@ fn token(tenant: Option<&str>) -> String {
 /// A host whose application `shop` uses the database at `url` (its own
 /// SQLite file when `None`), with `todo` and `faulty` granted it.
 fn start(url: Option<&str>) -> Ferry {
+    start_with(url, "")
+}
+
+/// [`start`] with more `database` keys (YAML lines indented six spaces).
+fn start_with(url: Option<&str>, more: &str) -> Ferry {
     let database = match url {
-        Some(url) => format!("    database:\n      url: {url}\n      acquire_timeout_ms: 1000\n"),
+        Some(url) => {
+            format!("    database:\n      url: {url}\n      acquire_timeout_ms: 1000\n{more}")
+        }
         None => String::new(),
     };
     Ferry::options()
@@ -295,6 +302,70 @@ async fn deadline_cuts_a_slow_statement(engine: &str, url: &str, sleep: &str) {
     }
     let response = run_sql(&ferry, "SELECT 1 AS one", 2000).await;
     assert_eq!(expect_success(&response)["rows"], json!([[1]]), "{engine}");
+}
+
+/// The server's own `statement_timeout_ms` answers `timeout` too, and
+/// leaves the connection fit for the next statement.
+async fn server_limit_answers_timeout(engine: &str, url: &str, sleep: &str) {
+    let ferry = start_with(
+        Some(url),
+        "      statement_timeout_ms: 300\n      max_connections: 1\n",
+    );
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let message = expect_error(&run_sql(&ferry, sleep, 5000).await, "timeout");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "{engine}: {message} after {:?}",
+            started.elapsed()
+        );
+        let response = run_sql(&ferry, "SELECT 3 AS three", 2000).await;
+        assert_eq!(expect_success(&response)["rows"], json!([[3]]), "{engine}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_timeouts_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    server_limit_answers_timeout("postgres", &url, "SELECT pg_sleep(3) AS slept").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_timeouts_on_mariadb() {
+    let Some(url) = mariadb_url() else { return };
+    server_limit_answers_timeout("mariadb", &url, "SELECT SLEEP(3) AS slept").await;
+}
+
+/// The server stops working on a statement cut off at its deadline soon
+/// after, long before its own `statement_timeout` (5 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_cancels_a_statement_cut_off_at_its_deadline() {
+    let Some(url) = postgres_url() else { return };
+    let ferry = start(Some(&url));
+    let marker = unique("sleep", "postgres");
+    let sleep = format!("SELECT pg_sleep(5) AS \"{marker}\"");
+    expect_error(&run_sql(&ferry, &sleep, 300).await, "timeout");
+    let cut_off = std::time::Instant::now();
+    let running = format!(
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE query = '{}'",
+        sleep.replace('\'', "''")
+    );
+    loop {
+        let response = run_sql(&ferry, &running, 2000).await;
+        if expect_success(&response)["rows"] == json!([[0]]) {
+            break;
+        }
+        assert!(
+            cut_off.elapsed() < std::time::Duration::from_millis(2000),
+            "the server still runs the statement {:?} after its deadline",
+            cut_off.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the server let go of the statement {:?} after its deadline",
+        cut_off.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

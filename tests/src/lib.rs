@@ -2,6 +2,7 @@
 //! real example plugins, and talks to it over its real sockets.
 
 pub mod baseline;
+pub mod load;
 pub mod services;
 
 use std::fs;

@@ -132,7 +132,7 @@ impl From<SqlError> for WitError {
         let code = match e {
             SqlError::Refused(_) => "bad_request",
             SqlError::Unavailable(_) => "unavailable",
-            SqlError::Timeout => "timeout",
+            SqlError::Timeout | SqlError::ServerTimeout(_) => "timeout",
         };
         wit_error(code, e.to_string())
     }
@@ -140,7 +140,10 @@ impl From<SqlError> for WitError {
 
 /// Whether a connection is fit for reuse after `result`.
 fn clean<T>(result: &Result<T, SqlError>) -> bool {
-    matches!(result, Ok(_) | Err(SqlError::Refused(_)))
+    matches!(
+        result,
+        Ok(_) | Err(SqlError::Refused(_) | SqlError::ServerTimeout(_))
+    )
 }
 
 /// Runs `op` on `conn` under the deadline.

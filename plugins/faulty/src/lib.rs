@@ -78,14 +78,17 @@ fn rows_table() -> Result<(), Error> {
     Ok(())
 }
 
-/// Inserts `name` in a transaction, then panics before committing.
-fn write_then_panic(_: &Ctx, p: Named) -> Result<Value, Error> {
+/// A transaction that has inserted `name` and is still open.
+fn insert_in_transaction(name: &str) -> Result<sql::Transaction, Error> {
     rows_table()?;
     let tx = sql::begin()?;
-    tx.execute(
-        "INSERT INTO faulty_rows (name) VALUES (?)",
-        params![&p.name],
-    )?;
+    tx.execute("INSERT INTO faulty_rows (name) VALUES (?)", params![name])?;
+    Ok(tx)
+}
+
+/// Inserts `name` in a transaction, then panics before committing.
+fn write_then_panic(_: &Ctx, p: Named) -> Result<Value, Error> {
+    let _tx = insert_in_transaction(&p.name)?;
     panic!(
         "wrote {} in a transaction, and panicked before commit",
         p.name
@@ -94,12 +97,7 @@ fn write_then_panic(_: &Ctx, p: Named) -> Result<Value, Error> {
 
 /// Inserts `name` in a transaction, then outlives its deadline.
 fn write_then_hang(ctx: &Ctx, p: Named) -> Result<Value, Error> {
-    rows_table()?;
-    let tx = sql::begin()?;
-    tx.execute(
-        "INSERT INTO faulty_rows (name) VALUES (?)",
-        params![&p.name],
-    )?;
+    let tx = insert_in_transaction(&p.name)?;
     std::thread::sleep(ctx.time_left() + Duration::from_secs(1));
     tx.commit()?;
     Ok(json!({ "committed": true }))
@@ -108,24 +106,14 @@ fn write_then_hang(ctx: &Ctx, p: Named) -> Result<Value, Error> {
 /// Inserts `name` in a transaction and returns without committing or
 /// dropping it (the handle is leaked on purpose).
 fn write_then_forget(_: &Ctx, p: Named) -> Result<Value, Error> {
-    rows_table()?;
-    let tx = sql::begin()?;
-    tx.execute(
-        "INSERT INTO faulty_rows (name) VALUES (?)",
-        params![&p.name],
-    )?;
+    let tx = insert_in_transaction(&p.name)?;
     std::mem::forget(tx);
     Ok(json!({ "forgot": true }))
 }
 
 /// Inserts `name` and commits: the control for the cases above.
 fn write(_: &Ctx, p: Named) -> Result<Value, Error> {
-    rows_table()?;
-    let tx = sql::begin()?;
-    tx.execute(
-        "INSERT INTO faulty_rows (name) VALUES (?)",
-        params![&p.name],
-    )?;
+    let tx = insert_in_transaction(&p.name)?;
     tx.commit()?;
     Ok(json!({ "committed": true }))
 }

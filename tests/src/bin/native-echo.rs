@@ -5,13 +5,10 @@
 
 use std::time::Instant;
 
-use ferry_tests::baseline::{Echoed, Seen};
+use ferry_tests::baseline::{Echoed, Seen, json_frame, serve_frames};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
 
 #[derive(Deserialize)]
 struct Request {
@@ -53,52 +50,7 @@ fn handle(frame: &[u8]) -> Vec<u8> {
             },
         },
     };
-    let mut out = vec![0; 4];
-    serde_json::to_writer(&mut out, &response).unwrap();
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out
-}
-
-async fn connection(stream: UnixStream, batch: bool) {
-    let (read, write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        let mut out = BufWriter::new(write);
-        while let Some(frame) = rx.recv().await {
-            if out.write_all(&frame).await.is_err() {
-                return;
-            }
-            if batch {
-                // The same write batching as Ferry's socket writer.
-                tokio::task::yield_now().await;
-            }
-            while let Ok(frame) = rx.try_recv() {
-                if out.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-            if out.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut read = BufReader::new(read);
-    loop {
-        let mut header = [0u8; 4];
-        if read.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let mut frame = vec![0; u32::from_be_bytes(header) as usize];
-        if read.read_exact(&mut frame).await.is_err() {
-            return;
-        }
-        // Like Ferry, each request is its own task, so slow ones never block.
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(handle(&frame));
-        });
-    }
+    json_frame(&response)
 }
 
 #[tokio::main]
@@ -107,11 +59,8 @@ async fn main() {
         .nth(1)
         .expect("usage: native-echo SOCKET_PATH [--batch]");
     let batch = std::env::args().nth(2).is_some_and(|a| a == "--batch");
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).expect("bind");
-    println!("listening");
-    loop {
-        let (stream, _) = listener.accept().await.expect("accept");
-        tokio::spawn(connection(stream, batch));
-    }
+    serve_frames(path.as_ref(), batch, |frame: Vec<u8>| async move {
+        handle(&frame)
+    })
+    .await;
 }
