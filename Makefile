@@ -24,6 +24,10 @@ bench: plugins host wrk
 
 ## Build the example plugins into deploy/.
 plugins: toolchain
+	@# The second build of echo, for the hot-swap tests, first: the plain
+	@# build below then leaves echo.wasm as it should be.
+	$(CARGO) build --profile plugin --target wasm32-wasip2 -p echo --features echo/v2
+	@cp $(WASM_DIR)/echo.wasm $(WASM_DIR)/echo-v2.wasm
 	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 	@mkdir -p deploy
 	@for p in $(PLUGINS); do \

@@ -56,10 +56,24 @@ pub struct Apps {
 impl Apps {
     /// The table `config` describes, with every key loaded and, with
     /// `databases`, every pool created (pools connect on first use).
-    pub fn build(config: &Config, databases: bool) -> Result<Apps, String> {
+    ///
+    /// On a reload, `previous` is the running table: an application whose
+    /// database settings did not change keeps its pool, connections and all.
+    pub fn build(
+        config: &Config,
+        databases: bool,
+        previous: Option<&Apps>,
+    ) -> Result<Apps, String> {
         let open = |name: &str, db: &DatabaseConfig| -> Result<Option<Arc<Database>>, String> {
             if !databases {
                 return Ok(None);
+            }
+            if let Some(pool) = previous
+                .and_then(|apps| apps.get(name))
+                .and_then(|app| app.database.as_ref())
+                .filter(|pool| pool.config() == db)
+            {
+                return Ok(Some(pool.clone()));
             }
             Database::open(name, db, &config.data)
                 .map(|db| Some(Arc::new(db)))
@@ -212,7 +226,7 @@ mod tests {
             "apps:\n  shop:\n    hosts: [Shop.localhost, 127.0.0.1]\n    services: [echo]\n    auth: none\n  blog:\n    hosts: [blog.localhost]\n    services: [echo, faulty]\n    auth: none\n",
         )
         .unwrap();
-        let apps = Apps::build(&config, false).unwrap();
+        let apps = Apps::build(&config, false, None).unwrap();
         assert_eq!(
             &*apps.for_host(Some("shop.LOCALHOST:9")).unwrap().name,
             "shop"

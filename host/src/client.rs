@@ -1,5 +1,5 @@
-//! `ferry call` and `ferry check`: the command-line tools that talk to a
-//! running host or inspect a plugin file.
+//! The command-line tools that talk to a running host (`call`, `status`,
+//! `reload`, `deploy`, `undeploy`) or inspect a plugin file (`check`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use crate::config::Limits;
+use crate::config::Config;
 use crate::protocol::FrameReader;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Settings};
 
 /// Largest response `ferry call` accepts.
 const MAX_RESPONSE: u32 = 256 << 20;
@@ -38,7 +38,7 @@ pub fn token(
     tenant: Option<&str>,
     ttl: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let apps = crate::apps::Apps::build(config, false)
+    let apps = crate::apps::Apps::build(config, false, None)
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let Some(found) = apps.get(app) else {
         bail!(
@@ -116,7 +116,7 @@ pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let path = file.to_owned();
     let loaded = tokio::task::spawn_blocking({
         let runtime = runtime.clone();
-        move || runtime.load("check", &path, Limits::default())
+        move || runtime.load("check", &path, Settings::default())
     })
     .await?;
     let (plugin, report) = match loaded {
@@ -134,17 +134,42 @@ pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     println!(
-        "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms)",
+        "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms, health export: {})",
         file.display(),
         report.bytes / 1024,
-        &plugin.digest()[..12],
-        report.elapsed.as_millis()
+        plugin.version(),
+        report.elapsed.as_millis(),
+        if plugin.has_health() { "yes" } else { "no" }
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Fetches `/v1/status` from a running host and prints it as a table.
-pub async fn status(addr: std::net::SocketAddr, raw: bool) -> anyhow::Result<ExitCode> {
+/// Where `ferry status` reads the status document.
+pub enum StatusSource {
+    Http(std::net::SocketAddr),
+    /// The control socket, when the HTTP gateway is off.
+    Control(PathBuf),
+}
+
+/// Fetches the status document from a running host and prints it as a
+/// table (or as JSON).
+pub async fn status(source: StatusSource, raw: bool) -> anyhow::Result<ExitCode> {
+    let status = match source {
+        StatusSource::Http(addr) => http_status(addr).await?,
+        StatusSource::Control(path) => match control(&path, "status").await? {
+            Ok(status) => status,
+            Err(error) => bail!("the host refused: {}", error["message"]),
+        },
+    };
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", status_table(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn http_status(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
     use tokio::io::AsyncReadExt;
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -171,12 +196,258 @@ pub async fn status(addr: std::net::SocketAddr, raw: bool) -> anyhow::Result<Exi
             head.lines().next().unwrap_or_default()
         );
     }
-    let status: Value = serde_json::from_str(body).context("status is not JSON")?;
-    if raw {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    serde_json::from_str(body).context("status is not JSON")
+}
+
+/// Sends one command over a running host's control socket. Answers the
+/// result, or the error object the host sent back.
+async fn control(path: &Path, command: &str) -> anyhow::Result<Result<Value, Value>> {
+    let stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot connect to the control socket {} (is `ferry serve` running with this config?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let payload = serde_json::to_vec(&json!({ "id": 1, "command": command }))?;
+    write
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    write.write_all(&payload).await?;
+    // A reload may compile plugins whose limits changed.
+    let mut frames = FrameReader::new(read, MAX_RESPONSE, Duration::from_secs(300));
+    let frame = frames
+        .read_frame()
+        .await?
+        .context("the host closed the control connection without answering")?;
+    let mut answer: Value = serde_json::from_slice(&frame).context("the host answered non-JSON")?;
+    Ok(if answer["status"] == "success" {
+        Ok(answer["result"].take())
+    } else {
+        Err(answer["error"].take())
+    })
+}
+
+/// `ferry reload`: asks the running host to re-read its config file.
+pub async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
+    match control(&crate::control::path(config), "reload").await? {
+        Ok(summary) => {
+            let list = |v: &Value| {
+                let items: Vec<&str> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if items.is_empty() {
+                    "none".to_owned()
+                } else {
+                    items.join(", ")
+                }
+            };
+            println!("reloaded");
+            println!("applications: {}", list(&summary["apps"]));
+            println!("plugins reloaded: {}", list(&summary["plugins_changed"]));
+            if summary["needs_restart"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                println!(
+                    "changed, but kept until a restart: {}",
+                    list(&summary["needs_restart"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!(
+                "reload refused; the running config stays: {}",
+                error["message"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Writes `bytes` to `dest` the safe way: a hidden temporary file in the
+/// same folder (which the host ignores), flushed, then renamed over `dest`,
+/// so the host only ever sees the whole file.
+fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("plugin");
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, dest).with_context(|| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("cannot move the file into place at {}", dest.display())
+    })
+}
+
+/// `ferry deploy`: checks the file (and its manifest) exactly as the host
+/// will, compiling into the host's cache so the host loads it at once, then
+/// moves it into the plugins folder and waits for the host to serve it.
+pub async fn deploy(
+    config: &Config,
+    file: &Path,
+    name: Option<String>,
+    manifest: Option<PathBuf>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = match name {
+        Some(name) => name,
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("cannot take a service name from the file name; pass --name")?
+            .to_owned(),
+    };
+    if !crate::router::valid_service_name(&name) {
+        bail!(
+            "`{name}` is not a service name: lowercase letters, digits, `-` and `_`; pass --name"
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let manifest = match manifest {
+        Some(path) => Some(path),
+        None => Some(file.with_extension("yaml")).filter(|p| p.is_file()),
+    };
+    let manifest_text = match &manifest {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let dest = config.plugins.join(format!("{name}.wasm"));
+    // Without a manifest of its own, the service keeps the folder's.
+    let effective_manifest = match &manifest_text {
+        Some(text) => Some(text.clone()),
+        None => std::fs::read_to_string(dest.with_extension("yaml")).ok(),
+    };
+    let settings = match crate::deploy::settings(
+        manifest.as_deref().unwrap_or(&dest.with_extension("yaml")),
+        effective_manifest.as_deref(),
+        &config.defaults,
+    ) {
+        Ok(settings) => settings,
+        Err(e) => {
+            println!("refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
+    let digest = crate::runtime::digest(&bytes);
+    let loaded = tokio::task::spawn_blocking({
+        let (runtime, name, bytes, digest) =
+            (runtime.clone(), name.clone(), bytes.clone(), digest.clone());
+        move || runtime.load_bytes(&name, &bytes, digest, settings, std::time::Instant::now())
+    })
+    .await?;
+    let plugin = match loaded {
+        Ok((plugin, _)) => plugin,
+        Err(e) => {
+            println!("refused: {}: {e}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Err(e) = plugin.warm_up().await {
+        println!(
+            "refused: {}: it links, but instantiating it fails: {e}",
+            file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let version = plugin.version().to_owned();
+    drop(plugin);
+
+    std::fs::create_dir_all(&config.plugins)
+        .with_context(|| format!("cannot create {}", config.plugins.display()))?;
+    let moved = std::time::Instant::now();
+    if let Some(text) = &manifest_text {
+        write_atomically(&dest.with_extension("yaml"), text.as_bytes())?;
+    }
+    write_atomically(&dest, &bytes)?;
+    let control_path = crate::control::path(config);
+    if !wait || UnixStream::connect(&control_path).await.is_err() {
+        println!(
+            "deployed {name} (version {version}) into {}; a running host picks it up",
+            config.plugins.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", status_table(&status));
+    let deadline = moved + Duration::from_secs(120);
+    loop {
+        if let Ok(status) = control(&control_path, "status").await? {
+            let entry = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == name.as_str());
+            if let Some(entry) = entry {
+                if entry["version"] == version.as_str() {
+                    println!(
+                        "deployed {name} (version {version}): serving after {} ms",
+                        moved.elapsed().as_millis()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if entry["rejected"]["version"] == version.as_str() {
+                    println!(
+                        "the host refused {name} (version {version}): {}",
+                        entry["rejected"]["reason"].as_str().unwrap_or("?")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the host did not pick up {name} (version {version}) within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `ferry undeploy`: removes the service's files from the plugins folder and
+/// waits until a running host no longer serves it.
+pub async fn undeploy(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    if !crate::router::valid_service_name(name) {
+        bail!("`{name}` is not a service name");
+    }
+    let wasm = config.plugins.join(format!("{name}.wasm"));
+    match std::fs::remove_file(&wasm) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no service `{name}` in {}", config.plugins.display());
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", wasm.display())),
+    }
+    let _ = std::fs::remove_file(wasm.with_extension("yaml"));
+    let control_path = crate::control::path(config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Ok(status)) = control(&control_path, "status").await {
+        let listed = status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == name && s["state"] != "missing");
+        if !listed {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the host still serves {name} 30 s after its file was removed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("undeployed {name}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -192,6 +463,7 @@ fn status_table(status: &Value) -> String {
         "TIMEOUTS",
         "RESTARTS",
         "IN FLIGHT",
+        "REFUSED",
         "P50 MS",
         "P99 MS",
     ];
@@ -211,13 +483,34 @@ fn status_table(status: &Value) -> String {
             number(&stats["timeouts"]),
             number(&stats["restarts"]),
             number(&stats["in_flight"]),
+            number(&stats["refused"]),
             millis(&stats["p50_ms"]),
             millis(&stats["p99_ms"]),
         ]);
+        let name = service["name"].as_str().unwrap_or("?");
         if let Some(error) = service["error"].as_str() {
+            notes.push(format!("{name}: {error}"));
+        } else if let Some(reason) = service["rejected"]["reason"].as_str() {
             notes.push(format!(
-                "{}: {error}",
-                service["name"].as_str().unwrap_or("?")
+                "{name}: version {} was refused, version {} keeps serving: {reason}",
+                service["rejected"]["version"].as_str().unwrap_or("?"),
+                service["version"].as_str().unwrap_or("?"),
+            ));
+        }
+        let circuit = &service["circuit"];
+        if circuit["state"] == "open" || circuit["state"] == "half_open" {
+            notes.push(format!(
+                "{name}: circuit {} (opened {} times, retry in {} ms); last failure: {}",
+                circuit["state"].as_str().unwrap_or("?"),
+                circuit["opens"],
+                circuit["retry_in_ms"],
+                circuit["last_failure"].as_str().unwrap_or("?")
+            ));
+        }
+        if service["health"]["last_ok"] == false {
+            notes.push(format!(
+                "{name}: last health check failed: {}",
+                service["health"]["last_error"].as_str().unwrap_or("?")
             ));
         }
     }

@@ -8,6 +8,49 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// When repeated failures open a plugin's circuit, and how it recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Circuit {
+    /// Failures (traps, timeouts, failed health checks, instances that do
+    /// not start) within `window_ms` that open the circuit.
+    pub failures: u32,
+    pub window_ms: u64,
+    /// How long the circuit stays open the first time; each time it opens
+    /// again soon after closing, twice as long, up to `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Circuit {
+            failures: 5,
+            window_ms: 10_000,
+            backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+        }
+    }
+}
+
+impl Circuit {
+    fn validate(&self) -> Result<(), String> {
+        if self.failures == 0 {
+            return Err("circuit.failures must be at least 1".into());
+        }
+        if self.window_ms == 0 || self.backoff_ms == 0 {
+            return Err("circuit.window_ms and circuit.backoff_ms must be at least 1".into());
+        }
+        if self.max_backoff_ms < self.backoff_ms {
+            return Err(format!(
+                "circuit.max_backoff_ms ({}) must be at least circuit.backoff_ms ({})",
+                self.max_backoff_ms, self.backoff_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Limits that apply to each plugin; `defaults` in the config file, and the
 /// same keys in a plugin's `NAME.yaml` manifest override them per plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -25,6 +68,9 @@ pub struct Limits {
     /// Requests one instance serves before it is replaced by a fresh one.
     /// `1` means a new instance per request.
     pub reuse: u32,
+    /// How often the host calls a plugin's `health` export, if it has one.
+    pub health_interval_ms: u64,
+    pub circuit: Circuit,
 }
 
 impl Default for Limits {
@@ -35,6 +81,8 @@ impl Default for Limits {
             max_concurrency: 64,
             max_queue: 1_024,
             reuse: 10_000,
+            health_interval_ms: 10_000,
+            circuit: Circuit::default(),
         }
     }
 }
@@ -53,6 +101,8 @@ impl Limits {
             max_concurrency,
             max_queue: _,
             reuse,
+            health_interval_ms,
+            circuit,
         } = *self;
         if !(1..=3_600_000).contains(&timeout_ms) {
             return Err(format!(
@@ -72,7 +122,12 @@ impl Limits {
         if reuse == 0 {
             return Err("reuse must be at least 1 (1 means a fresh instance per request)".into());
         }
-        Ok(())
+        if health_interval_ms < 10 {
+            return Err(format!(
+                "health_interval_ms must be at least 10, not {health_interval_ms}"
+            ));
+        }
+        circuit.validate()
     }
 }
 
@@ -301,7 +356,7 @@ pub fn valid_app_name(name: &str) -> bool {
 ///
 /// Written either as a plain path (`socket: run/ferry.sock`) or as a map
 /// with `path` and the optional keys below.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketConfig {
     pub path: PathBuf,
@@ -390,7 +445,7 @@ pub struct AppConfig {
 }
 
 /// An application's database pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite:PATH`, `mysql://…`/`mariadb://…` or `postgres://…`. Absent:
@@ -546,6 +601,10 @@ pub struct Manifest {
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
     pub reuse: Option<u32>,
+    pub health_interval_ms: Option<u64>,
+    /// Any of the circuit keys; the rest come from `defaults.circuit`.
+    #[serde(default)]
+    pub circuit: CircuitManifest,
     /// Actions callable without a token. Every other action of the plugin
     /// needs a verified token in applications that use JWT.
     #[serde(default)]
@@ -553,6 +612,39 @@ pub struct Manifest {
     /// Host capabilities the plugin may use; none by default.
     #[serde(default)]
     pub permissions: Permissions,
+    /// Plain values the plugin reads through the WIT `config` interface.
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
+}
+
+/// A manifest's `circuit`: each key overrides one of `defaults.circuit`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitManifest {
+    pub failures: Option<u32>,
+    pub window_ms: Option<u64>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// A value in a manifest's `config` map: a string, a number or a boolean,
+/// handed to the plugin as text. Lists and maps are refused, so what the
+/// plugin reads is always what the file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigValue(pub String);
+
+impl<'de> Deserialize<'de> for ConfigValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(ConfigValue(s)),
+            serde_yaml::Value::Number(n) => Ok(ConfigValue(n.to_string())),
+            serde_yaml::Value::Bool(b) => Ok(ConfigValue(b.to_string())),
+            _ => Err(D::Error::custom(
+                "config values must be strings, numbers or booleans (quote anything else)",
+            )),
+        }
+    }
 }
 
 /// What a plugin's manifest grants it.
@@ -565,34 +657,48 @@ pub struct Permissions {
 }
 
 impl Manifest {
-    /// Reads `path` if it exists; a missing manifest means no overrides.
-    pub fn load_optional(path: &Path) -> Result<Manifest, ConfigError> {
-        let error = |message: String| ConfigError {
-            path: path.to_owned(),
-            message,
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(e) => return Err(error(format!("cannot read: {e}"))),
-        };
+    /// Parses manifest text read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
         if text.trim().is_empty() {
             return Ok(Manifest::default());
         }
-        serde_yaml::from_str(&text).map_err(|e| error(e.to_string()))
+        serde_yaml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// The plugin's effective limits: the manifest over the defaults.
     pub fn limits(&self, defaults: &Limits) -> Result<Limits, String> {
+        let circuit = &self.circuit;
         let limits = Limits {
             timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
             memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
             max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
             max_queue: self.max_queue.unwrap_or(defaults.max_queue),
             reuse: self.reuse.unwrap_or(defaults.reuse),
+            health_interval_ms: self
+                .health_interval_ms
+                .unwrap_or(defaults.health_interval_ms),
+            circuit: Circuit {
+                failures: circuit.failures.unwrap_or(defaults.circuit.failures),
+                window_ms: circuit.window_ms.unwrap_or(defaults.circuit.window_ms),
+                backoff_ms: circuit.backoff_ms.unwrap_or(defaults.circuit.backoff_ms),
+                max_backoff_ms: circuit
+                    .max_backoff_ms
+                    .unwrap_or(defaults.circuit.max_backoff_ms),
+            },
         };
         limits.validate()?;
         Ok(limits)
+    }
+
+    /// The `config` map as the plugin reads it.
+    pub fn config_values(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect()
     }
 }
 
@@ -687,5 +793,39 @@ mod tests {
         assert_eq!(l.timeout_ms, 100);
         assert_eq!(l.max_concurrency, 64);
         assert!(serde_yaml::from_str::<Manifest>("timeoutms: 1\n").is_err());
+    }
+
+    #[test]
+    fn manifest_circuit_keys_override_one_by_one() {
+        let defaults = Config::parse("defaults:\n  circuit: {failures: 9, backoff_ms: 50}\n")
+            .unwrap()
+            .defaults;
+        let m: Manifest = serde_yaml::from_str("circuit: {window_ms: 700}\n").unwrap();
+        let c = m.limits(&defaults).unwrap().circuit;
+        assert_eq!((c.failures, c.window_ms, c.backoff_ms), (9, 700, 50));
+        let m: Manifest = serde_yaml::from_str("circuit: {failures: 0}\n").unwrap();
+        assert!(
+            m.limits(&defaults)
+                .unwrap_err()
+                .contains("circuit.failures")
+        );
+        assert!(serde_yaml::from_str::<Manifest>("circuit: {failure: 1}\n").is_err());
+    }
+
+    #[test]
+    fn manifest_config_is_plain_values() {
+        let m: Manifest =
+            serde_yaml::from_str("config: {greeting: hi, retries: 3, loud: true, ratio: 0.5}\n")
+                .unwrap();
+        let values = m.config_values();
+        assert_eq!(values["greeting"], "hi");
+        assert_eq!(values["retries"], "3");
+        assert_eq!(values["loud"], "true");
+        assert_eq!(values["ratio"], "0.5");
+        let e = serde_yaml::from_str::<Manifest>("config: {nested: {a: 1}}\n").unwrap_err();
+        assert!(
+            e.to_string().contains("strings, numbers or booleans"),
+            "{e}"
+        );
     }
 }

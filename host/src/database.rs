@@ -147,6 +147,8 @@ pub enum Conn {
 pub struct Database {
     pool: Pool,
     engine: Engine,
+    /// What the pool was opened with, to tell on a reload whether it can stay.
+    config: DatabaseConfig,
 }
 
 impl Database {
@@ -190,6 +192,7 @@ impl Database {
                 Ok(Database {
                     pool: Pool::Sqlite(pool),
                     engine: Engine::Sqlite,
+                    config: config.clone(),
                 })
             }
             "mysql" | "mariadb" => {
@@ -217,6 +220,7 @@ impl Database {
                 Ok(Database {
                     pool: Pool::MySql(pool),
                     engine: Engine::MySql,
+                    config: config.clone(),
                 })
             }
             "postgres" | "postgresql" => {
@@ -244,6 +248,7 @@ impl Database {
                 Ok(Database {
                     pool: Pool::Postgres(pool),
                     engine: Engine::Postgres,
+                    config: config.clone(),
                 })
             }
             other => Err(format!(
@@ -254,6 +259,10 @@ impl Database {
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.config
     }
 
     /// Checks a connection out of the pool.

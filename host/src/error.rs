@@ -44,11 +44,14 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// The `error` object of a response: `{"code", "message"}`.
+/// The `error` object of a response: `{"code", "message"}`, and
+/// `retry_after_ms` when the host knows when trying again makes sense.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorBody {
@@ -56,6 +59,7 @@ impl ErrorBody {
         ErrorBody {
             code: code.as_str().to_owned(),
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -78,6 +82,16 @@ pub enum CallError {
     BadResult { service: String, detail: String },
     #[error("service `{service}` could not be started: {detail}")]
     Instantiate { service: String, detail: String },
+    #[error(
+        "service `{service}` is failing and its circuit is open; retry in {} ms{}",
+        retry_after.as_millis(),
+        last_failure.as_ref().map(|f| format!(" (last failure: {f})")).unwrap_or_default()
+    )]
+    CircuitOpen {
+        service: String,
+        retry_after: std::time::Duration,
+        last_failure: Option<String>,
+    },
 }
 
 impl CallError {
@@ -90,16 +104,37 @@ impl CallError {
                 ErrorCode::PluginTrap.as_str()
             }
             CallError::BadResult { .. } => ErrorCode::Internal.as_str(),
-            CallError::Instantiate { .. } => ErrorCode::Unavailable.as_str(),
+            CallError::Instantiate { .. } | CallError::CircuitOpen { .. } => {
+                ErrorCode::Unavailable.as_str()
+            }
         }
+    }
+
+    /// Whether the plugin itself failed (as opposed to answering an error of
+    /// its own, or the host being busy): what the circuit breaker counts.
+    pub fn is_plugin_failure(&self) -> bool {
+        matches!(
+            self,
+            CallError::Timeout { .. }
+                | CallError::Trap { .. }
+                | CallError::MemoryLimit { .. }
+                | CallError::BadResult { .. }
+                | CallError::Instantiate { .. }
+        )
     }
 }
 
 impl From<CallError> for ErrorBody {
     fn from(e: CallError) -> Self {
+        let retry_after_ms = match &e {
+            // Rounded up: retrying a moment early only meets a refusal.
+            CallError::CircuitOpen { retry_after, .. } => Some(retry_after.as_millis() as u64 + 1),
+            _ => None,
+        };
         ErrorBody {
             code: e.code().to_owned(),
             message: e.to_string(),
+            retry_after_ms,
         }
     }
 }

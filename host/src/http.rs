@@ -68,8 +68,9 @@ pub fn status_for(code: &str) -> StatusCode {
     }
 }
 
-/// Seconds a client should wait after `overloaded` or `unavailable`.
-const RETRY_AFTER_SECS: &str = "1";
+/// Seconds a client should wait after `overloaded` or `unavailable`, when
+/// the error does not say.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// An error answer: `{"error": {"code", "message"}}` with its status.
 pub struct HttpError(pub ErrorBody);
@@ -85,7 +86,7 @@ impl IntoResponse for HttpError {
         let status = status_for(&self.0.code);
         let body =
             serde_json::to_vec(&json!({ "error": self.0 })).expect("an error body serializes");
-        with_retry_after(status, json_response(status, body))
+        with_retry_after(status, self.0.retry_after_ms, json_response(status, body))
     }
 }
 
@@ -124,14 +125,18 @@ fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Respo
     response
 }
 
-/// Adds the headers some statuses call for: `Retry-After` on 429 and 503,
-/// a bearer challenge on 401.
-fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
+/// Adds the headers some statuses call for: `Retry-After` on 429 and 503
+/// (whole seconds, rounded up), a bearer challenge on 401.
+fn with_retry_after(
+    status: StatusCode,
+    retry_after_ms: Option<u64>,
+    mut response: Response,
+) -> Response {
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
+        let seconds = retry_after_ms.map_or(RETRY_AFTER_SECS, |ms| ms.div_ceil(1000).max(1));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     } else if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -273,21 +278,24 @@ async fn rpc(
         }
         (_, None) => Ok(request),
     });
-    let (status, frame) = match parsed {
+    let (status, retry_after_ms, frame) = match parsed {
         Err(bad) => {
             let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
             (
                 status_for(&error.code),
+                None,
                 protocol::error_frame(&bad.id, &error),
             )
         }
         Ok(request) => match state.router.dispatch(&request, door, received).await {
             Ok(result) => (
                 StatusCode::OK,
+                None,
                 protocol::success_frame(&request.id, &result),
             ),
             Err(error) => (
                 status_for(&error.code),
+                error.retry_after_ms,
                 protocol::error_frame(&request.id, &error),
             ),
         },
@@ -295,6 +303,7 @@ async fn rpc(
     // The same bytes as on a socket, without the length prefix.
     Ok(with_retry_after(
         status,
+        retry_after_ms,
         json_response(status, Bytes::from(frame).slice(4..)),
     ))
 }
@@ -317,41 +326,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// The status document `/v1/status` answers and `ferry status` prints.
-pub fn status_document(router: &Router, started: Instant) -> Value {
-    let mut services: Vec<Value> = router
-        .plugins()
-        .iter()
-        .map(|plugin| {
-            json!({
-                "name": plugin.name(),
-                "state": "ready",
-                "version": &plugin.digest()[..12],
-                "limits": plugin.limits(),
-                "public": plugin.public_actions(),
-                "database": plugin.database_granted(),
-                "stats": plugin.stats.snapshot(),
-            })
-        })
-        .collect();
-    services.extend(
-        router
-            .failed()
-            .into_iter()
-            .map(|(name, reason)| json!({ "name": name, "state": "failed", "error": reason })),
-    );
-    services.extend(router.missing().into_iter().map(|name| {
-        json!({ "name": name, "state": "missing", "error": "listed by an application, but no plugin file by this name" })
-    }));
-    json!({
-        "uptime_s": started.elapsed().as_secs(),
-        "services": services,
-        "apps": router.apps().describe(),
-    })
-}
-
 async fn status(State(state): State<HttpState>) -> Response {
-    let body = status_document(&state.router, state.started).to_string();
+    let body = crate::status::document(&state.router, state.started).to_string();
     json_response(StatusCode::OK, body)
 }
 

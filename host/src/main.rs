@@ -6,7 +6,10 @@ mod auth;
 mod bindings;
 mod client;
 mod config;
+mod control;
 mod database;
+mod deploy;
+mod doors;
 mod error;
 mod http;
 mod interfaces;
@@ -15,6 +18,7 @@ mod router;
 mod runtime;
 mod server;
 mod socket;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +110,40 @@ enum Command {
         /// The `.wasm` file.
         file: PathBuf,
     },
+    /// Re-read the config file of a running host and apply it.
+    Reload {
+        /// The config file the host runs with.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a plugin, then move it into the plugins folder the safe way and
+    /// wait until the running host serves it (or says why it will not).
+    Deploy {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Service name (default: the file name without `.wasm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Manifest to deploy with it (default: FILE.yaml beside the file,
+        /// if there is one; otherwise the folder's current manifest stays).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The host's config file (for the plugins folder and limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not wait for a running host to serve it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a service from the plugins folder; a running host unloads it
+    /// once its requests in flight are done.
+    Undeploy {
+        /// Service name.
+        name: String,
+        /// The host's config file (for the plugins folder).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -127,9 +165,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => {
-                let config = load_config(config.as_deref())?;
-                server::serve(config).await.map(|()| ExitCode::SUCCESS)
+            Command::Serve { config: path } => {
+                let config = load_config(path.as_deref())?;
+                server::serve(config, path)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::Call {
                 service,
@@ -169,15 +209,28 @@ fn main() -> ExitCode {
                 client::token(&config, &app, &sub, tenant.as_deref(), ttl)
             }
             Command::Status { http, config, json } => {
-                let addr = match http {
-                    Some(addr) => addr,
-                    None => load_config(config.as_deref())?.http.ok_or_else(|| {
-                        anyhow::anyhow!("the HTTP gateway is off in this config; pass --http")
-                    })?,
+                let config = load_config(config.as_deref())?;
+                let source = match http.or(config.http) {
+                    Some(addr) => client::StatusSource::Http(addr),
+                    None => client::StatusSource::Control(control::path(&config)),
                 };
-                client::status(addr, json).await
+                client::status(source, json).await
             }
             Command::Check { file } => client::check(&file).await,
+            Command::Reload { config } => client::reload(&load_config(config.as_deref())?).await,
+            Command::Deploy {
+                file,
+                name,
+                manifest,
+                config,
+                no_wait,
+            } => {
+                let config = load_config(config.as_deref())?;
+                client::deploy(&config, &file, name, manifest, !no_wait).await
+            }
+            Command::Undeploy { name, config } => {
+                client::undeploy(&load_config(config.as_deref())?, &name).await
+            }
         }
     });
     match result {

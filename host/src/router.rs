@@ -54,11 +54,39 @@ pub fn valid_service_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// A newer file for a service that was refused while the previous version
+/// kept serving.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    /// The refused file's short digest, when it could be read.
+    pub version: Option<String>,
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub at_unix_s: u64,
+}
+
+impl Rejection {
+    pub fn now(version: Option<String>, reason: String) -> Self {
+        Rejection {
+            version,
+            reason,
+            at_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
 pub struct Router {
     services: RwLock<BTreeMap<String, Arc<Plugin>>>,
     /// Plugin files found but not loaded, with the reason; shown by status
     /// and keeping `/readyz` red.
-    failed: RwLock<BTreeMap<String, String>>,
+    failed: RwLock<BTreeMap<String, Rejection>>,
+    /// The last refused file of a service that still serves its previous
+    /// version.
+    rejected: RwLock<BTreeMap<String, Rejection>>,
+    /// Replaced or undeployed versions, until their last request is done.
+    draining: std::sync::Mutex<Vec<std::sync::Weak<Plugin>>>,
     /// Swapped whole, so a request sees one consistent table.
     apps: RwLock<Arc<Apps>>,
 }
@@ -68,12 +96,20 @@ impl Router {
         Router {
             services: RwLock::default(),
             failed: RwLock::default(),
+            rejected: RwLock::default(),
+            draining: std::sync::Mutex::default(),
             apps: RwLock::new(Arc::new(apps)),
         }
     }
 
     pub fn apps(&self) -> Arc<Apps> {
         self.apps.read().expect("apps lock").clone()
+    }
+
+    /// Replaces the application table (a config reload); requests already
+    /// routed keep the table they started with.
+    pub fn set_apps(&self, apps: Apps) {
+        *self.apps.write().expect("apps lock") = Arc::new(apps);
     }
 
     /// Services an application lists for which there is no plugin file at
@@ -89,31 +125,101 @@ impl Router {
             .collect()
     }
 
-    pub fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
-        let plugin = Arc::new(plugin);
+    /// Serves `plugin` from now on, in place of any previous version of its
+    /// service, which is retired: requests already running finish on it.
+    pub fn insert(&self, plugin: Arc<Plugin>) -> Option<Arc<Plugin>> {
+        let name = plugin.name().to_owned();
         self.failed
             .write()
             .expect("failed table lock")
-            .remove(plugin.name());
-        self.services
+            .remove(&name);
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(&name);
+        let previous = self
+            .services
             .write()
             .expect("routing table lock")
-            .insert(plugin.name().to_owned(), plugin.clone());
-        plugin
+            .insert(name, plugin);
+        if let Some(previous) = &previous {
+            self.retire(previous);
+        }
+        previous
     }
 
-    /// Records that the plugin file for `service` could not be loaded.
-    pub fn insert_failed(&self, service: &str, reason: String) {
+    /// Stops routing to `service` (its file is gone); requests already
+    /// running finish on it.
+    pub fn remove(&self, service: &str) -> Option<Arc<Plugin>> {
         self.failed
             .write()
             .expect("failed table lock")
-            .insert(service.to_owned(), reason);
+            .remove(service);
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(service);
+        let removed = self
+            .services
+            .write()
+            .expect("routing table lock")
+            .remove(service);
+        if let Some(removed) = &removed {
+            self.retire(removed);
+        }
+        removed
+    }
+
+    fn retire(&self, plugin: &Arc<Plugin>) {
+        plugin.retire();
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|p| p.strong_count() > 0);
+        draining.push(Arc::downgrade(plugin));
+    }
+
+    /// Retired versions that still have requests running.
+    pub fn draining(&self) -> Vec<Arc<Plugin>> {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|p| p.strong_count() > 0);
+        draining
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+
+    /// Records that the file for `service` could not be loaded. With a
+    /// version serving, that version stays and the refusal is noted beside
+    /// it; otherwise the service is `failed`.
+    pub fn refuse(&self, service: &str, rejection: Rejection) {
+        let serving = self
+            .services
+            .read()
+            .expect("routing table lock")
+            .contains_key(service);
+        let table = if serving {
+            &self.rejected
+        } else {
+            &self.failed
+        };
+        table
+            .write()
+            .expect("refusal table lock")
+            .insert(service.to_owned(), rejection);
     }
 
     /// Services whose files failed to load, with the reasons.
-    pub fn failed(&self) -> Vec<(String, String)> {
+    pub fn failed(&self) -> Vec<(String, Rejection)> {
         let failed = self.failed.read().expect("failed table lock");
         failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The last refused file of a service that still serves.
+    pub fn rejected(&self, service: &str) -> Option<Rejection> {
+        self.rejected
+            .read()
+            .expect("rejected table lock")
+            .get(service)
+            .cloned()
     }
 
     /// Every loaded plugin, by name.

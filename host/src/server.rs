@@ -1,112 +1,71 @@
 //! `ferry serve`: start-up in a fixed order (config already validated, then
 //! the runtime, then the plugins, then the sockets and the HTTP listener),
-//! and shutdown on a signal.
+//! signals (SIGHUP reloads the config; SIGTERM and SIGINT drain and stop),
+//! and shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::apps::{Apps, Auth};
-use crate::config::{Config, Manifest};
+use crate::config::Config;
+use crate::control::{self, Control};
+use crate::deploy::Deployer;
+use crate::doors::Doors;
 use crate::http;
-use crate::router::{Listening, Router, valid_service_name};
-use crate::runtime::{Plugin, Runtime};
-use crate::socket::{self, ConnectionLimits, Listener};
+use crate::router::Router;
+use crate::runtime::Runtime;
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     // Keys are read and checked here, before anything else starts.
-    let apps = Apps::build(&config, true).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("cannot create the data folder {}", config.data.display()))?;
+    let apps =
+        Apps::build(&config, true, None).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    for dir in [&config.data, &config.plugins] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    }
     let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
     let router = Arc::new(Router::new(apps));
+    let (stop, stopped) = watch::channel(false);
+    let doors = Arc::new(Doors::new(&config, router.clone(), stopped.clone()));
+    let deployer = Arc::new(Deployer::new(
+        runtime.clone(),
+        router.clone(),
+        doors.clone(),
+        config.clone(),
+        config_path,
+    ));
 
-    for (name, wasm) in discover(&config.plugins)? {
-        match load(&runtime, &config, &name, &wasm).await {
-            Ok(plugin) => {
-                router.insert(plugin);
-            }
-            Err(e) => {
-                tracing::error!(plugin = %name, path = %wasm.display(), "plugin not loaded: {e:#}");
-                router.insert_failed(&name, format!("{e:#}"));
-            }
-        }
-    }
-
+    // Watching starts before the first scan, so a file dropped in between
+    // is not missed.
+    let watcher = deployer.watch().with_context(|| {
+        format!(
+            "cannot watch the plugins folder {}",
+            config.plugins.display()
+        )
+    })?;
+    deployer.reconcile_all().await;
     warn_about_apps(&router);
 
-    let socket = &config.socket;
-    let allow_uids: Option<Arc<[u32]>> = socket.allow_uids.as_deref().map(Arc::from);
-    let listening = |service: Option<&str>| {
-        Arc::new(Listening {
-            service: service.map(Arc::from),
-            app: socket.app.as_deref().map(Arc::from),
-            trusted: socket.trusted,
-        })
-    };
-    let mut listeners = vec![Listener {
-        listener: socket::bind(&socket.path, socket.mode).await?,
-        path: socket.path.clone(),
-        listening: listening(None),
-        allow_uids: allow_uids.clone(),
-    }];
-    for name in router.names() {
-        let path = config.services_dir().join(format!("{name}.sock"));
-        if path.as_os_str().len() > crate::config::MAX_SOCKET_PATH {
-            tracing::error!(
-                path = %path.display(),
-                "path too long for a Unix socket; `{name}` is reachable through the main socket only"
-            );
-            continue;
-        }
-        listeners.push(Listener {
-            listener: socket::bind(&path, socket.mode).await?,
-            path,
-            listening: listening(Some(&name)),
-            allow_uids: allow_uids.clone(),
-        });
-    }
-
-    let http_listener = match config.http {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for HTTP on {addr}"))?,
-        ),
-        None => None,
-    };
-
-    let limits = ConnectionLimits {
-        max_frame: config.max_frame_bytes,
-        stall_timeout: Duration::from_millis(config.idle_timeout_ms),
-    };
-    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
-    let tally = Arc::new(socket::Tally::default());
-    let (stop, stopped) = watch::channel(false);
-    let mut doors = tokio::task::JoinSet::new();
-    for listener in listeners {
-        doors.spawn(socket::serve(
-            listener,
-            router.clone(),
-            limits,
-            connections.clone(),
-            tally.clone(),
-            stopped.clone(),
-        ));
-    }
-    if let Some(listener) = http_listener {
+    doors.open_main(config.socket.path.clone()).await?;
+    let control = Control::bind(control::path(&config)).await?;
+    doors.spawn(control.serve(deployer.clone(), started, stopped.clone()));
+    if let Some(addr) = config.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         let addr = listener.local_addr()?;
         let app = http::app(http::HttpState {
             router: router.clone(),
             started,
             max_body: config.max_frame_bytes as usize,
-            tally: tally.clone(),
+            tally: doors.tally.clone(),
         });
-        let stop = socket::stopping(stopped.clone());
+        let stop = crate::socket::stopping(stopped.clone());
         doors.spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
@@ -125,16 +84,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "ferry is serving"
     );
 
-    shutdown_signal().await?;
+    wait_for_shutdown(&deployer).await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
-    let drain = Duration::from_millis(config.drain_timeout_ms);
-    if tokio::time::timeout(drain, async { while doors.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
+    drop(watcher);
+    let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
+    if tokio::time::timeout(drain, doors.finish()).await.is_err() {
         tracing::warn!("requests still running after {drain:?}; exiting anyway");
     }
+    let tally = &doors.tally;
     let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         accepted = count(&tally.accepted),
@@ -169,76 +127,22 @@ fn warn_about_apps(router: &Router) {
     }
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Serves signals until SIGTERM or SIGINT: SIGHUP reloads the config (a
+/// bad file is logged and changes nothing).
+async fn wait_for_shutdown(deployer: &Deployer) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
-/// Plugin files in `dir`: `NAME.wasm` where NAME is a valid service name.
-/// Anything else (hidden files, editor leftovers, odd names) is skipped.
-fn discover(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(dir = %dir.display(), "plugins folder does not exist; serving no plugins");
-            return Ok(Vec::new());
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot read the plugins folder {}", dir.display()));
-        }
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wasm"))
-        else {
-            continue;
-        };
-        if !valid_service_name(name) {
-            tracing::warn!(path = %path.display(), "ignored: a plugin name is lowercase letters, digits, `-` and `_`");
-            continue;
-        }
-        if path.is_file() {
-            found.push((name.to_owned(), path));
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Err(e) = deployer.reload().await {
+                    tracing::error!("config reload refused; the running config stays: {e}");
+                }
+            }
         }
     }
-    found.sort();
-    Ok(found)
-}
-
-/// Loads one plugin with its manifest, compiling on a blocking thread.
-async fn load(
-    runtime: &Arc<Runtime>,
-    config: &Config,
-    name: &str,
-    wasm: &Path,
-) -> anyhow::Result<Plugin> {
-    let manifest = Manifest::load_optional(&wasm.with_extension("yaml"))?;
-    let limits = manifest
-        .limits(&config.defaults)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.with_extension("yaml").display()))?;
-    let (runtime, name, wasm) = (runtime.clone(), name.to_owned(), wasm.to_owned());
-    let (mut plugin, report) =
-        tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, limits)).await??;
-    plugin.set_public(manifest.public);
-    plugin.set_database_grant(manifest.permissions.database);
-    plugin.warm_up().await?;
-    tracing::info!(
-        plugin = plugin.name(),
-        version = &plugin.digest()[..12],
-        cache = %report.cache.as_str(),
-        load_ms = report.elapsed.as_millis() as u64,
-        "plugin loaded"
-    );
-    Ok(plugin)
 }

@@ -106,14 +106,50 @@ pub struct Listener {
     pub allow_uids: Option<Arc<[u32]>>,
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+impl Listener {
+    /// Binds `path` (see [`bind`]) for `listening`.
+    pub async fn bind(
+        path: PathBuf,
+        mode: u32,
+        listening: Arc<Listening>,
+        allow_uids: Option<Arc<[u32]>>,
+    ) -> io::Result<Listener> {
+        Ok(Listener {
+            listener: bind(&path, mode).await?,
+            path,
+            listening,
+            allow_uids,
+        })
+    }
+
+    /// The socket file's identity, to tell it from a newer file at the same
+    /// path.
+    fn file_id(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let bound = self.listener.local_addr().ok()?;
+        let meta = std::fs::symlink_metadata(bound.as_pathname()?).ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 }
 
-/// Accepts connections until `shutdown` flips, then waits for the
-/// connections it started to finish their in-flight requests.
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // A service that was undeployed and deployed again has a new socket
+        // at the same path by now: only remove the file if it is still ours.
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file_id();
+        let current = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == current {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` (or this door's own `close`) flips,
+/// then waits for the connections it started to finish their in-flight
+/// requests. A closed door's connections stay until the host shuts down.
 pub async fn serve(
     listener: Listener,
     router: Arc<Router>,
@@ -121,9 +157,21 @@ pub async fn serve(
     connections: Arc<Semaphore>,
     tally: Arc<Tally>,
     shutdown: watch::Receiver<bool>,
+    close: Option<watch::Receiver<bool>>,
 ) {
     let mut tasks = JoinSet::new();
-    let stop = stopping(shutdown.clone());
+    let closing = shutdown.clone();
+    let stop = async move {
+        match close {
+            Some(close) => {
+                tokio::select! {
+                    _ = stopping(closing) => {}
+                    _ = stopping(close) => {}
+                }
+            }
+            None => stopping(closing).await,
+        }
+    };
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {

@@ -36,13 +36,14 @@ use serde::{Serialize, de::DeserializeOwned};
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "service",
+        world: "service-with-health",
         pub_export_macro: true,
         export_macro_name: "__export_service",
         default_bindings_module: "ferry_sdk::__bindings",
     });
 }
 
+pub mod config;
 pub mod sql;
 
 use __bindings::exports::ferry::plugin::handler;
@@ -200,27 +201,51 @@ macro_rules! debug {
 /// `P: Deserialize` and `R: Serialize`. An unknown action answers
 /// `not_found`; params that do not deserialize into `P` answer
 /// `bad_request`.
+///
+/// The host calls a health check periodically; by default it always passes.
+/// Name your own (`fn() -> Result<(), Error>`) first:
+/// `service!(health = ready; echo, add)`. A failing check counts towards
+/// the plugin's circuit breaker like a failed request.
 #[macro_export]
 macro_rules! service {
-    (@collect [$($acc:tt)*]) => {
-        $crate::__service_impl!($($acc)*);
+    (@collect [$($acc:tt)*] [$health:path]) => {
+        $crate::__service_impl!([$health] $($acc)*);
     };
-    (@collect [$($acc:tt)*] $name:literal => $action:path $(, $($rest:tt)*)?) => {
-        $crate::service!(@collect [$($acc)* ($name, $action)] $($($rest)*)?);
+    (@collect [$($acc:tt)*] [$health:path] $name:literal => $action:path $(, $($rest:tt)*)?) => {
+        $crate::service!(@collect [$($acc)* ($name, $action)] [$health] $($($rest)*)?);
     };
-    (@collect [$($acc:tt)*] $action:ident $(, $($rest:tt)*)?) => {
-        $crate::service!(@collect [$($acc)* (::std::stringify!($action), $action)] $($($rest)*)?);
+    (@collect [$($acc:tt)*] [$health:path] $action:ident $(, $($rest:tt)*)?) => {
+        $crate::service!(@collect [$($acc)* (::std::stringify!($action), $action)] [$health] $($($rest)*)?);
+    };
+    (health = $health:path; $($items:tt)+) => {
+        $crate::service!(@collect [] [$health] $($items)+);
     };
     ($($items:tt)+) => {
-        $crate::service!(@collect [] $($items)+);
+        $crate::service!(@collect [] [$crate::__healthy] $($items)+);
     };
+}
+
+/// The health check of a plugin that names none: it can serve.
+#[doc(hidden)]
+pub fn __healthy() -> Result<(), Error> {
+    Ok(())
+}
+
+/// Runs a health check for the code `service!` generates.
+#[doc(hidden)]
+pub fn __check(check: fn() -> Result<(), Error>) -> Result<(), handler::Error> {
+    install_panic_hook();
+    check().map_err(|e| handler::Error {
+        code: e.code,
+        message: e.message,
+    })
 }
 
 /// The expansion of [`service!`] once every action has a name.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __service_impl {
-    ($(($name:expr, $action:path))+) => {
+    ([$health:path] $(($name:expr, $action:path))+) => {
         #[doc(hidden)]
         pub struct __FerryService;
 
@@ -236,6 +261,12 @@ macro_rules! __service_impl {
                     })+
                     ::std::option::Option::None
                 })
+            }
+        }
+
+        impl $crate::__bindings::exports::ferry::plugin::health::Guest for __FerryService {
+            fn check() -> ::std::result::Result<(), $crate::__bindings::ferry::plugin::types::Error> {
+                $crate::__check($health)
             }
         }
 

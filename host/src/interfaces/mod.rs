@@ -2,6 +2,7 @@
 //! interface, each with its own state reached through a projection from the
 //! store's data.
 
+pub mod config;
 pub mod log;
 pub mod sql;
 pub mod wasi;

@@ -2,6 +2,7 @@
 //! and loading a `.wasm` file into a ready-to-call [`Plugin`].
 
 mod cache;
+mod circuit;
 mod latency;
 mod plugin;
 mod state;
@@ -14,12 +15,15 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use cache::CacheOutcome;
-pub use plugin::{Call, Plugin, StatsSnapshot};
+pub use cache::{CacheOutcome, digest};
+pub use plugin::{Call, Plugin, Settings, StatsSnapshot};
 use state::StoreState;
 
-use crate::bindings::{ServicePre, add_log_to_linker, add_sql_to_linker};
-use crate::config::{Limits, MAX_INSTANCES, MAX_MEMORY_MB};
+use crate::bindings::{
+    HEALTH_CHECK, HEALTH_INTERFACE, ServiceIndices, add_config_to_linker, add_log_to_linker,
+    add_sql_to_linker,
+};
+use crate::config::{MAX_INSTANCES, MAX_MEMORY_MB};
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
 /// every tick, so a deadline is enforced within about one tick, and a ready
@@ -83,6 +87,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         add_log_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| &mut s.log)?;
+        add_config_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| {
+            &mut s.config
+        })?;
         add_sql_to_linker::<StoreState, crate::interfaces::sql::HasSql>(
             &mut linker,
             StoreState::sql,
@@ -118,31 +125,48 @@ impl Runtime {
         &self,
         name: &str,
         path: &Path,
-        limits: Limits,
+        settings: Settings,
     ) -> Result<(Plugin, LoadReport), LoadError> {
         let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        check_header(&bytes)?;
-        let digest = cache::digest(&bytes);
+        let digest = digest(&bytes);
+        self.load_bytes(name, &bytes, digest, settings, started)
+    }
+
+    /// [`Runtime::load`] for a file already read, whose [`digest`] is
+    /// known; `started` is when the load began, for the report.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: String,
+        settings: Settings,
+        started: Instant,
+    ) -> Result<(Plugin, LoadReport), LoadError> {
+        check_header(bytes)?;
         let (component, outcome) = self
             .cache
-            .load(&self.engine, &bytes, &digest)
+            .load(&self.engine, bytes, &digest)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let health = component
+            .get_export_index(None, HEALTH_INTERFACE)
+            .and_then(|interface| component.get_export_index(Some(&interface), HEALTH_CHECK));
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        let service_pre =
-            ServicePre::new(instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        let indices =
+            ServiceIndices::new(&instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
         let report = LoadReport {
             bytes: bytes.len(),
             cache: outcome,
             elapsed: started.elapsed(),
         };
-        Ok((Plugin::new(name, service_pre, limits, digest), report))
+        let plugin = Plugin::new(name, instance_pre, indices, health, settings, digest);
+        Ok((plugin, report))
     }
 }
 

@@ -1,22 +1,27 @@
-//! A loaded plugin: its `InstancePre`, its limits, a pool of warm instances,
-//! and one call from admission to result.
+//! A loaded plugin version: its `InstancePre`, its settings, a pool of warm
+//! instances, its circuit breaker, and one call from admission to result.
 //!
 //! Instances are reused: a request takes an idle instance (or instantiates a
 //! new one), and gives it back if the call ended normally and the instance
 //! has served fewer than `reuse` requests. An instance that trapped, ran out
 //! of time or memory is dropped, and the next request gets a fresh one: that
 //! is restart on trap. `reuse: 1` gives a fresh instance per request.
+//! Repeated failures open the circuit (see `circuit.rs`): requests are
+//! refused at once until a probe succeeds.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
+use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::circuit::{Admission, Circuit, CircuitSnapshot, Transition};
 use super::latency::Histogram;
 use super::state::StoreState;
-use crate::bindings::{Context, Service, ServicePre};
+use crate::bindings::{Context, Service, ServiceIndices, WitError};
 use crate::config::Limits;
 use crate::database::Database;
 use crate::error::CallError;
@@ -32,6 +37,8 @@ pub struct PluginStats {
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Requests refused at once because the circuit was open.
+    pub refused: AtomicU64,
     /// Instances created, the first of each slot included.
     pub instantiations: AtomicU64,
     pub in_flight: AtomicU64,
@@ -47,6 +54,7 @@ pub struct StatsSnapshot {
     pub traps: u64,
     pub timeouts: u64,
     pub overloaded: u64,
+    pub refused: u64,
     /// Instances thrown away after a trap or timeout and replaced.
     pub restarts: u64,
     pub instantiations: u64,
@@ -65,6 +73,7 @@ impl PluginStats {
             traps: get(&self.traps),
             timeouts: get(&self.timeouts),
             overloaded: get(&self.overloaded),
+            refused: get(&self.refused),
             restarts: get(&self.traps) + get(&self.timeouts),
             instantiations: get(&self.instantiations),
             in_flight: get(&self.in_flight),
@@ -72,6 +81,32 @@ impl PluginStats {
             p99_ms: ms(0.99),
         }
     }
+}
+
+/// Everything a plugin version runs with besides its code: the manifest
+/// over the host's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Actions callable without a token (from the manifest's `public`).
+    pub public: Vec<String>,
+    /// Whether the manifest grants the application's database.
+    pub database: bool,
+    /// What the plugin reads through the `config` interface.
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+/// The last health check, for status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HealthStatus {
+    /// Whether the plugin exports `health`.
+    pub exported: bool,
+    pub checks: u64,
+    pub failures: u64,
+    /// Seconds since the Unix epoch of the last check.
+    pub last_checked_unix_s: Option<u64>,
+    pub last_ok: Option<bool>,
+    pub last_error: Option<String>,
 }
 
 /// One request as the plugin sees it.
@@ -90,45 +125,62 @@ pub struct Call<'a> {
     pub timeout_ms: u64,
 }
 
+type HealthFunc = TypedFunc<(), (Result<(), WitError>,)>;
+
 /// An instance with its store, ready for another request.
 struct Warm {
     store: Store<StoreState>,
     service: Service,
+    health: Option<HealthFunc>,
     served: u32,
 }
 
 pub struct Plugin {
     name: Arc<str>,
-    pre: ServicePre<StoreState>,
-    limits: Limits,
+    pre: InstancePre<StoreState>,
+    indices: ServiceIndices,
+    /// The optional `health.check` export.
+    health_export: Option<ComponentExportIndex>,
+    settings: Settings,
     digest: String,
     slots: Semaphore,
     queued: AtomicU32,
     idle: Mutex<Vec<Warm>>,
-    /// Actions callable without a token (from the manifest's `public`).
-    public: Vec<String>,
-    /// Whether the manifest grants the application's database.
-    database: bool,
+    circuit: Circuit,
+    health: Mutex<HealthStatus>,
+    /// Flipped when a newer version replaces this one or it is undeployed:
+    /// its supervisor stops; requests already running finish.
+    retired: watch::Sender<bool>,
+    loaded_at: SystemTime,
     pub stats: PluginStats,
 }
 
 impl Plugin {
     pub(super) fn new(
         name: &str,
-        pre: ServicePre<StoreState>,
-        limits: Limits,
+        pre: InstancePre<StoreState>,
+        indices: ServiceIndices,
+        health_export: Option<ComponentExportIndex>,
+        settings: Settings,
         digest: String,
     ) -> Self {
         Plugin {
             name: name.into(),
             pre,
-            slots: Semaphore::new(limits.max_concurrency as usize),
-            limits,
+            indices,
+            slots: Semaphore::new(settings.limits.max_concurrency as usize),
+            circuit: Circuit::new(settings.limits.circuit),
+            health: Mutex::new(HealthStatus {
+                exported: health_export.is_some(),
+                ..HealthStatus::default()
+            }),
+            health_export,
+            settings,
             digest,
             queued: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
-            public: Vec::new(),
-            database: false,
+            retired: watch::Sender::new(false),
+            loaded_at: SystemTime::now(),
             stats: PluginStats::default(),
         }
     }
@@ -138,51 +190,104 @@ impl Plugin {
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.settings.limits
     }
 
-    /// Marks `actions` as callable without a token.
-    pub fn set_public(&mut self, actions: Vec<String>) {
-        self.public = actions;
-    }
-
-    /// Grants (or not) the application's database through `sql`.
-    pub fn set_database_grant(&mut self, granted: bool) {
-        self.database = granted;
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub fn database_granted(&self) -> bool {
-        self.database
+        self.settings.database
     }
 
     pub fn is_public(&self, action: &str) -> bool {
-        self.public.iter().any(|a| a == action)
+        self.settings.public.iter().any(|a| a == action)
     }
 
     pub fn public_actions(&self) -> &[String] {
-        &self.public
+        &self.settings.public
     }
 
-    /// SHA-256 of the plugin's file.
-    pub fn digest(&self) -> &str {
-        &self.digest
+    /// The short form of the file's SHA-256 that status and logs show.
+    pub fn version(&self) -> &str {
+        &self.digest[..12]
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn has_health(&self) -> bool {
+        self.health_export.is_some()
+    }
+
+    pub fn circuit(&self, now: Instant) -> CircuitSnapshot {
+        self.circuit.snapshot(now)
+    }
+
+    pub fn health_status(&self) -> HealthStatus {
+        self.health.lock().expect("health lock").clone()
+    }
+
+    /// Takes this version out of service: its supervisor stops, its idle
+    /// instances go; requests already running finish on it.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+        self.idle.lock().expect("idle pool lock").clear();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        *self.retired.borrow()
+    }
+
+    /// Runs this version's periodic health checks (and, with an open
+    /// circuit, the probe when its back-off ends) until it is retired.
+    pub async fn supervise(self: Arc<Self>) {
+        let mut retired = self.retired.subscribe();
+        loop {
+            let interval = Duration::from_millis(self.limits().health_interval_ms);
+            let mut wake = Instant::now() + interval;
+            if let Some(until) = self.circuit.open_until() {
+                wake = wake.min(until);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = retired.wait_for(|retired| *retired) => return,
+            }
+            self.check_health().await;
+        }
     }
 
     /// Instantiates one instance and parks it in the pool: proves the plugin
-    /// starts, and spares the first request the instantiation.
+    /// starts (its `health` export included), and spares the first request
+    /// the instantiation.
     pub async fn warm_up(&self) -> Result<(), CallError> {
-        let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.timeout_ms);
-        let warm = self.instantiate(deadline, self.limits.timeout_ms).await?;
+        let deadline = Instant::now() + Duration::from_millis(self.limits().timeout_ms);
+        let warm = self.instantiate(deadline, self.limits().timeout_ms).await?;
         self.idle.lock().expect("idle pool lock").push(warm);
         Ok(())
     }
 
-    /// Runs one request: waits for a slot, takes an instance, calls the
-    /// handler under the deadline, and answers the handler's JSON text.
+    /// Checks the circuit, then runs the request, then tells the circuit
+    /// how it went.
     pub async fn call(&self, mut call: Call<'_>) -> Result<String, CallError> {
         let arrived = Instant::now();
+        let probe = match self.circuit.admit(arrived) {
+            Admission::Pass => false,
+            Admission::Probe => true,
+            Admission::Refuse { retry_after } => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::CircuitOpen {
+                    service: self.name.to_string(),
+                    retry_after,
+                    last_failure: self.circuit.snapshot(arrived).last_failure,
+                });
+            }
+        };
+        let verdict = Verdict::new(&self.circuit, probe);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.call_inner(&mut call).await;
+        let result = self.run(&mut call).await;
         self.stats.latency.record(arrived.elapsed());
         if let Err(e) = &result {
             let counter = match e {
@@ -193,10 +298,117 @@ impl Plugin {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        // A caller that lowered its own deadline and then ran out of it says
+        // nothing about the plugin: only the plugin's own limit counts.
+        let impatient = call.timeout_ms < self.limits().timeout_ms;
+        match &result {
+            Ok(_) | Err(CallError::Plugin { .. }) => self.settle(verdict.success()),
+            Err(CallError::Timeout { .. }) if impatient => {}
+            Err(e) if e.is_plugin_failure() => self.settle(verdict.failure(e.to_string())),
+            // Overloaded: says nothing about the plugin's health.
+            Err(_) => {}
+        }
         result
     }
 
-    async fn call_inner(&self, call: &mut Call<'_>) -> Result<String, CallError> {
+    /// Acts on a circuit transition: an opened circuit throws the idle
+    /// instances away, so the probe runs on a fresh one.
+    fn settle(&self, transition: Option<Transition>) {
+        match transition {
+            Some(Transition::Opened { backoff }) => {
+                self.idle.lock().expect("idle pool lock").clear();
+                let snapshot = self.circuit.snapshot(Instant::now());
+                tracing::warn!(
+                    plugin = %self.name,
+                    version = self.version(),
+                    backoff_ms = backoff.as_millis() as u64,
+                    last_failure = snapshot.last_failure.as_deref().unwrap_or(""),
+                    "circuit opened after repeated failures; refusing requests until a probe succeeds"
+                );
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(plugin = %self.name, version = self.version(), "circuit closed: the plugin recovered");
+            }
+            None => {}
+        }
+    }
+
+    /// Calls the `health` export once, if it has one and the circuit lets a
+    /// check run now (closed, or due for a probe). A check that finds no
+    /// free slot is skipped: a busy plugin is not a failing one.
+    pub async fn check_health(&self) {
+        if self.health_export.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let probe = match self.circuit.admit(now) {
+            Admission::Pass => false,
+            Admission::Probe => true,
+            Admission::Refuse { .. } => return,
+        };
+        let verdict = Verdict::new(&self.circuit, probe);
+        let Ok(_permit) = self.slots.try_acquire() else {
+            return;
+        };
+        let outcome = self.run_health(now).await;
+        {
+            let mut health = self.health.lock().expect("health lock");
+            health.checks += 1;
+            health.last_checked_unix_s = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+            health.last_ok = Some(outcome.is_ok());
+            health.last_error = outcome.as_ref().err().cloned();
+            if outcome.is_err() {
+                health.failures += 1;
+            }
+        }
+        match outcome {
+            Ok(()) => self.settle(verdict.success()),
+            Err(reason) => {
+                tracing::warn!(plugin = %self.name, version = self.version(), "health check failed: {reason}");
+                self.settle(verdict.failure(format!("health check failed: {reason}")));
+            }
+        }
+    }
+
+    async fn run_health(&self, started: Instant) -> Result<(), String> {
+        let timeout_ms = self.limits().timeout_ms;
+        let deadline = started + Duration::from_millis(timeout_ms);
+        let warm = self.idle.lock().expect("idle pool lock").pop();
+        let mut warm = match warm {
+            Some(warm) => warm,
+            None => self
+                .instantiate(deadline, timeout_ms)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let Some(check) = warm.health else {
+            return Ok(());
+        };
+        // No application: `sql` answers `unavailable` during a check.
+        warm.store.data_mut().log.begin_request();
+        warm.store
+            .data_mut()
+            .sql
+            .begin_request(Arc::from(""), None, deadline);
+        warm.store.set_epoch_deadline(1);
+        let outcome =
+            tokio::time::timeout_at(deadline.into(), check.call_async(&mut warm.store, ())).await;
+        match outcome {
+            Err(_elapsed) => Err(format!("no answer within {timeout_ms} ms")),
+            Ok(Err(trap)) => Err(self.trap(trap, warm.store.data()).to_string()),
+            Ok(Ok((verdict,))) => {
+                self.release(warm);
+                verdict.map_err(|e| format!("{}: {}", e.code, e.message))
+            }
+        }
+    }
+
+    /// Runs one request: waits for a slot, takes an instance, calls the
+    /// handler under the deadline, and answers the handler's JSON text.
+    async fn run(&self, call: &mut Call<'_>) -> Result<String, CallError> {
         let _permit = self.admit(call.deadline).await?;
         let _in_flight = Gauge::enter(&self.stats.in_flight);
 
@@ -265,27 +477,28 @@ impl Plugin {
         }
         let queued = self.queued.fetch_add(1, Ordering::Relaxed);
         let _leave = Decrement(&self.queued);
-        if queued >= self.limits.max_queue {
+        if queued >= self.limits().max_queue {
             return Err(self.overloaded(format!(
                 "{} requests running and {} waiting, the most it queues",
-                self.limits.max_concurrency, self.limits.max_queue
+                self.limits().max_concurrency,
+                self.limits().max_queue
             )));
         }
         match tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await {
             Ok(permit) => Ok(permit.expect("plugin semaphore is never closed")),
             Err(_) => Err(self.overloaded(format!(
                 "no free instance before the deadline ({} requests running)",
-                self.limits.max_concurrency
+                self.limits().max_concurrency
             ))),
         }
     }
 
     async fn instantiate(&self, deadline: Instant, timeout_ms: u64) -> Result<Warm, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let memory_bytes = (self.limits.memory_mb << 20) as usize;
+        let memory_bytes = (self.limits().memory_mb << 20) as usize;
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(&self.name, memory_bytes, self.database),
+            StoreState::new(&self.name, memory_bytes, &self.settings),
         );
         store.limiter(|s| &mut s.limiter);
         // Yield to the scheduler at every epoch tick: a busy plugin cannot
@@ -301,12 +514,28 @@ impl Plugin {
         });
         store.set_epoch_deadline(1);
 
-        match tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store)).await
-        {
+        let instantiated = tokio::time::timeout_at(deadline.into(), async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let service = self.indices.load(&mut store, &instance)?;
+            let health = match &self.health_export {
+                Some(index) => Some(
+                    instance
+                        .get_typed_func::<(), (Result<(), WitError>,)>(&mut store, index)
+                        .map_err(|e| {
+                            e.context("its `health.check` export has the wrong type: it must be `func() -> result<_, error>`")
+                        })?,
+                ),
+                None => None,
+            };
+            Ok::<_, wasmtime::Error>((service, health))
+        })
+        .await;
+        match instantiated {
             Err(_elapsed) => Err(self.timeout(timeout_ms)),
-            Ok(Ok(service)) => Ok(Warm {
+            Ok(Ok((service, health))) => Ok(Warm {
                 store,
                 service,
+                health,
                 served: 0,
             }),
             Ok(Err(e)) => {
@@ -332,11 +561,11 @@ impl Plugin {
     fn release(&self, mut warm: Warm) {
         warm.store.data_mut().end_request();
         warm.served += 1;
-        if warm.served >= self.limits.reuse {
+        if warm.served >= self.limits().reuse || self.is_retired() {
             return;
         }
         let mut idle = self.idle.lock().expect("idle pool lock");
-        if idle.len() < self.limits.max_concurrency as usize {
+        if idle.len() < self.limits().max_concurrency as usize {
             idle.push(warm);
         }
     }
@@ -358,7 +587,7 @@ impl Plugin {
     fn memory_limit(&self) -> CallError {
         CallError::MemoryLimit {
             service: self.name.to_string(),
-            limit_mb: self.limits.memory_mb,
+            limit_mb: self.limits().memory_mb,
         }
     }
 
@@ -379,6 +608,43 @@ impl Plugin {
         CallError::Trap {
             service: self.name.to_string(),
             detail: crate::interfaces::log::truncate(&detail, MAX_TRAP_DETAIL).to_owned(),
+        }
+    }
+}
+
+/// A request's or a health check's say in the circuit. Dropped without a
+/// verdict (the caller went away, the plugin was overloaded), a probe is
+/// handed back so the next request can probe.
+struct Verdict<'a> {
+    circuit: &'a Circuit,
+    probe: bool,
+    given: bool,
+}
+
+impl<'a> Verdict<'a> {
+    fn new(circuit: &'a Circuit, probe: bool) -> Self {
+        Verdict {
+            circuit,
+            probe,
+            given: false,
+        }
+    }
+
+    fn success(mut self) -> Option<Transition> {
+        self.given = true;
+        self.circuit.success(Instant::now(), self.probe)
+    }
+
+    fn failure(mut self, reason: String) -> Option<Transition> {
+        self.given = true;
+        self.circuit.failure(Instant::now(), self.probe, reason)
+    }
+}
+
+impl Drop for Verdict<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.given {
+            self.circuit.abandon_probe();
         }
     }
 }

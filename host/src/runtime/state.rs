@@ -7,6 +7,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::plugin::Settings;
+use crate::interfaces::config::PluginConfig;
 use crate::interfaces::sql::{SqlState, SqlView};
 use crate::interfaces::{log::PluginLog, wasi};
 
@@ -18,16 +20,18 @@ pub struct StoreState {
     pub limiter: MemoryLimiter,
     pub log: PluginLog,
     pub sql: SqlState,
+    pub config: PluginConfig,
 }
 
 impl StoreState {
-    pub fn new(plugin: &Arc<str>, memory_bytes: usize, database_granted: bool) -> Self {
+    pub fn new(plugin: &Arc<str>, memory_bytes: usize, settings: &Settings) -> Self {
         StoreState {
             wasi: wasi::sandbox(plugin),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             log: PluginLog::new(plugin.clone()),
-            sql: SqlState::new(plugin.clone(), database_granted),
+            sql: SqlState::new(plugin.clone(), settings.database),
+            config: PluginConfig::new(settings.config.clone()),
         }
     }
 

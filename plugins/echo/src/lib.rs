@@ -1,6 +1,10 @@
 //! Example plugin: `echo` answers with its params and the context it saw;
-//! `sum` shows typed params.
+//! `sum` shows typed params; `config` answers the manifest's `config` map;
+//! `version` says which build this is (built with `--features v2` it says
+//! `2`: the deployment tests swap between the two builds).
 //! The end-to-end tests and the socket benchmark use it.
+
+use std::collections::BTreeMap;
 
 use ferry_sdk::{Ctx, Error};
 use serde::{Deserialize, Serialize};
@@ -57,4 +61,20 @@ fn sum(_: &Ctx, p: Numbers) -> Result<Sum, Error> {
         .ok_or_else(|| Error::bad_request("the sum does not fit in 64 bits"))
 }
 
-ferry_sdk::service!(echo, sum);
+/// The manifest's `config` map, as the plugin reads it.
+fn config(_: &Ctx, _: Value) -> Result<BTreeMap<String, String>, Error> {
+    Ok(ferry_sdk::config::get_all().into_iter().collect())
+}
+
+#[derive(Serialize)]
+struct Version {
+    version: &'static str,
+}
+
+const VERSION: &str = if cfg!(feature = "v2") { "2" } else { "1" };
+
+fn version(_: &Ctx, _: Value) -> Result<Version, Error> {
+    Ok(Version { version: VERSION })
+}
+
+ferry_sdk::service!(echo, sum, config, version);

@@ -163,7 +163,22 @@ fn run_sql(_: &Ctx, p: Statement) -> Result<Value, Error> {
     Ok(json!({ "columns": rows.columns, "rows": values }))
 }
 
+/// The health check answers what the manifest's `config.health` says:
+/// `fail` (an error), `panic` (a trap), `hang` (past its deadline);
+/// anything else, or nothing, passes.
+fn health() -> Result<(), Error> {
+    match ferry_sdk::config::get("health").as_deref() {
+        Some("fail") => Err(Error::unavailable("configured to fail its health check")),
+        Some("panic") => panic!("configured to panic in its health check"),
+        Some("hang") => loop {
+            std::thread::sleep(Duration::from_secs(1));
+        },
+        _ => Ok(()),
+    }
+}
+
 ferry_sdk::service!(
+    health = health;
     ok,
     trap,
     panic,

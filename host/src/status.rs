@@ -1,0 +1,73 @@
+//! The status document: every service's state, version, settings, health,
+//! circuit and counters, the versions still draining, and the applications.
+//! `/v1/status` and the control socket answer it; `ferry status` prints it.
+
+use std::time::{Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::router::Router;
+use crate::runtime::Plugin;
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A loaded version as status shows it.
+fn version(plugin: &Plugin, now: Instant) -> Value {
+    let circuit = plugin.circuit(now);
+    let state = match circuit.state {
+        "closed" => "ready",
+        other => other,
+    };
+    json!({
+        "name": plugin.name(),
+        "state": state,
+        "version": plugin.version(),
+        "loaded_at_unix_s": unix_seconds(plugin.loaded_at()),
+        "limits": plugin.limits(),
+        "public": plugin.public_actions(),
+        "database": plugin.database_granted(),
+        "config_keys": plugin.settings().config.keys().collect::<Vec<_>>(),
+        "health": plugin.health_status(),
+        "circuit": circuit,
+        "stats": plugin.stats.snapshot(),
+    })
+}
+
+pub fn document(router: &Router, started: Instant) -> Value {
+    let now = Instant::now();
+    let mut services: Vec<Value> = router
+        .plugins()
+        .iter()
+        .map(|plugin| {
+            let mut entry = version(plugin, now);
+            entry["rejected"] = json!(router.rejected(plugin.name()));
+            entry
+        })
+        .collect();
+    services.extend(router.failed().into_iter().map(|(name, rejection)| {
+        json!({ "name": name, "state": "failed", "error": rejection.reason, "rejected": rejection })
+    }));
+    services.extend(router.missing().into_iter().map(|name| {
+        json!({ "name": name, "state": "missing", "error": "listed by an application, but no plugin by this name" })
+    }));
+    let draining: Vec<Value> = router
+        .draining()
+        .iter()
+        .map(|plugin| {
+            json!({
+                "name": plugin.name(),
+                "version": plugin.version(),
+                "in_flight": plugin.stats.snapshot().in_flight,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_s": started.elapsed().as_secs(),
+        "services": services,
+        "draining": draining,
+        "apps": router.apps().describe(),
+    })
+}
