@@ -26,6 +26,11 @@ use crate::runtime::{Plugin, Runtime, Settings};
 /// keeps producing events, so a half-written file is not picked up.
 const QUIET: Duration = Duration::from_millis(150);
 
+/// The wait after an event that says a file is complete (renamed into
+/// place, closed after writing, removed): just long enough to take a
+/// manifest renamed in beside it along.
+const SETTLED: Duration = Duration::from_millis(10);
+
 /// The settings a plugin runs with: its manifest (text, when there is one)
 /// over the config's defaults.
 pub fn settings(
@@ -209,7 +214,7 @@ impl Deployer {
     }
 
     /// Looks at one service's files and acts on what changed.
-    #[tracing::instrument(name = "deploy", skip(self), fields(plugin = %name))]
+    #[tracing::instrument(name = "deploy", skip(self, name), fields(plugin = %name))]
     pub async fn reconcile(&self, name: &str) -> Outcome {
         let config = self.config();
         let wasm = config.plugins.join(format!("{name}.wasm"));
@@ -361,12 +366,22 @@ impl Deployer {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let change = match event {
                     Ok(event) if event.need_rescan() => vec![Change::Rescan],
-                    Ok(event) => event
-                        .paths
-                        .iter()
-                        .filter_map(|p| service_of(p))
-                        .map(Change::Service)
-                        .collect(),
+                    Ok(event) => {
+                        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+                        let settled = matches!(
+                            event.kind,
+                            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                                | EventKind::Modify(ModifyKind::Name(_))
+                                | EventKind::Remove(_)
+                        );
+                        let wait = if settled { SETTLED } else { QUIET };
+                        event
+                            .paths
+                            .iter()
+                            .filter_map(|p| service_of(p))
+                            .map(|name| Change::Service(name, wait))
+                            .collect()
+                    }
                     Err(e) => {
                         tracing::warn!("watching the plugins folder: {e}; rescanning it");
                         vec![Change::Rescan]
@@ -389,8 +404,8 @@ impl Deployer {
             let next = due.values().min().copied();
             tokio::select! {
                 change = changed.recv() => match change {
-                    Some(Change::Service(name)) => {
-                        due.insert(name, Instant::now() + QUIET);
+                    Some(Change::Service(name, wait)) => {
+                        due.insert(name, Instant::now() + wait);
                     }
                     Some(Change::Rescan) => {
                         for name in self.known_services().await {
@@ -431,15 +446,15 @@ impl Deployer {
         let apps = Apps::build(&next, true, Some(&self.router.apps()))
             .map_err(|e| format!("invalid config: {e}"))?;
         let needs_restart = keep_restart_only(&current, &mut next);
-        self.router.set_apps(apps);
-        *self.config.write().expect("config lock") = Arc::new(next);
-        let changed = self.reconcile_all().await;
         for key in &needs_restart {
             tracing::warn!(
                 key,
                 "changed in the config, but takes effect only on restart"
             );
         }
+        self.router.set_apps(apps);
+        *self.config.write().expect("config lock") = Arc::new(next);
+        let changed = self.reconcile_all().await;
         tracing::info!(plugins_changed = ?changed, "config reloaded");
         Ok(json!({
             "apps": self.router.apps().names(),
@@ -450,7 +465,8 @@ impl Deployer {
 }
 
 enum Change {
-    Service(String),
+    /// Something happened to a service's files; look at them after a wait.
+    Service(String, Duration),
     Rescan,
 }
 

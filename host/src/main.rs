@@ -217,7 +217,14 @@ fn main() -> ExitCode {
                 client::status(source, json).await
             }
             Command::Check { file } => client::check(&file).await,
-            Command::Reload { config } => client::reload(&load_config(config.as_deref())?).await,
+            Command::Reload { config } => match load_config(config.as_deref()) {
+                Ok(config) => client::reload(&config).await,
+                // The host would refuse it the same way; no need to ask.
+                Err(e) => {
+                    println!("reload refused; the running config stays: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            },
             Command::Deploy {
                 file,
                 name,

@@ -180,15 +180,14 @@ impl Options {
         }
         prepare(&deploy);
         let config_path = dir.join("ferry.yaml");
-        fs::write(
-            &config_path,
-            format!(
-                "socket: {}\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n{config}",
-                socket.as_deref().unwrap_or("run/ferry.sock")
-            ),
-        )
-        .unwrap();
-        Ferry::spawn(dir, &config_path, cpu0, &env)
+        let head = format!(
+            "socket: {}\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n",
+            socket.as_deref().unwrap_or("run/ferry.sock")
+        );
+        fs::write(&config_path, format!("{head}{config}")).unwrap();
+        let mut ferry = Ferry::spawn(dir, &config_path, cpu0, &env);
+        ferry.config_head = head;
+        ferry
     }
 }
 
@@ -203,6 +202,8 @@ pub struct Ferry {
     /// Where the HTTP gateway listens, if it is on.
     pub http: Option<std::net::SocketAddr>,
     keep: bool,
+    /// The generated part of the config file (sockets, folders).
+    config_head: String,
 }
 
 impl Ferry {
@@ -265,6 +266,7 @@ impl Ferry {
             startup: Duration::ZERO,
             http: None,
             keep: false,
+            config_head: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -376,6 +378,59 @@ impl Ferry {
     /// A client connected to the main socket.
     pub async fn connect(&self) -> Client {
         Client::connect(&self.socket).await
+    }
+
+    /// The plugins folder the host watches.
+    pub fn deploy_dir(&self) -> PathBuf {
+        self.dir.join("deploy")
+    }
+
+    /// The host's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("ferry.yaml")
+    }
+
+    /// Rewrites the config file with `extra` in place of what the options
+    /// added (the sockets and folders stay); the host sees it on a reload.
+    pub fn rewrite_config(&self, extra: &str) {
+        fs::write(self.config_path(), format!("{}{extra}", self.config_head)).unwrap();
+    }
+
+    /// Puts `bytes` into the plugins folder as `file` the safe way: written
+    /// under a hidden name first, then renamed into place.
+    pub fn place(&self, file: &str, bytes: &[u8]) {
+        let temporary = self.deploy_dir().join(format!(".{file}.partial"));
+        fs::write(&temporary, bytes).unwrap();
+        fs::rename(&temporary, self.deploy_dir().join(file)).unwrap();
+    }
+
+    /// The `/v1/status` document.
+    pub async fn status(&self) -> Value {
+        self.http("GET", "/v1/status", &[], b"").await.json()
+    }
+}
+
+/// The bytes of a built example plugin.
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    fs::read(plugin_wasm(name)).unwrap()
+}
+
+/// Polls `probe` until it answers `Some`, failing the test after `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "gave up after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
