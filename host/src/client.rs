@@ -82,31 +82,37 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             request[key] = value;
         }
     }
-    let payload = serde_json::to_vec(&request)?;
-
-    let stream = UnixStream::connect(&args.socket).await.with_context(|| {
-        format!(
-            "cannot connect to {} (is `ferry serve` running there?)",
-            args.socket.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    write
-        .write_all(&(payload.len() as u32).to_be_bytes())
-        .await?;
-    write.write_all(&payload).await?;
-    let mut frames = FrameReader::new(read, MAX_RESPONSE, Duration::from_secs(30));
-    let Some(frame) = frames.read_frame().await? else {
-        bail!("the host closed the connection without answering");
-    };
-    let response: Value =
-        serde_json::from_slice(&frame).context("the host answered something that is not JSON")?;
+    let response = exchange(&args.socket, &request, Duration::from_secs(30))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot ask the host at {} (is `ferry serve` running there?)",
+                args.socket.display()
+            )
+        })?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(if response["status"] == "success" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Sends one frame to the socket at `path` and reads the one answer,
+/// waiting at most `wait` for it.
+async fn exchange(path: &Path, request: &Value, wait: Duration) -> anyhow::Result<Value> {
+    let payload = serde_json::to_vec(request)?;
+    let stream = UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    write.write_all(&payload).await?;
+    let mut frames = FrameReader::new(read, MAX_RESPONSE, wait);
+    let Some(frame) = frames.read_frame().await? else {
+        bail!("the host closed the connection without answering");
+    };
+    serde_json::from_slice(&frame).context("the host answered something that is not JSON")
 }
 
 /// Compiles, links and instantiates `file` exactly as `serve` would, and
@@ -202,30 +208,58 @@ async fn http_status(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
 /// Sends one command over a running host's control socket. Answers the
 /// result, or the error object the host sent back.
 async fn control(path: &Path, command: &str) -> anyhow::Result<Result<Value, Value>> {
-    let stream = UnixStream::connect(path).await.with_context(|| {
+    // A reload may rebuild plugins whose limits changed.
+    let mut answer = exchange(
+        path,
+        &json!({ "id": 1, "command": command }),
+        Duration::from_secs(300),
+    )
+    .await
+    .with_context(|| {
         format!(
-            "cannot connect to the control socket {} (is `ferry serve` running with this config?)",
+            "cannot ask the host through its control socket {} (is `ferry serve` running with this config?)",
             path.display()
         )
     })?;
-    let (read, mut write) = stream.into_split();
-    let payload = serde_json::to_vec(&json!({ "id": 1, "command": command }))?;
-    write
-        .write_all(&(payload.len() as u32).to_be_bytes())
-        .await?;
-    write.write_all(&payload).await?;
-    // A reload may compile plugins whose limits changed.
-    let mut frames = FrameReader::new(read, MAX_RESPONSE, Duration::from_secs(300));
-    let frame = frames
-        .read_frame()
-        .await?
-        .context("the host closed the control connection without answering")?;
-    let mut answer: Value = serde_json::from_slice(&frame).context("the host answered non-JSON")?;
     Ok(if answer["status"] == "success" {
         Ok(answer["result"].take())
     } else {
         Err(answer["error"].take())
     })
+}
+
+/// Asks a running host for its status until `settled` finds what it waits
+/// for in it, or `limit` passes (an error naming `what`). Answers `None` at
+/// once when no host is running.
+async fn watch_status<T>(
+    path: &Path,
+    limit: Duration,
+    what: &str,
+    mut settled: impl FnMut(&Value) -> Option<T>,
+) -> anyhow::Result<Option<T>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = match control(path, "status").await {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => bail!("the host refused: {}", error["message"]),
+            Err(_) => return Ok(None),
+        };
+        if let Some(found) = settled(&status) {
+            return Ok(Some(found));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{what} did not happen within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One service's entry in a status document.
+fn service_entry<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
 }
 
 /// `ferry reload`: asks the running host to re-read its config file.
@@ -269,26 +303,45 @@ pub async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Writes `bytes` to `dest` the safe way: a hidden temporary file in the
-/// same folder (which the host ignores), flushed, then renamed over `dest`,
-/// so the host only ever sees the whole file.
-fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("plugin");
-    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, dest).with_context(|| {
-        let _ = std::fs::remove_file(&temporary);
-        format!("cannot move the file into place at {}", dest.display())
-    })
+/// A file written under a hidden name in its destination's folder (which
+/// the host ignores), flushed, and not yet renamed into place.
+struct Staged {
+    temporary: PathBuf,
+    dest: PathBuf,
+}
+
+impl Staged {
+    fn write(dest: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
+        use std::io::Write;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("plugin");
+        let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let staged = Staged {
+            temporary,
+            dest: dest.to_owned(),
+        };
+        let mut file = std::fs::File::create(&staged.temporary)
+            .with_context(|| format!("cannot write {}", staged.temporary.display()))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", staged.temporary.display()))?;
+        Ok(staged)
+    }
+
+    /// Renames the file into place: the host only ever sees it whole.
+    fn commit(self) -> anyhow::Result<()> {
+        std::fs::rename(&self.temporary, &self.dest)
+            .with_context(|| format!("cannot move the file into place at {}", self.dest.display()))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temporary);
+    }
 }
 
 /// `ferry deploy`: checks the file (and its manifest) exactly as the host
@@ -367,51 +420,69 @@ pub async fn deploy(
     }
     let version = plugin.version().to_owned();
     drop(plugin);
+    let deployment = crate::deploy::deployment_id(&digest, effective_manifest.as_deref());
 
+    // Both files are written first and renamed one right after the other,
+    // the manifest before the code, so the host takes them in together.
     std::fs::create_dir_all(&config.plugins)
         .with_context(|| format!("cannot create {}", config.plugins.display()))?;
+    let manifest = match &manifest_text {
+        Some(text) => Some(Staged::write(
+            &dest.with_extension("yaml"),
+            text.as_bytes(),
+        )?),
+        None => None,
+    };
+    let code = Staged::write(&dest, &bytes)?;
     let moved = std::time::Instant::now();
-    if let Some(text) = &manifest_text {
-        write_atomically(&dest.with_extension("yaml"), text.as_bytes())?;
+    if let Some(manifest) = manifest {
+        manifest.commit()?;
     }
-    write_atomically(&dest, &bytes)?;
-    let control_path = crate::control::path(config);
-    if !wait || UnixStream::connect(&control_path).await.is_err() {
+    code.commit()?;
+    if !wait {
         println!(
-            "deployed {name} (version {version}) into {}; a running host picks it up",
+            "deployed {name} (version {version}, deployment {deployment}) into {}",
             config.plugins.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let deadline = moved + Duration::from_secs(120);
-    loop {
-        if let Ok(status) = control(&control_path, "status").await? {
-            let entry = status["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["name"] == name.as_str());
-            if let Some(entry) = entry {
-                if entry["version"] == version.as_str() {
-                    println!(
-                        "deployed {name} (version {version}): serving after {} ms",
-                        moved.elapsed().as_millis()
-                    );
-                    return Ok(ExitCode::SUCCESS);
-                }
-                if entry["rejected"]["version"] == version.as_str() {
-                    println!(
-                        "the host refused {name} (version {version}): {}",
-                        entry["rejected"]["reason"].as_str().unwrap_or("?")
-                    );
-                    return Ok(ExitCode::from(1));
-                }
+    let outcome = watch_status(
+        &crate::control::path(config),
+        Duration::from_secs(120),
+        "serving the new deployment",
+        |status| {
+            let entry = service_entry(status, &name)?;
+            if entry["deployment"] == deployment.as_str() {
+                return Some(Ok(()));
             }
+            (entry["rejected"]["deployment"] == deployment.as_str()).then(|| {
+                Err(entry["rejected"]["reason"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned())
+            })
+        },
+    )
+    .await?;
+    match outcome {
+        None => {
+            println!(
+                "deployed {name} (version {version}, deployment {deployment}) into {}; no host is running to serve it",
+                config.plugins.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        if std::time::Instant::now() > deadline {
-            bail!("the host did not pick up {name} (version {version}) within 120 s");
+        Some(Ok(())) => {
+            println!(
+                "deployed {name} (version {version}, deployment {deployment}): serving after {} ms",
+                moved.elapsed().as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some(Err(reason)) => {
+            println!("the host refused {name} (version {version}): {reason}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 
@@ -431,22 +502,16 @@ pub async fn undeploy(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| format!("cannot remove {}", wasm.display())),
     }
     let _ = std::fs::remove_file(wasm.with_extension("yaml"));
-    let control_path = crate::control::path(config);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while let Ok(Ok(status)) = control(&control_path, "status").await {
-        let listed = status["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["name"] == name && s["state"] != "missing");
-        if !listed {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("the host still serves {name} 30 s after its file was removed");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    watch_status(
+        &crate::control::path(config),
+        Duration::from_secs(30),
+        "unloading the service",
+        |status| {
+            let gone = service_entry(status, name).is_none_or(|s| s["state"] == "missing");
+            gone.then_some(())
+        },
+    )
+    .await?;
     println!("undeployed {name}");
     Ok(ExitCode::SUCCESS)
 }

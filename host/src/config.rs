@@ -81,7 +81,7 @@ impl Default for Limits {
             max_concurrency: 64,
             max_queue: 1_024,
             reuse: 10_000,
-            health_interval_ms: 10_000,
+            health_interval_ms: 5_000,
             circuit: Circuit::default(),
         }
     }

@@ -22,14 +22,14 @@ use crate::doors::Doors;
 use crate::router::{Rejection, Router, valid_service_name};
 use crate::runtime::{Plugin, Runtime, Settings};
 
-/// How long a file must stay quiet before it is loaded: a copy in progress
-/// keeps producing events, so a half-written file is not picked up.
-const QUIET: Duration = Duration::from_millis(150);
-
-/// The wait after an event that says a file is complete (renamed into
-/// place, closed after writing, removed): just long enough to take a
-/// manifest renamed in beside it along.
-const SETTLED: Duration = Duration::from_millis(10);
+/// When a file is looked at after an event about it. A file renamed into
+/// place, closed after writing, or removed is complete now: a wasm is taken
+/// at once; a manifest waits a little for the wasm that usually follows it.
+/// Anything else (created, still being written) waits until the writer has
+/// been quiet for a long while, so a half-written file is not picked up.
+const SETTLED_WASM: Duration = Duration::from_millis(10);
+const SETTLED_MANIFEST: Duration = Duration::from_millis(150);
+const QUIET: Duration = Duration::from_secs(2);
 
 /// The settings a plugin runs with: its manifest (text, when there is one)
 /// over the config's defaults.
@@ -65,13 +65,29 @@ pub fn service_of(path: &Path) -> Option<String> {
     valid_service_name(name).then(|| name.to_owned())
 }
 
+/// Names one deployment: the code and the manifest it runs with. Status
+/// shows it, and `ferry deploy` waits for it.
+pub fn deployment_id(digest: &str, manifest: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(digest.as_bytes());
+    hash.update([0]);
+    hash.update(manifest.unwrap_or("").as_bytes());
+    hash.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What a serving version was built from: when none of it changed, an
-/// event about the service is nothing to act on.
+/// event about the service is nothing to act on. A reload that leaves a
+/// plugin's effective settings as they were leaves the plugin alone.
 #[derive(Debug, Clone, PartialEq)]
 struct Source {
     digest: String,
     manifest: Option<String>,
-    defaults: Limits,
+    /// The manifest over the defaults in force; the error when it is wrong.
+    settings: Result<Settings, String>,
 }
 
 /// What one look at a service's files did.
@@ -85,34 +101,48 @@ pub enum Outcome {
     Unsettled,
 }
 
-enum Read {
+/// Why a service's files were not read.
+enum NotRead {
     Gone,
+    /// The file changed while it was read: look again later.
     Unsettled,
-    Bytes(Vec<u8>),
+    Failed(String),
+}
+
+/// Reads a service's files (off the async threads: a plugin can be tens of
+/// megabytes) and names what they hold.
+fn read_source(wasm: &Path, defaults: &Limits) -> Result<(Source, Vec<u8>), NotRead> {
+    let bytes = read_settled(wasm)?;
+    let manifest_path = wasm.with_extension("yaml");
+    let manifest = read_manifest(&manifest_path)
+        .map_err(|e| NotRead::Failed(format!("cannot read {}: {e}", manifest_path.display())))?;
+    let settings =
+        settings(&manifest_path, manifest.as_deref(), defaults).map_err(|e| e.to_string());
+    let source = Source {
+        digest: crate::runtime::digest(&bytes),
+        manifest,
+        settings,
+    };
+    Ok((source, bytes))
 }
 
 /// Reads a plugin file whole, or says it is gone or still being written.
-fn read_settled(path: &Path) -> std::io::Result<Read> {
+fn read_settled(path: &Path) -> Result<Vec<u8>, NotRead> {
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => NotRead::Gone,
+        _ => NotRead::Failed(format!("cannot read {}: {e}", path.display())),
+    };
     let stamp = |meta: &std::fs::Metadata| (meta.len(), meta.modified().ok());
-    let before = match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => stamp(&meta),
-        Ok(_) => return Ok(Read::Gone),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Gone),
-        Err(e) => return Err(e),
-    };
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Gone),
-        Err(e) => return Err(e),
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) if stamp(&meta) == before && meta.len() == bytes.len() as u64 => {
-            Ok(Read::Bytes(bytes))
-        }
-        Ok(_) => Ok(Read::Unsettled),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Gone),
-        Err(e) => Err(e),
+    let before = std::fs::metadata(path).map_err(failed)?;
+    if !before.is_file() {
+        return Err(NotRead::Gone);
     }
+    let bytes = std::fs::read(path).map_err(failed)?;
+    let after = std::fs::metadata(path).map_err(failed)?;
+    if stamp(&after) != stamp(&before) || after.len() != bytes.len() as u64 {
+        return Err(NotRead::Unsettled);
+    }
+    Ok(bytes)
 }
 
 /// Reads a manifest, if there is one.
@@ -128,10 +158,23 @@ fn read_manifest(path: &Path) -> std::io::Result<Option<String>> {
 struct Deployed {
     /// What each serving version was built from.
     serving: BTreeMap<String, Source>,
-    /// The last refused source per service, so repeated events about the
-    /// same bad file are not refused (and logged) again.
+    /// The last source refused for a fault of its own (it does not compile
+    /// or link, its manifest is wrong), so repeated events about the same
+    /// bad file are not refused and logged again. A version that merely
+    /// failed to start is tried again on the next event or reload.
     refused: BTreeMap<String, Source>,
 }
+
+/// Why a version was not built, and whether trying the same files again
+/// could go differently.
+struct Refusal {
+    reason: String,
+    lasting: bool,
+}
+
+/// Longest a new version may take to start before it is refused; the
+/// deploy lock is held meanwhile.
+const MAX_WARM_UP: Duration = Duration::from_secs(30);
 
 pub struct Deployer {
     runtime: Arc<Runtime>,
@@ -142,6 +185,8 @@ pub struct Deployer {
     config_path: Option<PathBuf>,
     /// Held for a whole look at one service, so two never race.
     deployed: tokio::sync::Mutex<Deployed>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Deployer {
@@ -159,6 +204,7 @@ impl Deployer {
             config: RwLock::new(Arc::new(config)),
             config_path,
             deployed: tokio::sync::Mutex::default(),
+            reloading: tokio::sync::Mutex::default(),
         }
     }
 
@@ -193,9 +239,9 @@ impl Deployer {
     }
 
     /// Brings every service in line with the folder; answers the services
-    /// that were deployed, replaced or removed.
-    pub async fn reconcile_all(&self) -> Vec<String> {
-        let mut changed = Vec::new();
+    /// that were deployed, replaced or removed, and those refused.
+    pub async fn reconcile_all(&self) -> (Vec<String>, Vec<String>) {
+        let (mut changed, mut refused) = (Vec::new(), Vec::new());
         for name in self.known_services().await {
             let mut outcome = self.reconcile(&name).await;
             // A file still being written at start-up or reload: wait for it.
@@ -203,14 +249,16 @@ impl Deployer {
                 if outcome != Outcome::Unsettled {
                     break;
                 }
-                tokio::time::sleep(QUIET).await;
+                tokio::time::sleep(SETTLED_MANIFEST).await;
                 outcome = self.reconcile(&name).await;
             }
-            if matches!(outcome, Outcome::Deployed | Outcome::Removed) {
-                changed.push(name);
+            match outcome {
+                Outcome::Deployed | Outcome::Removed => changed.push(name),
+                Outcome::Refused => refused.push(name),
+                Outcome::Unchanged | Outcome::Unsettled => {}
             }
         }
-        changed
+        (changed, refused)
     }
 
     /// Looks at one service's files and acts on what changed.
@@ -218,12 +266,15 @@ impl Deployer {
     pub async fn reconcile(&self, name: &str) -> Outcome {
         let config = self.config();
         let wasm = config.plugins.join(format!("{name}.wasm"));
-        let manifest_path = wasm.with_extension("yaml");
         let mut deployed = self.deployed.lock().await;
-        let bytes = match read_settled(&wasm) {
-            Ok(Read::Bytes(bytes)) => bytes,
-            Ok(Read::Unsettled) => return Outcome::Unsettled,
-            Ok(Read::Gone) => {
+        let read = {
+            let (wasm, defaults) = (wasm.clone(), config.defaults);
+            tokio::task::spawn_blocking(move || read_source(&wasm, &defaults)).await
+        };
+        let (source, bytes) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(NotRead::Unsettled)) => return Outcome::Unsettled,
+            Ok(Err(NotRead::Gone)) => {
                 deployed.refused.remove(name);
                 let was_serving = deployed.serving.remove(name).is_some();
                 let was_failed = self.router.failed().iter().any(|(n, _)| n == name);
@@ -233,62 +284,64 @@ impl Deployer {
                 self.undeploy(name);
                 return Outcome::Removed;
             }
-            Err(e) => {
-                self.refuse(name, None, format!("cannot read {}: {e}", wasm.display()));
-                return Outcome::Refused;
-            }
-        };
-        let manifest = match read_manifest(&manifest_path) {
-            Ok(text) => text,
-            Err(e) => {
-                let reason = format!("cannot read {}: {e}", manifest_path.display());
+            Ok(Err(NotRead::Failed(reason))) => {
                 self.refuse(name, None, reason);
                 return Outcome::Refused;
             }
+            Err(e) => {
+                self.refuse(name, None, format!("the reader failed: {e}"));
+                return Outcome::Refused;
+            }
         };
-        let source = Source {
-            digest: crate::runtime::digest(&bytes),
-            manifest,
-            defaults: config.defaults,
-        };
-        if deployed.serving.get(name) == Some(&source)
-            || deployed.refused.get(name) == Some(&source)
-        {
+        if deployed.serving.get(name) == Some(&source) {
+            // Back to what serves (a refused file was replaced by it): the
+            // refusal is history.
+            deployed.refused.remove(name);
+            self.router.clear_rejection(name);
+            return Outcome::Unchanged;
+        }
+        if deployed.refused.get(name) == Some(&source) {
             return Outcome::Unchanged;
         }
         let started = Instant::now();
-        match self
-            .build(name, bytes, &source, &manifest_path, started)
-            .await
-        {
+        let id = deployment_id(&source.digest, source.manifest.as_deref());
+        match self.build(name, bytes, &source, &id, started).await {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
                 let previous = self.router.insert(plugin.clone());
                 tokio::spawn(plugin.clone().supervise());
+                // A socket that could not be opened before gets another try.
+                self.doors.open_service(name).await;
                 match &previous {
                     Some(previous) => tracing::info!(
                         version = plugin.version(),
+                        deployment = id,
                         previous = previous.version(),
                         still_running = previous.stats.snapshot().in_flight,
                         took_ms = started.elapsed().as_millis() as u64,
                         "new version serving; the previous one finishes what it is running"
                     ),
-                    None => {
-                        self.doors.open_service(name).await;
-                        tracing::info!(
-                            version = plugin.version(),
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "service deployed"
-                        );
-                    }
+                    None => tracing::info!(
+                        version = plugin.version(),
+                        deployment = id,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "service deployed"
+                    ),
                 }
                 deployed.refused.remove(name);
                 deployed.serving.insert(name.to_owned(), source);
                 Outcome::Deployed
             }
-            Err(reason) => {
-                self.refuse(name, Some(source.digest[..12].to_owned()), reason);
-                deployed.refused.insert(name.to_owned(), source);
+            Err(refusal) => {
+                let rejection = Rejection::now(
+                    Some(source.digest[..12].to_owned()),
+                    Some(id),
+                    refusal.reason,
+                );
+                self.refuse_with(name, rejection);
+                if refusal.lasting {
+                    deployed.refused.insert(name.to_owned(), source);
+                }
                 Outcome::Refused
             }
         }
@@ -301,23 +354,41 @@ impl Deployer {
         name: &str,
         bytes: Vec<u8>,
         source: &Source,
-        manifest_path: &Path,
+        deployment: &str,
         started: Instant,
-    ) -> Result<Plugin, String> {
-        let settings = settings(manifest_path, source.manifest.as_deref(), &source.defaults)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Plugin, Refusal> {
+        let lasting = |reason: String| Refusal {
+            reason,
+            lasting: true,
+        };
+        let settings = source.settings.clone().map_err(lasting)?;
         let (runtime, owned_name, digest) =
             (self.runtime.clone(), name.to_owned(), source.digest.clone());
-        let (plugin, report) = tokio::task::spawn_blocking(move || {
+        let loaded = tokio::task::spawn_blocking(move || {
             runtime.load_bytes(&owned_name, &bytes, digest, settings, started)
         })
         .await
-        .map_err(|e| format!("the loader failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-        plugin
-            .warm_up()
-            .await
-            .map_err(|e| format!("it compiles and links, but does not start: {e}"))?;
+        .map_err(|e| Refusal {
+            reason: format!("the loader failed: {e}"),
+            lasting: false,
+        })?;
+        let (mut plugin, report) = loaded.map_err(|e| lasting(e.to_string()))?;
+        plugin.set_deployment(deployment.to_owned());
+        match tokio::time::timeout(MAX_WARM_UP, plugin.warm_up()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Refusal {
+                    reason: format!("it compiles and links, but does not start: {e}"),
+                    lasting: false,
+                });
+            }
+            Err(_) => {
+                return Err(Refusal {
+                    reason: format!("it did not start within {MAX_WARM_UP:?}"),
+                    lasting: false,
+                });
+            }
+        }
         tracing::info!(
             version = plugin.version(),
             cache = %report.cache.as_str(),
@@ -329,19 +400,21 @@ impl Deployer {
     }
 
     fn refuse(&self, name: &str, version: Option<String>, reason: String) {
-        let serving = self.router.get(name);
-        match &serving {
+        self.refuse_with(name, Rejection::now(version, None, reason));
+    }
+
+    fn refuse_with(&self, name: &str, rejection: Rejection) {
+        let refused = rejection.version.as_deref().unwrap_or("?");
+        let reason = &rejection.reason;
+        match self.router.get(name) {
             Some(serving) => tracing::error!(
-                refused = version.as_deref().unwrap_or("?"),
+                refused,
                 serving = serving.version(),
                 "new version refused; the previous version keeps serving: {reason}"
             ),
-            None => tracing::error!(
-                version = version.as_deref().unwrap_or("?"),
-                "plugin not loaded: {reason}"
-            ),
+            None => tracing::error!(version = refused, "plugin not loaded: {reason}"),
         }
-        self.router.refuse(name, Rejection::now(version, reason));
+        self.router.refuse(name, rejection);
     }
 
     fn undeploy(&self, name: &str) {
@@ -374,12 +447,19 @@ impl Deployer {
                                 | EventKind::Modify(ModifyKind::Name(_))
                                 | EventKind::Remove(_)
                         );
-                        let wait = if settled { SETTLED } else { QUIET };
                         event
                             .paths
                             .iter()
-                            .filter_map(|p| service_of(p))
-                            .map(|name| Change::Service(name, wait))
+                            .filter_map(|path| {
+                                let name = service_of(path)?;
+                                let manifest = path.extension().is_some_and(|e| e == "yaml");
+                                let wait = match (settled, manifest) {
+                                    (true, false) => SETTLED_WASM,
+                                    (true, true) => SETTLED_MANIFEST,
+                                    (false, _) => QUIET,
+                                };
+                                Some(Change::Service(name, wait))
+                            })
                             .collect()
                     }
                     Err(e) => {
@@ -435,30 +515,45 @@ impl Deployer {
 
     /// Reads the config file again and applies it: applications, hosts,
     /// keys, databases and plugin limits change without dropping a
-    /// connection. An invalid file changes nothing. Answers what changed.
+    /// connection. A file that is wrong anywhere (a key that does not load,
+    /// a manifest that does not hold under the new defaults) changes
+    /// nothing. Answers what changed.
     #[tracing::instrument(name = "reload", skip(self))]
     pub async fn reload(&self) -> Result<Value, String> {
+        let _one_at_a_time = self.reloading.lock().await;
         let current = self.config();
         let mut next = match &self.config_path {
             Some(path) => Config::load(path).map_err(|e| e.to_string())?,
             None => (*current).clone(),
         };
+        let needs_restart = keep_restart_only(&current, &mut next);
+        {
+            let deployed = self.deployed.lock().await;
+            for (name, source) in &deployed.serving {
+                let path = next.plugins.join(format!("{name}.yaml"));
+                settings(&path, source.manifest.as_deref(), &next.defaults)
+                    .map_err(|e| format!("under the new defaults, {e}"))?;
+            }
+        }
         let apps = Apps::build(&next, true, Some(&self.router.apps()))
             .map_err(|e| format!("invalid config: {e}"))?;
-        let needs_restart = keep_restart_only(&current, &mut next);
         for key in &needs_restart {
             tracing::warn!(
                 key,
                 "changed in the config, but takes effect only on restart"
             );
         }
-        self.router.set_apps(apps);
         *self.config.write().expect("config lock") = Arc::new(next);
-        let changed = self.reconcile_all().await;
-        tracing::info!(plugins_changed = ?changed, "config reloaded");
+        // Plugins first, then the applications: routes never point at a
+        // service whose new limits are not in force yet.
+        self.deployed.lock().await.refused.clear();
+        let (changed, refused) = self.reconcile_all().await;
+        self.router.set_apps(apps);
+        tracing::info!(plugins_changed = ?changed, plugins_refused = ?refused, "config reloaded");
         Ok(json!({
             "apps": self.router.apps().names(),
             "plugins_changed": changed,
+            "plugins_refused": refused,
             "needs_restart": needs_restart,
         }))
     }

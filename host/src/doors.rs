@@ -62,7 +62,10 @@ impl Doors {
 
     /// Runs `door` until it ends; shutdown waits for it.
     pub fn spawn(&self, door: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.lock().expect("door set lock").spawn(door);
+        let mut tasks = self.tasks.lock().expect("door set lock");
+        // Doors of undeployed services end; do not keep them forever.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(door);
     }
 
     /// Binds the main socket and serves it.
@@ -134,9 +137,9 @@ impl Doors {
     }
 
     /// Closes an undeployed service's socket: its file goes at once, and no
-    /// new connection is accepted. Connections already open stay (their
-    /// requests answer `not_found` now) until the client or the host ends
-    /// them.
+    /// new connection is accepted. Connections already open stay until the
+    /// client or the host ends them; their requests now answer `not_found`
+    /// (`unavailable` when an application lists the service).
     pub fn close_service(&self, name: &str) {
         if let Some(close) = self
             .service_sockets

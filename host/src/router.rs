@@ -60,19 +60,20 @@ pub fn valid_service_name(name: &str) -> bool {
 pub struct Rejection {
     /// The refused file's short digest, when it could be read.
     pub version: Option<String>,
+    /// The refused deployment (file and manifest), when it could be read.
+    pub deployment: Option<String>,
     pub reason: String,
     /// Seconds since the Unix epoch.
     pub at_unix_s: u64,
 }
 
 impl Rejection {
-    pub fn now(version: Option<String>, reason: String) -> Self {
+    pub fn now(version: Option<String>, deployment: Option<String>, reason: String) -> Self {
         Rejection {
             version,
+            deployment,
             reason,
-            at_unix_s: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            at_unix_s: crate::runtime::unix_seconds(std::time::SystemTime::now()),
         }
     }
 }
@@ -211,6 +212,14 @@ impl Router {
     pub fn failed(&self) -> Vec<(String, Rejection)> {
         let failed = self.failed.read().expect("failed table lock");
         failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Forgets the refusal noted beside a serving service.
+    pub fn clear_rejection(&self, service: &str) {
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(service);
     }
 
     /// The last refused file of a service that still serves.

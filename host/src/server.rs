@@ -21,6 +21,9 @@ use crate::runtime::Runtime;
 
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Taken first: a signal during start-up (a SIGHUP while plugins
+    // compile) must not end the process with the default action.
+    let signals = Signals::new()?;
     // Keys are read and checked here, before anything else starts.
     let apps =
         Apps::build(&config, true, None).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
@@ -84,7 +87,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         "ferry is serving"
     );
 
-    wait_for_shutdown(&deployer).await?;
+    signals.serve(&deployer).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop.send(true);
     drop(watcher);
@@ -127,20 +130,38 @@ fn warn_about_apps(router: &Router) {
     }
 }
 
-/// Serves signals until SIGTERM or SIGINT: SIGHUP reloads the config (a
-/// bad file is logged and changes nothing).
-async fn wait_for_shutdown(deployer: &Deployer) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                if let Err(e) = deployer.reload().await {
-                    tracing::error!("config reload refused; the running config stays: {e}");
+/// The signals a running host answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serves signals until SIGTERM or SIGINT: SIGHUP reloads the config
+    /// in the background (a bad file is logged and changes nothing), so a
+    /// SIGTERM is never kept waiting by a reload.
+    async fn serve(mut self, deployer: &Arc<Deployer>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let deployer = deployer.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = deployer.reload().await {
+                            tracing::error!("config reload refused; the running config stays: {e}");
+                        }
+                    });
                 }
             }
         }

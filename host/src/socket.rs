@@ -104,6 +104,8 @@ pub struct Listener {
     /// Peer uids allowed to connect; `None` lets in whoever the file mode
     /// lets in.
     pub allow_uids: Option<Arc<[u32]>>,
+    /// The socket file's device and inode, taken when it was bound.
+    file: Option<(u64, u64)>,
 }
 
 impl Listener {
@@ -114,34 +116,30 @@ impl Listener {
         listening: Arc<Listening>,
         allow_uids: Option<Arc<[u32]>>,
     ) -> io::Result<Listener> {
+        let listener = bind(&path, mode).await?;
+        let file = file_id(&path);
         Ok(Listener {
-            listener: bind(&path, mode).await?,
+            listener,
             path,
             listening,
             allow_uids,
+            file,
         })
     }
+}
 
-    /// The socket file's identity, to tell it from a newer file at the same
-    /// path.
-    fn file_id(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let bound = self.listener.local_addr().ok()?;
-        let meta = std::fs::symlink_metadata(bound.as_pathname()?).ok()?;
-        Some((meta.dev(), meta.ino()))
-    }
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         // A service that was undeployed and deployed again has a new socket
         // at the same path by now: only remove the file if it is still ours.
-        use std::os::unix::fs::MetadataExt;
-        let ours = self.file_id();
-        let current = std::fs::symlink_metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if ours.is_some() && ours == current {
+        if self.file.is_some() && file_id(&self.path) == self.file {
             let _ = std::fs::remove_file(&self.path);
         }
     }

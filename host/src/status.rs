@@ -2,17 +2,12 @@
 //! circuit and counters, the versions still draining, and the applications.
 //! `/v1/status` and the control socket answer it; `ferry status` prints it.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::router::Router;
-use crate::runtime::Plugin;
-
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::runtime::{Plugin, unix_seconds};
 
 /// A loaded version as status shows it.
 fn version(plugin: &Plugin, now: Instant) -> Value {
@@ -25,6 +20,7 @@ fn version(plugin: &Plugin, now: Instant) -> Value {
         "name": plugin.name(),
         "state": state,
         "version": plugin.version(),
+        "deployment": plugin.deployment(),
         "loaded_at_unix_s": unix_seconds(plugin.loaded_at()),
         "limits": plugin.limits(),
         "public": plugin.public_actions(),
@@ -58,10 +54,11 @@ pub fn document(router: &Router, started: Instant) -> Value {
         .iter()
         .map(|plugin| {
             json!({
-                "name": plugin.name(),
-                "version": plugin.version(),
-                "in_flight": plugin.stats.snapshot().in_flight,
-            })
+                    "name": plugin.name(),
+                    "version": plugin.version(),
+            "deployment": plugin.deployment(),
+                    "in_flight": plugin.stats.snapshot().in_flight,
+                })
         })
         .collect();
     json!({

@@ -361,3 +361,27 @@ async fn sigterm_under_load_answers_every_accepted_request() {
         "every answer reached its client"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_asks_the_control_socket_when_http_is_off() {
+    let host = Ferry::start_default();
+    // Another config for the same host, without the HTTP gateway.
+    let config = host.dir.join("no-http.yaml");
+    std::fs::write(&config, "socket: run/ferry.sock\nhttp: null\n").unwrap();
+    let out = ferry(&["status", "--config", config.to_str().unwrap()]);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("echo") && l.contains("ready")),
+        "{table}"
+    );
+    // Nobody else's user could have asked: the socket is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(host.dir.join("run/control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

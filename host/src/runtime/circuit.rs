@@ -1,10 +1,13 @@
 //! A plugin's circuit breaker: supervision the way a process supervisor
-//! does it, for components. Failures (traps, timeouts, failed health checks,
-//! instances that will not start) are counted in a sliding window; too many
-//! open the circuit, and requests are refused at once with a retry-after
-//! hint. When the back-off has passed, one probe (a health check, or the
-//! next request) decides: success closes the circuit, failure opens it again
-//! for twice as long.
+//! does it, for components. Failures (traps, timeouts, instances that will
+//! not start, failed health checks) are counted in a sliding window, and
+//! failed health checks also in a row; too many open the circuit, and
+//! requests are refused at once with a retry-after hint. When the back-off
+//! has passed, a health check (if the plugin exports one) may veto: a
+//! failing one reopens the circuit for twice as long. Otherwise the next
+//! request is the probe: if it succeeds the circuit closes, if it fails the
+//! circuit opens again for twice as long. Only a request can close it, since
+//! only a request shows the handler works.
 //!
 //! Time is passed in, so the state machine is tested without sleeping.
 
@@ -25,7 +28,7 @@ enum Phase {
     Open {
         until: Instant,
     },
-    /// The back-off has passed; `probing` while the one probe runs.
+    /// The back-off has passed; `probing` while a request probes.
     HalfOpen {
         probing: bool,
     },
@@ -36,6 +39,8 @@ struct State {
     phase: Phase,
     /// Failure times within the window (closed phase only).
     recent: VecDeque<Instant>,
+    /// Failed health checks since the last good one.
+    health_streak: u32,
     /// The back-off of the latest opening.
     backoff: Duration,
     /// When the circuit last closed after being open.
@@ -69,11 +74,30 @@ pub enum Admission {
     Refuse { retry_after: Duration },
 }
 
+/// What a health check due now would be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Closed: an ordinary check; a failure counts like a failed request.
+    Regular,
+    /// The back-off has passed: a failing check reopens the circuit.
+    Gate,
+    /// Open, or a probe is running: not now.
+    Skip,
+}
+
+/// Where an outcome came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Request { probe: bool },
+    Health,
+}
+
 /// The circuit as status shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CircuitSnapshot {
     pub state: &'static str,
     pub failures_in_window: usize,
+    pub failed_health_checks_in_a_row: u32,
     /// Open: how long until a probe may run.
     pub retry_in_ms: Option<u64>,
     pub backoff_ms: u64,
@@ -88,6 +112,7 @@ impl Circuit {
             state: Mutex::new(State {
                 phase: Phase::Closed,
                 recent: VecDeque::new(),
+                health_streak: 0,
                 backoff: Duration::from_millis(settings.backoff_ms),
                 closed_at: None,
                 opens: 0,
@@ -117,6 +142,19 @@ impl Circuit {
         }
     }
 
+    pub fn check(&self, now: Instant) -> Check {
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Closed => Check::Regular,
+            Phase::Open { until } if now < until => Check::Skip,
+            Phase::Open { .. } | Phase::HalfOpen { probing: false } => {
+                state.phase = Phase::HalfOpen { probing: false };
+                Check::Gate
+            }
+            Phase::HalfOpen { probing: true } => Check::Skip,
+        }
+    }
+
     /// A probe that ended without a verdict (its caller went away, or it
     /// was refused for another reason): the next request may probe.
     pub fn abandon_probe(&self) {
@@ -126,34 +164,47 @@ impl Circuit {
         }
     }
 
-    /// When the open circuit's back-off ends, if it is open.
-    pub fn open_until(&self) -> Option<Instant> {
+    /// When the back-off of an open circuit ends, while it has not.
+    pub fn open_until(&self, now: Instant) -> Option<Instant> {
         match self.lock().phase {
-            Phase::Open { until } => Some(until),
+            Phase::Open { until } if until > now => Some(until),
             _ => None,
         }
     }
 
-    pub fn success(&self, now: Instant, probe: bool) -> Option<Transition> {
+    pub fn success(&self, now: Instant, origin: Origin) -> Option<Transition> {
         let mut state = self.lock();
-        if probe && matches!(state.phase, Phase::HalfOpen { .. }) {
-            state.phase = Phase::Closed;
-            state.recent.clear();
-            state.closed_at = Some(now);
-            return Some(Transition::Closed);
+        match origin {
+            Origin::Health => {
+                state.health_streak = 0;
+                None
+            }
+            Origin::Request { probe: true } if matches!(state.phase, Phase::HalfOpen { .. }) => {
+                state.phase = Phase::Closed;
+                state.recent.clear();
+                state.health_streak = 0;
+                state.closed_at = Some(now);
+                Some(Transition::Closed)
+            }
+            Origin::Request { .. } => None,
         }
-        None
     }
 
-    pub fn failure(&self, now: Instant, probe: bool, reason: String) -> Option<Transition> {
+    pub fn failure(&self, now: Instant, origin: Origin, reason: String) -> Option<Transition> {
         let mut state = self.lock();
         state.last_failure = Some(reason);
+        if origin == Origin::Health {
+            state.health_streak += 1;
+        }
         let window = Duration::from_millis(self.settings.window_ms);
         let initial = Duration::from_millis(self.settings.backoff_ms);
         let max = Duration::from_millis(self.settings.max_backoff_ms);
-        let backoff = match state.phase {
-            Phase::HalfOpen { .. } if probe => (state.backoff * 2).min(max),
-            Phase::Closed => {
+        let backoff = match (state.phase, origin) {
+            // The probe, or a health check after the back-off, failed.
+            (Phase::HalfOpen { .. }, Origin::Request { probe: true } | Origin::Health) => {
+                (state.backoff * 2).min(max)
+            }
+            (Phase::Closed, _) => {
                 state.recent.push_back(now);
                 while state
                     .recent
@@ -162,7 +213,8 @@ impl Circuit {
                 {
                     state.recent.pop_front();
                 }
-                if state.recent.len() < self.settings.failures as usize {
+                let limit = self.settings.failures;
+                if state.recent.len() < limit as usize && state.health_streak < limit {
                     return None;
                 }
                 // Failing again soon after recovering: back off longer.
@@ -177,7 +229,7 @@ impl Circuit {
             }
             // Requests that were already running when the circuit opened,
             // or a failure beside the probe: the verdict is the probe's.
-            Phase::Open { .. } | Phase::HalfOpen { .. } => return None,
+            _ => return None,
         };
         state.phase = Phase::Open {
             until: now + backoff,
@@ -206,6 +258,7 @@ impl Circuit {
                 .iter()
                 .filter(|t| now.duration_since(**t) <= window)
                 .count(),
+            failed_health_checks_in_a_row: state.health_streak,
             retry_in_ms: retry_in,
             backoff_ms: state.backoff.as_millis() as u64,
             opens: state.opens,
@@ -217,6 +270,9 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REQUEST: Origin = Origin::Request { probe: false };
+    const PROBE: Origin = Origin::Request { probe: true };
 
     fn circuit() -> Circuit {
         Circuit::new(config::Circuit {
@@ -231,17 +287,24 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn open(c: &Circuit, at: Instant) -> Option<Transition> {
+        (0..3)
+            .map(|i| c.failure(at + ms(i), REQUEST, "x".into()))
+            .last()
+            .flatten()
+    }
+
     #[test]
     fn opens_after_enough_failures_within_the_window() {
         let c = circuit();
         let t = Instant::now();
-        assert_eq!(c.failure(t, false, "a".into()), None);
+        assert_eq!(c.failure(t, REQUEST, "a".into()), None);
         // The first failure falls out of the window before the third.
-        assert_eq!(c.failure(t + ms(900), false, "b".into()), None);
-        assert_eq!(c.failure(t + ms(1_200), false, "c".into()), None);
+        assert_eq!(c.failure(t + ms(900), REQUEST, "b".into()), None);
+        assert_eq!(c.failure(t + ms(1_200), REQUEST, "c".into()), None);
         assert_eq!(c.admit(t + ms(1_200)), Admission::Pass);
         assert_eq!(
-            c.failure(t + ms(1_300), false, "d".into()),
+            c.failure(t + ms(1_300), REQUEST, "d".into()),
             Some(Transition::Opened { backoff: ms(100) })
         );
         assert_eq!(
@@ -250,24 +313,30 @@ mod tests {
                 retry_after: ms(50)
             }
         );
+        assert_eq!(c.check(t + ms(1_350)), Check::Skip);
+        assert_eq!(c.open_until(t + ms(1_350)), Some(t + ms(1_400)));
+        assert_eq!(c.open_until(t + ms(1_400)), None, "never a time past");
         let snapshot = c.snapshot(t + ms(1_350));
         assert_eq!((snapshot.state, snapshot.opens), ("open", 1));
         assert_eq!(snapshot.last_failure.as_deref(), Some("d"));
     }
 
     #[test]
-    fn one_probe_at_a_time_and_its_verdict_decides() {
+    fn one_probe_at_a_time_and_only_a_request_closes() {
         let c = circuit();
         let t = Instant::now();
-        for i in 0..3 {
-            c.failure(t + ms(i), false, "x".into());
-        }
+        open(&c, t);
         let after = t + ms(150);
+        // A passing health check after the back-off does not close it.
+        assert_eq!(c.check(after), Check::Gate);
+        assert_eq!(c.success(after, Origin::Health), None);
+        assert_eq!(c.snapshot(after).state, "half_open");
         assert_eq!(c.admit(after), Admission::Probe);
         assert!(matches!(c.admit(after), Admission::Refuse { .. }));
+        assert_eq!(c.check(after), Check::Skip, "a request is probing");
         // A failed probe reopens for twice as long.
         assert_eq!(
-            c.failure(after, true, "still broken".into()),
+            c.failure(after, PROBE, "still broken".into()),
             Some(Transition::Opened { backoff: ms(200) })
         );
         assert!(matches!(c.admit(after + ms(199)), Admission::Refuse { .. }));
@@ -275,9 +344,47 @@ mod tests {
         assert_eq!(c.admit(after + ms(200)), Admission::Probe);
         c.abandon_probe();
         assert_eq!(c.admit(after + ms(201)), Admission::Probe);
-        assert_eq!(c.success(after + ms(210), true), Some(Transition::Closed));
+        assert_eq!(c.success(after + ms(210), PROBE), Some(Transition::Closed));
         assert_eq!(c.admit(after + ms(211)), Admission::Pass);
-        assert_eq!(c.snapshot(after + ms(211)).state, "closed");
+        assert_eq!(c.check(after + ms(211)), Check::Regular);
+    }
+
+    #[test]
+    fn a_failing_health_check_after_the_back_off_reopens() {
+        let c = circuit();
+        let t = Instant::now();
+        open(&c, t);
+        assert_eq!(c.check(t + ms(150)), Check::Gate);
+        assert_eq!(
+            c.failure(t + ms(150), Origin::Health, "sick".into()),
+            Some(Transition::Opened { backoff: ms(200) })
+        );
+    }
+
+    #[test]
+    fn failed_health_checks_in_a_row_open_it_whatever_the_window() {
+        let c = circuit();
+        let t = Instant::now();
+        // One check every 10 s: never three in a 1 s window.
+        assert_eq!(c.failure(t, Origin::Health, "sick".into()), None);
+        assert_eq!(
+            c.failure(t + ms(10_000), Origin::Health, "sick".into()),
+            None
+        );
+        assert!(
+            c.failure(t + ms(20_000), Origin::Health, "sick".into())
+                .is_some()
+        );
+        // A good check in between starts the count again.
+        let c = circuit();
+        c.failure(t, Origin::Health, "sick".into());
+        c.failure(t + ms(10_000), Origin::Health, "sick".into());
+        c.success(t + ms(15_000), Origin::Health);
+        assert_eq!(
+            c.failure(t + ms(20_000), Origin::Health, "sick".into()),
+            None
+        );
+        assert_eq!(c.snapshot(t + ms(20_000)).failed_health_checks_in_a_row, 1);
     }
 
     #[test]
@@ -286,35 +393,27 @@ mod tests {
         let mut t = Instant::now();
         let mut backoffs = Vec::new();
         for _ in 0..4 {
-            for i in 0..3 {
-                if let Some(Transition::Opened { backoff }) =
-                    c.failure(t + ms(i), false, "x".into())
-                {
-                    backoffs.push(backoff);
-                    t += backoff + ms(10);
-                }
+            if let Some(Transition::Opened { backoff }) = open(&c, t) {
+                backoffs.push(backoff);
+                t += backoff + ms(10);
             }
             assert_eq!(c.admit(t), Admission::Probe);
-            c.success(t, true);
+            c.success(t, PROBE);
             t += ms(20);
         }
         assert_eq!(backoffs, [ms(100), ms(200), ms(300), ms(300)]);
         // Healthy for longer than the window: back to the first back-off.
         t += ms(2_000);
-        let mut opened = None;
-        for i in 0..3 {
-            opened = c.failure(t + ms(i), false, "x".into()).or(opened);
-        }
-        assert_eq!(opened, Some(Transition::Opened { backoff: ms(100) }));
+        assert_eq!(open(&c, t), Some(Transition::Opened { backoff: ms(100) }));
     }
 
     #[test]
     fn successes_while_closed_do_not_reset_the_count() {
         let c = circuit();
         let t = Instant::now();
-        c.failure(t, false, "x".into());
-        c.failure(t + ms(1), false, "x".into());
-        assert_eq!(c.success(t + ms(2), false), None);
-        assert!(c.failure(t + ms(3), false, "x".into()).is_some());
+        c.failure(t, REQUEST, "x".into());
+        c.failure(t + ms(1), REQUEST, "x".into());
+        assert_eq!(c.success(t + ms(2), REQUEST), None);
+        assert!(c.failure(t + ms(3), REQUEST, "x".into()).is_some());
     }
 }

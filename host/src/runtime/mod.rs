@@ -170,6 +170,12 @@ impl Runtime {
     }
 }
 
+/// Seconds since the Unix epoch, as status shows times.
+pub fn unix_seconds(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Rejects files that are not components before spending time on them.
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     match bytes.get(0..8) {

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, SemaphorePermit, watch};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::circuit::{Admission, Circuit, CircuitSnapshot, Transition};
+use super::circuit::{Admission, Check, Circuit, CircuitSnapshot, Origin, Transition};
 use super::latency::Histogram;
 use super::state::StoreState;
 use crate::bindings::{Context, Service, ServiceIndices, WitError};
@@ -85,7 +85,7 @@ impl PluginStats {
 
 /// Everything a plugin version runs with besides its code: the manifest
 /// over the host's defaults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub limits: Limits,
     /// Actions callable without a token (from the manifest's `public`).
@@ -147,11 +147,15 @@ pub struct Plugin {
     queued: AtomicU32,
     idle: Mutex<Vec<Warm>>,
     circuit: Circuit,
+    /// Wakes the supervisor when the circuit opens.
+    circuit_opened: Notify,
     health: Mutex<HealthStatus>,
     /// Flipped when a newer version replaces this one or it is undeployed:
     /// its supervisor stops; requests already running finish.
     retired: watch::Sender<bool>,
     loaded_at: SystemTime,
+    /// Names the code and manifest together (see `deploy::deployment_id`).
+    deployment: Option<String>,
     pub stats: PluginStats,
 }
 
@@ -170,6 +174,7 @@ impl Plugin {
             indices,
             slots: Semaphore::new(settings.limits.max_concurrency as usize),
             circuit: Circuit::new(settings.limits.circuit),
+            circuit_opened: Notify::new(),
             health: Mutex::new(HealthStatus {
                 exported: health_export.is_some(),
                 ..HealthStatus::default()
@@ -181,6 +186,7 @@ impl Plugin {
             idle: Mutex::new(Vec::new()),
             retired: watch::Sender::new(false),
             loaded_at: SystemTime::now(),
+            deployment: None,
             stats: PluginStats::default(),
         }
     }
@@ -218,6 +224,14 @@ impl Plugin {
         self.loaded_at
     }
 
+    pub fn set_deployment(&mut self, id: String) {
+        self.deployment = Some(id);
+    }
+
+    pub fn deployment(&self) -> Option<&str> {
+        self.deployment.as_deref()
+    }
+
     pub fn has_health(&self) -> bool {
         self.health_export.is_some()
     }
@@ -241,21 +255,29 @@ impl Plugin {
         *self.retired.borrow()
     }
 
-    /// Runs this version's periodic health checks (and, with an open
-    /// circuit, the probe when its back-off ends) until it is retired.
+    /// Runs this version's periodic health checks until it is retired; a
+    /// check falls due early when the back-off of an opened circuit ends.
     pub async fn supervise(self: Arc<Self>) {
+        if self.health_export.is_none() {
+            return;
+        }
         let mut retired = self.retired.subscribe();
         loop {
-            let interval = Duration::from_millis(self.limits().health_interval_ms);
-            let mut wake = Instant::now() + interval;
-            if let Some(until) = self.circuit.open_until() {
+            let now = Instant::now();
+            let mut wake = now + Duration::from_millis(self.limits().health_interval_ms);
+            if let Some(until) = self.circuit.open_until(now) {
                 wake = wake.min(until);
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                // Opened since the sleep began: its back-off sets the time.
+                _ = self.circuit_opened.notified() => continue,
                 _ = retired.wait_for(|retired| *retired) => return,
             }
-            self.check_health().await;
+            tokio::select! {
+                _ = self.check_health() => {}
+                _ = retired.wait_for(|retired| *retired) => return,
+            }
         }
     }
 
@@ -298,9 +320,10 @@ impl Plugin {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        // A caller that lowered its own deadline and then ran out of it says
-        // nothing about the plugin: only the plugin's own limit counts.
-        let impatient = call.timeout_ms < self.limits().timeout_ms;
+        // A caller that gave the plugin less than half its own limit and ran
+        // out says little about the plugin; one that gave it a fair chance
+        // does.
+        let impatient = call.timeout_ms.saturating_mul(2) < self.limits().timeout_ms;
         match &result {
             Ok(_) | Err(CallError::Plugin { .. }) => self.settle(verdict.success()),
             Err(CallError::Timeout { .. }) if impatient => {}
@@ -317,6 +340,7 @@ impl Plugin {
         match transition {
             Some(Transition::Opened { backoff }) => {
                 self.idle.lock().expect("idle pool lock").clear();
+                self.circuit_opened.notify_one();
                 let snapshot = self.circuit.snapshot(Instant::now());
                 tracing::warn!(
                     plugin = %self.name,
@@ -334,19 +358,16 @@ impl Plugin {
     }
 
     /// Calls the `health` export once, if it has one and the circuit lets a
-    /// check run now (closed, or due for a probe). A check that finds no
+    /// check run now (closed, or its back-off over). A check that finds no
     /// free slot is skipped: a busy plugin is not a failing one.
     pub async fn check_health(&self) {
         if self.health_export.is_none() {
             return;
         }
         let now = Instant::now();
-        let probe = match self.circuit.admit(now) {
-            Admission::Pass => false,
-            Admission::Probe => true,
-            Admission::Refuse { .. } => return,
-        };
-        let verdict = Verdict::new(&self.circuit, probe);
+        if self.circuit.check(now) == Check::Skip {
+            return;
+        }
         let Ok(_permit) = self.slots.try_acquire() else {
             return;
         };
@@ -354,21 +375,20 @@ impl Plugin {
         {
             let mut health = self.health.lock().expect("health lock");
             health.checks += 1;
-            health.last_checked_unix_s = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs());
+            health.last_checked_unix_s = Some(super::unix_seconds(SystemTime::now()));
             health.last_ok = Some(outcome.is_ok());
             health.last_error = outcome.as_ref().err().cloned();
             if outcome.is_err() {
                 health.failures += 1;
             }
         }
+        let now = Instant::now();
         match outcome {
-            Ok(()) => self.settle(verdict.success()),
+            Ok(()) => self.settle(self.circuit.success(now, Origin::Health)),
             Err(reason) => {
                 tracing::warn!(plugin = %self.name, version = self.version(), "health check failed: {reason}");
-                self.settle(verdict.failure(format!("health check failed: {reason}")));
+                let reason = format!("health check failed: {reason}");
+                self.settle(self.circuit.failure(now, Origin::Health, reason));
             }
         }
     }
@@ -612,9 +632,9 @@ impl Plugin {
     }
 }
 
-/// A request's or a health check's say in the circuit. Dropped without a
-/// verdict (the caller went away, the plugin was overloaded), a probe is
-/// handed back so the next request can probe.
+/// A request's say in the circuit. Dropped without a verdict (the caller
+/// went away, the plugin was overloaded), a probe is handed back so the
+/// next request can probe.
 struct Verdict<'a> {
     circuit: &'a Circuit,
     probe: bool,
@@ -632,12 +652,14 @@ impl<'a> Verdict<'a> {
 
     fn success(mut self) -> Option<Transition> {
         self.given = true;
-        self.circuit.success(Instant::now(), self.probe)
+        let origin = Origin::Request { probe: self.probe };
+        self.circuit.success(Instant::now(), origin)
     }
 
     fn failure(mut self, reason: String) -> Option<Transition> {
         self.given = true;
-        self.circuit.failure(Instant::now(), self.probe, reason)
+        let origin = Origin::Request { probe: self.probe };
+        self.circuit.failure(Instant::now(), origin, reason)
     }
 }
 
