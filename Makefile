@@ -3,7 +3,11 @@
 
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-PLUGINS := echo faulty todo
+# The pinned Python and JavaScript plugin toolchains (componentize-py,
+# componentize-js) are installed here on first use.
+export FERRY_TOOLS ?= $(CURDIR)/.tools
+RUST_PLUGINS := echo faulty todo
+PLUGINS := $(RUST_PLUGINS) hello-py hello-js
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
@@ -22,13 +26,13 @@ test: plugins host
 bench: plugins host wrk
 	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get
 
-## Build the example plugins into deploy/.
-plugins: toolchain
+## Build the example plugins (Rust, Python, JavaScript) into deploy/.
+plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm
 	@# The second build of echo, for the hot-swap tests, first: the plain
 	@# build below then leaves echo.wasm as it should be.
 	$(CARGO) build --profile plugin --target wasm32-wasip2 -p echo --features echo/v2
 	@cp $(WASM_DIR)/echo.wasm $(WASM_DIR)/echo-v2.wasm
-	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(RUST_PLUGINS))
 	@mkdir -p deploy
 	@for p in $(PLUGINS); do \
 		cp $(WASM_DIR)/$$p.wasm deploy/$$p.wasm; \
@@ -39,6 +43,15 @@ plugins: toolchain
 host:
 	$(CARGO) build --release -p ferry-host
 
+# Python and JavaScript plugins, built by their own toolchains against wit/.
+$(WASM_DIR)/hello-py.wasm: plugins/hello-py/app.py sdk/python/build.sh wit/plugin.wit
+	@mkdir -p $(WASM_DIR)
+	sdk/python/build.sh plugins/hello-py $@ wit
+
+$(WASM_DIR)/hello-js.wasm: plugins/hello-js/app.js sdk/js/build.sh sdk/js/package.json sdk/js/package-lock.json wit/plugin.wit
+	@mkdir -p $(WASM_DIR)
+	sdk/js/build.sh plugins/hello-js $@ wit
+
 # The HTTP benchmark's load generator, from Debian's packages.
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -47,5 +60,5 @@ toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 clean:
-	rm -rf deploy data run
+	rm -rf deploy data run .tools
 	$(CARGO) clean

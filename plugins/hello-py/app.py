@@ -1,0 +1,86 @@
+"""Example Ferry plugin in Python, built with componentize-py against the
+`service` world in the repository's `wit/` folder.
+
+Actions: `echo` answers its params and the context it saw (the same shape as
+the Rust `echo`), `whoami` the caller's subject and tenant, `visit` counts
+the tenant's visits in the application's database (the manifest grants it),
+and `boom` raises, to show that an exception becomes `plugin_trap`.
+
+Build: `make plugins` at the repository root, or `../../sdk/python/build.sh .`
+"""
+
+import json
+import traceback
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import log, sql
+from wit_world.imports.types import Context, Error
+
+
+def echo(ctx: Context, params):
+    return {
+        "params": params,
+        "ctx": {
+            "request_id": ctx.request_id,
+            "app": ctx.app,
+            "service": ctx.service,
+            "tenant": ctx.tenant,
+            "subject": ctx.subject,
+            "claims": json.loads(ctx.claims),
+            "time_left_ms": ctx.time_left_ms,
+        },
+    }
+
+
+def whoami(ctx: Context, params):
+    return {"subject": ctx.subject, "tenant": ctx.tenant}
+
+
+def visit(ctx: Context, params):
+    if ctx.tenant is None:
+        raise Err(Error("forbidden", "visits are counted per tenant; the request has none"))
+    # Portable SQL with `?` placeholders: the same on SQLite, MariaDB and
+    # PostgreSQL. Values are always bound, never spliced into the text.
+    sql.execute(
+        "CREATE TABLE IF NOT EXISTS hello_visits (tenant VARCHAR(128) NOT NULL, at BIGINT NOT NULL)",
+        [],
+    )
+    sql.execute(
+        "INSERT INTO hello_visits (tenant, at) VALUES (?, ?)",
+        [sql.Value_Text(ctx.tenant), sql.Value_Int(ctx.time_left_ms)],
+    )
+    rows = sql.query(
+        "SELECT COUNT(*) AS n FROM hello_visits WHERE tenant = ?",
+        [sql.Value_Text(ctx.tenant)],
+    )
+    return {"tenant": ctx.tenant, "visits": rows.rows[0][0].value}
+
+
+def boom(ctx: Context, params):
+    raise RuntimeError("boom requested")
+
+
+ACTIONS = {"echo": echo, "whoami": whoami, "visit": visit, "boom": boom}
+
+
+class Handler(exports.Handler):
+    def handle(self, ctx: Context, action: str, params: str) -> str:
+        run = ACTIONS.get(action)
+        if run is None:
+            names = ", ".join(ACTIONS)
+            raise Err(Error("not_found", f"service `{ctx.service}` has no action `{action}` (it has: {names})"))
+        try:
+            args = json.loads(params)
+        except ValueError as e:
+            raise Err(Error("bad_request", f"invalid params: {e}"))
+        try:
+            return json.dumps(run(ctx, args))
+        except Err:
+            # An error for the caller, ours or one the host answered (`sql`).
+            raise
+        except Exception:
+            # Anything else is a bug: log it, so the host quotes it in the
+            # `plugin_trap` it answers, and let it trap.
+            log.log(log.Level.ERROR, traceback.format_exc(limit=5))
+            raise
