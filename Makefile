@@ -11,7 +11,7 @@ PLUGINS := $(RUST_PLUGINS) hello-py hello-js
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
-.PHONY: run test plugins host toolchain bench wrk clean
+.PHONY: run test plugins host toolchain bench wrk clean wit-reference
 
 ## Build the example plugins and serve them on the embedded defaults.
 run: plugins host
@@ -22,9 +22,9 @@ test: plugins host
 	$(CARGO) test --release -p ferry-host -p ferry-tests
 
 ## Benchmarks: socket and HTTP echo, and todo.get on each database engine,
-## Ferry against native servers, in one run each.
+## Ferry against native servers, in one run each; and the plugin languages.
 bench: plugins host wrk
-	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get
+	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages
 
 ## Build the example plugins (Rust, Python, JavaScript) into deploy/.
 plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm
@@ -51,6 +51,10 @@ $(WASM_DIR)/hello-py.wasm: plugins/hello-py/app.py sdk/python/build.sh wit/plugi
 $(WASM_DIR)/hello-js.wasm: plugins/hello-js/app.js sdk/js/build.sh sdk/js/package.json sdk/js/package-lock.json wit/plugin.wit
 	@mkdir -p $(WASM_DIR)
 	sdk/js/build.sh plugins/hello-js $@ wit
+
+## Regenerate wit/REFERENCE.md from wit/plugin.wit (a test checks they agree).
+wit-reference:
+	$(CARGO) run --release -q -p ferry-tests --bin wit-reference > wit/REFERENCE.md
 
 # The HTTP benchmark's load generator, from Debian's packages.
 wrk:

@@ -116,13 +116,53 @@ async fn exchange(path: &Path, request: &Value, wait: Duration) -> anyhow::Resul
 }
 
 /// Compiles, links and instantiates `file` exactly as `serve` would, and
-/// says what is wrong if any step fails. Exits 0 when valid, 1 when not.
-pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
+/// says what is wrong if any step fails; with `smoke`, then runs the cases
+/// in that JSON file against it. Exits 0 when all is well, 1 when not.
+pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // A smoke test reads its cases before spending time on compiling.
+    let cases: Option<Vec<SmokeCase>> = match smoke {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: not a list of smoke cases ({{\"action\", \"params\", \"tenant\", \"subject\", \"expect\" or \"expect_error\"}})",
+                    path.display()
+                )
+            })?)
+        }
+        None => None,
+    };
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| crate::router::valid_service_name(s))
+        .unwrap_or("check")
+        .to_owned();
+    // A smoke test may use the database: it gets a throwaway SQLite file.
+    let scratch = std::env::temp_dir().join(format!("ferry-smoke-{}", std::process::id()));
+    let database = match &cases {
+        Some(_) => {
+            let config = crate::config::DatabaseConfig {
+                url: Some(format!("sqlite:{}", scratch.join("smoke.sqlite").display())),
+                ..Default::default()
+            };
+            Some(Arc::new(
+                crate::database::Database::open("smoke", &config, &scratch)
+                    .map_err(|e| anyhow::anyhow!("cannot open the smoke test's database: {e}"))?,
+            ))
+        }
+        None => None,
+    };
+    let settings = Settings {
+        database: database.is_some(),
+        ..Settings::default()
+    };
     let runtime = Arc::new(Runtime::new(None)?);
     let path = file.to_owned();
     let loaded = tokio::task::spawn_blocking({
-        let runtime = runtime.clone();
-        move || runtime.load("check", &path, Settings::default())
+        let (runtime, name) = (runtime.clone(), name.clone());
+        move || runtime.load(&name, &path, settings)
     })
     .await?;
     let (plugin, report) = match loaded {
@@ -147,7 +187,114 @@ pub async fn check(file: &Path) -> anyhow::Result<ExitCode> {
         report.elapsed.as_millis(),
         if plugin.has_health() { "yes" } else { "no" }
     );
-    Ok(ExitCode::SUCCESS)
+    let Some(cases) = cases else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut failed = 0;
+    for (i, case) in cases.iter().enumerate() {
+        match case.run(&plugin, &name, i, database.clone()).await {
+            Ok(()) => println!("pass  {}", case.action),
+            Err(why) => {
+                failed += 1;
+                println!("FAIL  {}: {why}", case.action);
+            }
+        }
+    }
+    drop(database);
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "smoke test: {} passed, {failed} failed",
+        cases.len() - failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// One request of a smoke test, and what it must answer.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmokeCase {
+    action: String,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    /// The result, exactly.
+    #[serde(default)]
+    expect: Option<Value>,
+    /// The error code.
+    #[serde(default)]
+    expect_error: Option<String>,
+}
+
+impl SmokeCase {
+    async fn run(
+        &self,
+        plugin: &crate::runtime::Plugin,
+        service: &str,
+        index: usize,
+        database: Option<Arc<crate::database::Database>>,
+    ) -> Result<(), String> {
+        let timeout_ms = plugin.limits().timeout_ms;
+        let params = self.params.clone().unwrap_or(json!({})).to_string();
+        let claims = match &self.subject {
+            Some(subject) => json!({ "sub": subject }).to_string(),
+            None => "{}".to_owned(),
+        };
+        let call = crate::runtime::Call {
+            ctx: crate::bindings::Context {
+                request_id: format!("\"smoke-{index}\""),
+                app: "smoke".into(),
+                service: service.to_owned(),
+                tenant: self.tenant.clone(),
+                subject: self.subject.clone(),
+                claims,
+                time_left_ms: timeout_ms,
+            },
+            app: "smoke".into(),
+            database,
+            action: &self.action,
+            params: &params,
+            deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
+            timeout_ms,
+        };
+        let outcome = plugin.call(call).await;
+        match (&self.expect, &self.expect_error, outcome) {
+            (Some(expected), None, Ok(text)) => {
+                let got: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                if &got == expected {
+                    Ok(())
+                } else {
+                    Err(format!("expected {expected}, got {got}"))
+                }
+            }
+            (None, Some(code), Err(e)) => {
+                let error = crate::error::ErrorBody::from(e);
+                if &error.code == code {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected error `{code}`, got `{}`: {}",
+                        error.code, error.message
+                    ))
+                }
+            }
+            (None, Some(code), Ok(text)) => Err(format!("expected error `{code}`, got {text}")),
+            (Some(expected), None, Err(e)) => {
+                let error = crate::error::ErrorBody::from(e);
+                Err(format!(
+                    "expected {expected}, got error `{}`: {}",
+                    error.code, error.message
+                ))
+            }
+            _ => Err("a case says exactly one of `expect` and `expect_error`".into()),
+        }
+    }
 }
 
 /// Where `ferry status` reads the status document.

@@ -16,6 +16,7 @@ mod interfaces;
 mod protocol;
 mod router;
 mod runtime;
+mod scaffold;
 mod server;
 mod socket;
 mod status;
@@ -109,6 +110,26 @@ enum Command {
     Check {
         /// The `.wasm` file.
         file: PathBuf,
+        /// Then run the requests in this JSON file against it and compare
+        /// the answers (see the skeleton `ferry new` writes).
+        #[arg(long)]
+        smoke: Option<PathBuf>,
+    },
+    /// Write a new plugin skeleton that builds with `./build.sh` and comes
+    /// with a smoke test.
+    New {
+        /// Service name: lowercase letters, digits, `-` and `_`.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// Folder to write it into (default: ./NAME); must be new or empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Ferry SDK a Rust plugin depends on (default: the one this
+        /// binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Re-read the config file of a running host and apply it.
     Reload {
@@ -216,7 +237,13 @@ fn main() -> ExitCode {
                 };
                 client::status(source, json).await
             }
-            Command::Check { file } => client::check(&file).await,
+            Command::Check { file, smoke } => client::check(&file, smoke.as_deref()).await,
+            Command::New {
+                name,
+                lang,
+                dir,
+                sdk,
+            } => scaffold::new(&name, lang, dir, sdk),
             Command::Reload { config } => match load_config(config.as_deref()) {
                 Ok(config) => client::reload(&config).await,
                 // The host would refuse it the same way; no need to ask.

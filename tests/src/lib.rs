@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod load;
 pub mod services;
+pub mod wit_reference;
 
 use std::fs;
 use std::path::{Path, PathBuf};
