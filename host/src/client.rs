@@ -139,16 +139,26 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
         .filter(|s| crate::router::valid_service_name(s))
         .unwrap_or("check")
         .to_owned();
-    // A smoke test may use the database: it gets a throwaway SQLite file.
-    let scratch = std::env::temp_dir().join(format!("ferry-smoke-{}", std::process::id()));
+    // A smoke test may use the database: it gets a throwaway SQLite file,
+    // removed however the check ends.
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let scratch = Scratch(std::env::temp_dir().join(format!("ferry-smoke-{}", std::process::id())));
     let database = match &cases {
         Some(_) => {
             let config = crate::config::DatabaseConfig {
-                url: Some(format!("sqlite:{}", scratch.join("smoke.sqlite").display())),
+                url: Some(format!(
+                    "sqlite:{}",
+                    scratch.0.join("smoke.sqlite").display()
+                )),
                 ..Default::default()
             };
             Some(Arc::new(
-                crate::database::Database::open("smoke", &config, &scratch)
+                crate::database::Database::open("smoke", &config, &scratch.0)
                     .map_err(|e| anyhow::anyhow!("cannot open the smoke test's database: {e}"))?,
             ))
         }
@@ -200,8 +210,6 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
             }
         }
     }
-    drop(database);
-    let _ = std::fs::remove_dir_all(&scratch);
     println!(
         "smoke test: {} passed, {failed} failed",
         cases.len() - failed

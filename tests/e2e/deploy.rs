@@ -40,6 +40,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs the `ferry` command line.
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(ferry_bin()).args(args).output().unwrap()
+}
+
 /// `bytes` with a custom section appended: the same code under a digest the
 /// compile cache has never seen.
 fn with_custom_section(bytes: &[u8], name: &str) -> Vec<u8> {
@@ -395,17 +400,14 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     let staged = ferry.dir.join("echo-v2.wasm");
     std::fs::write(&staged, plugin_bytes("echo-v2")).unwrap();
 
-    let out = Command::new(ferry_bin())
-        .args([
-            "deploy",
-            staged.to_str().unwrap(),
-            "--name",
-            "echo",
-            "--config",
-            config,
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "deploy",
+        staged.to_str().unwrap(),
+        "--name",
+        "echo",
+        "--config",
+        config,
+    ]);
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}{}", text(&out.stderr));
     assert!(said.contains("serving after"), "{said}");
@@ -422,17 +424,14 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     // A broken file is refused before it gets near the folder.
     let broken = ferry.dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0").unwrap();
-    let out = Command::new(ferry_bin())
-        .args([
-            "deploy",
-            broken.to_str().unwrap(),
-            "--name",
-            "echo",
-            "--config",
-            config,
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "deploy",
+        broken.to_str().unwrap(),
+        "--name",
+        "echo",
+        "--config",
+        config,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("core wasm module"),
@@ -447,17 +446,14 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     // A manifest goes in with it, and is checked first.
     let manifest = ferry.dir.join("echo-v2.yaml");
     std::fs::write(&manifest, "config: {greeting: hi}\ntimeout_ms: 0\n").unwrap();
-    let out = Command::new(ferry_bin())
-        .args([
-            "deploy",
-            staged.to_str().unwrap(),
-            "--name",
-            "echo",
-            "--config",
-            config,
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "deploy",
+        staged.to_str().unwrap(),
+        "--name",
+        "echo",
+        "--config",
+        config,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("timeout_ms"),
@@ -465,17 +461,14 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
         text(&out.stdout)
     );
     std::fs::write(&manifest, "config: {greeting: hi}\n").unwrap();
-    let out = Command::new(ferry_bin())
-        .args([
-            "deploy",
-            staged.to_str().unwrap(),
-            "--name",
-            "echo",
-            "--config",
-            config,
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "deploy",
+        staged.to_str().unwrap(),
+        "--name",
+        "echo",
+        "--config",
+        config,
+    ]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     eventually("echo reads the deployed manifest", WAIT, async || {
         let response = client.request(&call("config")).await;
@@ -483,17 +476,11 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     })
     .await;
 
-    let out = Command::new(ferry_bin())
-        .args(["undeploy", "echo", "--config", config])
-        .output()
-        .unwrap();
+    let out = cli(&["undeploy", "echo", "--config", config]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     expect_error(&client.request(&call("version")).await, "not_found");
     assert!(!ferry.deploy_dir().join("echo.yaml").exists());
-    let out = Command::new(ferry_bin())
-        .args(["undeploy", "echo", "--config", config])
-        .output()
-        .unwrap();
+    let out = cli(&["undeploy", "echo", "--config", config]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("no service `echo`"));
 }
