@@ -45,6 +45,18 @@ fn cli(args: &[&str]) -> std::process::Output {
     Command::new(ferry_bin()).args(args).output().unwrap()
 }
 
+/// `ferry deploy FILE --name echo` against the host configured by `config`.
+fn deploy_as_echo(file: &std::path::Path, config: &str) -> std::process::Output {
+    cli(&[
+        "deploy",
+        file.to_str().unwrap(),
+        "--name",
+        "echo",
+        "--config",
+        config,
+    ])
+}
+
 /// `bytes` with a custom section appended: the same code under a digest the
 /// compile cache has never seen.
 fn with_custom_section(bytes: &[u8], name: &str) -> Vec<u8> {
@@ -400,14 +412,7 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     let staged = ferry.dir.join("echo-v2.wasm");
     std::fs::write(&staged, plugin_bytes("echo-v2")).unwrap();
 
-    let out = cli(&[
-        "deploy",
-        staged.to_str().unwrap(),
-        "--name",
-        "echo",
-        "--config",
-        config,
-    ]);
+    let out = deploy_as_echo(&staged, config);
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}{}", text(&out.stderr));
     assert!(said.contains("serving after"), "{said}");
@@ -424,14 +429,7 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     // A broken file is refused before it gets near the folder.
     let broken = ferry.dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0").unwrap();
-    let out = cli(&[
-        "deploy",
-        broken.to_str().unwrap(),
-        "--name",
-        "echo",
-        "--config",
-        config,
-    ]);
+    let out = deploy_as_echo(&broken, config);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("core wasm module"),
@@ -446,14 +444,7 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
     // A manifest goes in with it, and is checked first.
     let manifest = ferry.dir.join("echo-v2.yaml");
     std::fs::write(&manifest, "config: {greeting: hi}\ntimeout_ms: 0\n").unwrap();
-    let out = cli(&[
-        "deploy",
-        staged.to_str().unwrap(),
-        "--name",
-        "echo",
-        "--config",
-        config,
-    ]);
+    let out = deploy_as_echo(&staged, config);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("timeout_ms"),
@@ -461,14 +452,7 @@ async fn ferry_deploy_checks_moves_in_and_waits_and_undeploy_removes() {
         text(&out.stdout)
     );
     std::fs::write(&manifest, "config: {greeting: hi}\n").unwrap();
-    let out = cli(&[
-        "deploy",
-        staged.to_str().unwrap(),
-        "--name",
-        "echo",
-        "--config",
-        config,
-    ]);
+    let out = deploy_as_echo(&staged, config);
     assert!(out.status.success(), "{}", text(&out.stdout));
     eventually("echo reads the deployed manifest", WAIT, async || {
         let response = client.request(&call("config")).await;
