@@ -168,27 +168,21 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
         database: database.is_some(),
         ..Settings::default()
     };
-    let runtime = Arc::new(Runtime::new(None)?);
-    let path = file.to_owned();
-    let loaded = tokio::task::spawn_blocking({
-        let (runtime, name) = (runtime.clone(), name.clone());
-        move || runtime.load(&name, &path, settings)
-    })
-    .await?;
-    let (plugin, report) = match loaded {
-        Ok(loaded) => loaded,
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
         Err(e) => {
-            println!("invalid: {}: {e}", file.display());
+            println!("invalid: cannot read {}: {e}", file.display());
             return Ok(ExitCode::from(1));
         }
     };
-    if let Err(e) = plugin.warm_up().await {
-        println!(
-            "invalid: {}: it links, but instantiating it fails: {e}",
-            file.display()
-        );
-        return Ok(ExitCode::from(1));
-    }
+    let runtime = Arc::new(Runtime::new(None)?);
+    let (plugin, report) = match load_and_start(&runtime, &name, bytes, settings).await? {
+        Ok(loaded) => loaded,
+        Err(why) => {
+            println!("invalid: {}: {why}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
     println!(
         "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms, health export: {})",
         file.display(),
@@ -219,6 +213,33 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Loads and starts one plugin as `serve` would: compiled (or taken from the
+/// runtime's cache) on a blocking thread, linked, and one instance started.
+/// The inner error says which step failed.
+async fn load_and_start(
+    runtime: &Arc<Runtime>,
+    name: &str,
+    bytes: Vec<u8>,
+    settings: Settings,
+) -> anyhow::Result<Result<(crate::runtime::Plugin, crate::runtime::LoadReport), String>> {
+    let loaded = tokio::task::spawn_blocking({
+        let (runtime, name) = (runtime.clone(), name.to_owned());
+        move || {
+            let digest = crate::runtime::digest(&bytes);
+            runtime.load_bytes(&name, &bytes, digest, settings, std::time::Instant::now())
+        }
+    })
+    .await?;
+    let (plugin, report) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if let Err(e) = plugin.warm_up().await {
+        return Ok(Err(format!("it links, but instantiating it fails: {e}")));
+    }
+    Ok(Ok((plugin, report)))
 }
 
 /// One request of a smoke test, and what it must answer.
@@ -553,26 +574,13 @@ pub async fn deploy(
     };
     let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
     let digest = crate::runtime::digest(&bytes);
-    let loaded = tokio::task::spawn_blocking({
-        let (runtime, name, bytes, digest) =
-            (runtime.clone(), name.clone(), bytes.clone(), digest.clone());
-        move || runtime.load_bytes(&name, &bytes, digest, settings, std::time::Instant::now())
-    })
-    .await?;
-    let plugin = match loaded {
+    let plugin = match load_and_start(&runtime, &name, bytes.clone(), settings).await? {
         Ok((plugin, _)) => plugin,
-        Err(e) => {
-            println!("refused: {}: {e}", file.display());
+        Err(why) => {
+            println!("refused: {}: {why}", file.display());
             return Ok(ExitCode::from(1));
         }
     };
-    if let Err(e) = plugin.warm_up().await {
-        println!(
-            "refused: {}: it links, but instantiating it fails: {e}",
-            file.display()
-        );
-        return Ok(ExitCode::from(1));
-    }
     let version = plugin.version().to_owned();
     drop(plugin);
     let deployment = crate::deploy::deployment_id(&digest, effective_manifest.as_deref());

@@ -7,7 +7,7 @@ mod latency;
 mod plugin;
 mod state;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,11 +33,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Why a file is not a usable plugin. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error(
         "not a WebAssembly component: it is a core wasm module. Build it for the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
     )]
@@ -119,25 +114,9 @@ impl Runtime {
         self.pooling
     }
 
-    /// Compiles (or loads from the cache) and links a plugin file. This is
-    /// CPU-heavy: call it from a blocking thread.
-    pub fn load(
-        &self,
-        name: &str,
-        path: &Path,
-        settings: Settings,
-    ) -> Result<(Plugin, LoadReport), LoadError> {
-        let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let digest = digest(&bytes);
-        self.load_bytes(name, &bytes, digest, settings, started)
-    }
-
-    /// [`Runtime::load`] for a file already read, whose [`digest`] is
-    /// known; `started` is when the load began, for the report.
+    /// Compiles (or loads from the cache) and links a plugin whose bytes
+    /// and [`digest`] are at hand; `started` is when the load began, for
+    /// the report. This is CPU-heavy: call it from a blocking thread.
     pub fn load_bytes(
         &self,
         name: &str,
