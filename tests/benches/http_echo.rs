@@ -1,5 +1,5 @@
 //! HTTP echo benchmark: requests per second and latency of `POST
-//! /v1/echo/echo` through Ferry's gateway, against a native axum handler
+//! /v1/echo/params` through Ferry's gateway, against a native axum handler
 //! doing the same JSON echo, in one run, with wrk as the load generator.
 //! Servers are held to CPU 0, wrk to CPU 1; servers take turns over rounds.
 //!
@@ -130,10 +130,10 @@ fn main() {
     BufReader::new(native.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let native_url = format!("http://{}/v1/echo/echo", line.trim());
+    let native_url = format!("http://{}/v1/echo/params", line.trim());
     let ferry = Ferry::options().plugin("echo", "echo", None).cpu0().start();
     let ferry_url = format!(
-        "http://{}/v1/echo/echo",
+        "http://{}/v1/echo/params",
         ferry.http.expect("ferry http address")
     );
     // The same echo behind an application that verifies an HS256 token on
@@ -145,7 +145,7 @@ fn main() {
         .cpu0()
         .start();
     let ferry_jwt_url = format!(
-        "http://{}/v1/echo/echo",
+        "http://{}/v1/echo/params",
         ferry_jwt.http.expect("ferry http address")
     );
 

@@ -1,6 +1,6 @@
-//! Socket echo benchmark: requests per second and latency of `echo` through
-//! Ferry, against a plain native Rust server doing the same framed JSON echo,
-//! in one run. Each server is held to CPU 0 and the load generator to CPU 1.
+//! Socket echo benchmark: requests per second and latency of `echo.params`
+//! (answer exactly the params) through Ferry, against a plain native Rust
+//! server doing the same framed JSON echo, in one run. Each server is held to CPU 0 and the load generator to CPU 1.
 //!
 //! `make bench`. `BENCH_SECS` (default 5) is the measured time of one round
 //! on one server, `BENCH_ROUNDS` (default 3) the rounds; servers take turns,
@@ -21,7 +21,7 @@ fn shape() -> Shape {
         depth: 4,
         frame: Arc::new(|id| {
             frame(&format!(
-                r#"{{"id":{id},"service":"echo","action":"echo","params":{{"user":"ada","items":[1,2,3],"note":"hello ferry"}},"tenant_id":"acme"}}"#
+                r#"{{"id":{id},"service":"echo","action":"params","params":{{"user":"ada","items":[1,2,3],"note":"hello ferry"}},"tenant_id":"acme"}}"#
             ))
         }),
     }

@@ -34,6 +34,24 @@ async fn echo_round_trip_on_the_main_socket() {
     );
 }
 
+/// `echo.params`, the benchmarks' action, answers exactly its params, over
+/// both doors, so the native baselines it is compared with do the same work.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_params_action_answers_exactly_its_params() {
+    let ferry = Ferry::start_default();
+    let params = json!({"user": "ada", "items": [1, 2, 3], "note": "hello ferry"});
+    let mut client = ferry.connect().await;
+    let response = client
+        .request(&json!({"id": 1, "service": "echo", "action": "params", "params": params}))
+        .await;
+    assert_eq!(expect_success(&response), &params);
+    let reply = ferry
+        .http("POST", "/v1/echo/params", &[], params.to_string().as_bytes())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json(), params);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn echo_round_trip_on_the_service_socket() {
     let ferry = Ferry::start_default();

@@ -1,32 +1,12 @@
-//! The benchmarks' native baselines: what they answer (the same shapes as
-//! the example plugins, so the benchmarks compare like with like), and the
-//! framed-JSON socket server they share.
+//! The benchmarks' native baselines: the framed-JSON socket server they
+//! share, and its frames.
 
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-
-/// The context echo reports having seen.
-#[derive(Serialize)]
-pub struct Seen<'a> {
-    pub request_id: String,
-    pub app: &'a str,
-    pub service: &'a str,
-    pub tenant: Option<&'a str>,
-    pub subject: Option<&'a str>,
-    pub time_left_ms: u64,
-}
-
-/// Echo's result: the params as given, and the context.
-#[derive(Serialize)]
-pub struct Echoed<'a> {
-    pub params: Value,
-    pub ctx: Seen<'a>,
-}
 
 /// Serves Ferry's framed protocol on `path`: every frame becomes its own
 /// task running `handle`, like in Ferry, so slow requests never block the

@@ -1,5 +1,6 @@
 //! Example plugin: `echo` answers with its params and the context it saw;
-//! `sum` shows typed params; `config` answers the manifest's `config` map;
+//! `params` answers exactly its params (the benchmarks' action: the native
+//! servers they compare against do the same work); `sum` shows typed params; `config` answers the manifest's `config` map;
 //! `version` says which build this is (built with `--features v2` it says
 //! `2`: the deployment tests swap between the two builds).
 //! The end-to-end tests and the socket benchmark use it.
@@ -42,6 +43,11 @@ fn echo(ctx: &Ctx, params: Value) -> Result<Echoed<'_>, Error> {
     })
 }
 
+/// Exactly the params: parsed and written back, nothing else.
+fn params(_: &Ctx, params: Value) -> Result<Value, Error> {
+    Ok(params)
+}
+
 #[derive(Deserialize)]
 struct Numbers {
     numbers: Vec<i64>,
@@ -77,4 +83,4 @@ fn version(_: &Ctx, _: Value) -> Result<Version, Error> {
     Ok(Version { version: VERSION })
 }
 
-ferry_sdk::service!(echo, sum, config, version);
+ferry_sdk::service!(echo, params, sum, config, version);

@@ -1,11 +1,10 @@
 //! The benchmark's baseline: a plain native Rust server speaking Ferry's
-//! framed JSON protocol and doing the same echo as `plugins/echo`, with no
-//! plugin in between. Usage: `native-echo SOCKET_PATH [--batch]`; with
-//! `--batch` the writer batches responses the way Ferry's does.
+//! framed JSON protocol and doing the same work as `echo.params` (parse the
+//! request and its params, answer the params), with no plugin in between.
+//! Usage: `native-echo SOCKET_PATH [--batch]`; with `--batch` the writer
+//! batches responses the way Ferry's does.
 
-use std::time::Instant;
-
-use ferry_tests::baseline::{Echoed, Seen, json_frame, serve_frames};
+use ferry_tests::baseline::{json_frame, serve_frames};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -17,40 +16,27 @@ struct Request {
     service: Option<String>,
     action: String,
     params: Option<Box<RawValue>>,
+    #[allow(dead_code)]
     tenant_id: Option<String>,
-    timeout_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
 struct Response<'a> {
     id: &'a Value,
     status: &'a str,
-    result: Echoed<'a>,
+    result: Value,
 }
 
 fn handle(frame: &[u8]) -> Vec<u8> {
-    let started = Instant::now();
     let request: Request = serde_json::from_slice(frame).expect("benchmark sends valid requests");
-    assert_eq!(request.action, "echo");
+    assert_eq!(request.action, "params");
     let params: Value =
         serde_json::from_str(request.params.as_ref().map_or("{}", |p| p.get())).unwrap();
-    let timeout = request.timeout_ms.unwrap_or(5000);
-    let response = Response {
+    json_frame(&Response {
         id: &request.id,
         status: "success",
-        result: Echoed {
-            params,
-            ctx: Seen {
-                request_id: request.id.to_string(),
-                app: "default",
-                service: "echo",
-                tenant: request.tenant_id.as_deref(),
-                subject: None,
-                time_left_ms: timeout.saturating_sub(started.elapsed().as_millis() as u64),
-            },
-        },
-    };
-    json_frame(&response)
+        result: params,
+    })
 }
 
 #[tokio::main]
