@@ -10,78 +10,26 @@
 //! refused at once until a probe succeeds.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
-use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::Trap;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 
-use super::circuit::{Admission, Check, Circuit, CircuitSnapshot, Origin, Transition};
-use super::latency::Histogram;
+use super::circuit::{Admission, Circuit, CircuitSnapshot, Origin, Transition};
+use super::error::CallError;
+use super::pool::Warm;
 use super::state::StoreState;
-use crate::bindings::{Context, Service, ServiceIndices, WitError};
+use super::stats::{Gauge, PluginStats};
+use super::supervisor::HealthStatus;
+use crate::capabilities::bindings::{Context, ServiceIndices};
 use crate::config::Limits;
-use crate::database::Database;
-use crate::error::CallError;
+use crate::resources::database::Database;
 
 /// Longest trap description passed on to a caller.
 const MAX_TRAP_DETAIL: usize = 1024;
-
-/// Counters a plugin keeps about itself (shown by status endpoints).
-#[derive(Debug, Default)]
-pub struct PluginStats {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    pub traps: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub overloaded: AtomicU64,
-    /// Requests refused at once because the circuit was open.
-    pub refused: AtomicU64,
-    /// Instances created, the first of each slot included.
-    pub instantiations: AtomicU64,
-    pub in_flight: AtomicU64,
-    /// Time from arrival at the plugin (queueing included) to the answer.
-    pub latency: Histogram,
-}
-
-/// A point-in-time copy of a plugin's counters, for status and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StatsSnapshot {
-    pub requests: u64,
-    pub errors: u64,
-    pub traps: u64,
-    pub timeouts: u64,
-    pub overloaded: u64,
-    pub refused: u64,
-    /// Instances thrown away after a trap or timeout and replaced.
-    pub restarts: u64,
-    pub instantiations: u64,
-    pub in_flight: u64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-impl PluginStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let ms = |q| self.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
-        StatsSnapshot {
-            requests: get(&self.requests),
-            errors: get(&self.errors),
-            traps: get(&self.traps),
-            timeouts: get(&self.timeouts),
-            overloaded: get(&self.overloaded),
-            refused: get(&self.refused),
-            restarts: get(&self.traps) + get(&self.timeouts),
-            instantiations: get(&self.instantiations),
-            in_flight: get(&self.in_flight),
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-        }
-    }
-}
 
 /// Everything a plugin version runs with besides its code: the manifest
 /// over the host's defaults.
@@ -94,19 +42,6 @@ pub struct Settings {
     pub database: bool,
     /// What the plugin reads through the `config` interface.
     pub config: Arc<BTreeMap<String, String>>,
-}
-
-/// The last health check, for status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct HealthStatus {
-    /// Whether the plugin exports `health`.
-    pub exported: bool,
-    pub checks: u64,
-    pub failures: u64,
-    /// Seconds since the Unix epoch of the last check.
-    pub last_checked_unix_s: Option<u64>,
-    pub last_ok: Option<bool>,
-    pub last_error: Option<String>,
 }
 
 /// One request as the plugin sees it.
@@ -125,37 +60,27 @@ pub struct Call<'a> {
     pub timeout_ms: u64,
 }
 
-type HealthFunc = TypedFunc<(), (Result<(), WitError>,)>;
-
-/// An instance with its store, ready for another request.
-struct Warm {
-    store: Store<StoreState>,
-    service: Service,
-    health: Option<HealthFunc>,
-    served: u32,
-}
-
 pub struct Plugin {
-    name: Arc<str>,
-    pre: InstancePre<StoreState>,
-    indices: ServiceIndices,
+    pub(super) name: Arc<str>,
+    pub(super) pre: InstancePre<StoreState>,
+    pub(super) indices: ServiceIndices,
     /// The optional `health.check` export.
-    health_export: Option<ComponentExportIndex>,
-    settings: Settings,
-    digest: String,
-    slots: Semaphore,
-    queued: AtomicU32,
-    idle: Mutex<Vec<Warm>>,
-    circuit: Circuit,
+    pub(super) health_export: Option<ComponentExportIndex>,
+    pub(super) settings: Settings,
+    pub(super) digest: String,
+    pub(super) slots: Semaphore,
+    pub(super) queued: AtomicU32,
+    pub(super) idle: Mutex<Vec<Warm>>,
+    pub(super) circuit: Circuit,
     /// Wakes the supervisor when the circuit opens.
-    circuit_opened: Notify,
-    health: Mutex<HealthStatus>,
+    pub(super) circuit_opened: Notify,
+    pub(super) health: Mutex<HealthStatus>,
     /// Flipped when a newer version replaces this one or it is undeployed:
     /// its supervisor stops; requests already running finish.
-    retired: watch::Sender<bool>,
-    loaded_at: SystemTime,
+    pub(super) retired: watch::Sender<bool>,
+    pub(super) loaded_at: SystemTime,
     /// Names the code and manifest together (see `deploy::deployment_id`).
-    deployment: Option<String>,
+    pub(super) deployment: Option<String>,
     pub stats: PluginStats,
 }
 
@@ -248,51 +173,13 @@ impl Plugin {
     /// instances go; requests already running finish on it.
     pub fn retire(&self) {
         self.retired.send_replace(true);
-        self.idle.lock().expect("idle pool lock").clear();
+        self.clear_idle();
     }
 
     pub fn is_retired(&self) -> bool {
         *self.retired.borrow()
     }
 
-    /// Runs this version's periodic health checks until it is retired; a
-    /// check falls due early when the back-off of an opened circuit ends.
-    pub async fn supervise(self: Arc<Self>) {
-        if self.health_export.is_none() {
-            return;
-        }
-        let mut retired = self.retired.subscribe();
-        loop {
-            let now = Instant::now();
-            let mut wake = now + Duration::from_millis(self.limits().health_interval_ms);
-            if let Some(until) = self.circuit.open_until(now) {
-                wake = wake.min(until);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                // Opened since the sleep began: its back-off sets the time.
-                _ = self.circuit_opened.notified() => continue,
-                _ = retired.wait_for(|retired| *retired) => return,
-            }
-            tokio::select! {
-                _ = self.check_health() => {}
-                _ = retired.wait_for(|retired| *retired) => return,
-            }
-        }
-    }
-
-    /// Instantiates one instance and parks it in the pool: proves the plugin
-    /// starts (its `health` export included), and spares the first request
-    /// the instantiation.
-    pub async fn warm_up(&self) -> Result<(), CallError> {
-        let deadline = Instant::now() + Duration::from_millis(self.limits().timeout_ms);
-        let warm = self.instantiate(deadline, self.limits().timeout_ms).await?;
-        self.idle.lock().expect("idle pool lock").push(warm);
-        Ok(())
-    }
-
-    /// Checks the circuit, then runs the request, then tells the circuit
-    /// how it went.
     pub async fn call(&self, mut call: Call<'_>) -> Result<String, CallError> {
         let arrived = Instant::now();
         let probe = match self.circuit.admit(arrived) {
@@ -336,10 +223,10 @@ impl Plugin {
 
     /// Acts on a circuit transition: an opened circuit throws the idle
     /// instances away, so the probe runs on a fresh one.
-    fn settle(&self, transition: Option<Transition>) {
+    pub(super) fn settle(&self, transition: Option<Transition>) {
         match transition {
             Some(Transition::Opened { backoff }) => {
-                self.idle.lock().expect("idle pool lock").clear();
+                self.clear_idle();
                 self.circuit_opened.notify_one();
                 let snapshot = self.circuit.snapshot(Instant::now());
                 tracing::warn!(
@@ -357,82 +244,13 @@ impl Plugin {
         }
     }
 
-    /// Calls the `health` export once, if it has one and the circuit lets a
-    /// check run now (closed, or its back-off over). A check that finds no
-    /// free slot is skipped: a busy plugin is not a failing one.
-    pub async fn check_health(&self) {
-        if self.health_export.is_none() {
-            return;
-        }
-        let now = Instant::now();
-        if self.circuit.check(now) == Check::Skip {
-            return;
-        }
-        let Ok(_permit) = self.slots.try_acquire() else {
-            return;
-        };
-        let outcome = self.run_health(now).await;
-        {
-            let mut health = self.health.lock().expect("health lock");
-            health.checks += 1;
-            health.last_checked_unix_s = Some(super::unix_seconds(SystemTime::now()));
-            health.last_ok = Some(outcome.is_ok());
-            health.last_error = outcome.as_ref().err().cloned();
-            if outcome.is_err() {
-                health.failures += 1;
-            }
-        }
-        let now = Instant::now();
-        match outcome {
-            Ok(()) => self.settle(self.circuit.success(now, Origin::Health)),
-            Err(reason) => {
-                tracing::warn!(plugin = %self.name, version = self.version(), "health check failed: {reason}");
-                let reason = format!("health check failed: {reason}");
-                self.settle(self.circuit.failure(now, Origin::Health, reason));
-            }
-        }
-    }
-
-    async fn run_health(&self, started: Instant) -> Result<(), String> {
-        let timeout_ms = self.limits().timeout_ms;
-        let deadline = started + Duration::from_millis(timeout_ms);
-        let warm = self.idle.lock().expect("idle pool lock").pop();
-        let mut warm = match warm {
-            Some(warm) => warm,
-            None => self
-                .instantiate(deadline, timeout_ms)
-                .await
-                .map_err(|e| e.to_string())?,
-        };
-        let Some(check) = warm.health else {
-            return Ok(());
-        };
-        // No application: `sql` answers `unavailable` during a check.
-        warm.store.data_mut().log.begin_request();
-        warm.store
-            .data_mut()
-            .sql
-            .begin_request(Arc::from(""), None, deadline);
-        warm.store.set_epoch_deadline(1);
-        let outcome =
-            tokio::time::timeout_at(deadline.into(), check.call_async(&mut warm.store, ())).await;
-        match outcome {
-            Err(_elapsed) => Err(format!("no answer within {timeout_ms} ms")),
-            Ok(Err(trap)) => Err(self.trap(trap, warm.store.data()).to_string()),
-            Ok(Ok((verdict,))) => {
-                self.release(warm);
-                verdict.map_err(|e| format!("{}: {}", e.code, e.message))
-            }
-        }
-    }
-
     /// Runs one request: waits for a slot, takes an instance, calls the
     /// handler under the deadline, and answers the handler's JSON text.
     async fn run(&self, call: &mut Call<'_>) -> Result<String, CallError> {
         let _permit = self.admit(call.deadline).await?;
         let _in_flight = Gauge::enter(&self.stats.in_flight);
 
-        let warm = self.idle.lock().expect("idle pool lock").pop();
+        let warm = self.take_idle();
         let mut warm = match warm {
             Some(warm) => warm,
             None => self.instantiate(call.deadline, call.timeout_ms).await?,
@@ -513,98 +331,21 @@ impl Plugin {
         }
     }
 
-    async fn instantiate(&self, deadline: Instant, timeout_ms: u64) -> Result<Warm, CallError> {
-        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let memory_bytes = (self.limits().memory_mb << 20) as usize;
-        let mut store = Store::new(
-            self.pre.engine(),
-            StoreState::new(&self.name, memory_bytes, &self.settings),
-        );
-        store.limiter(|s| &mut s.limiter);
-        // Yield to the scheduler at every epoch tick: a busy plugin cannot
-        // hold a worker thread, and the deadline below can fire. Tokio's own
-        // yield is used because it puts the task behind every other ready
-        // task; a plain self-wake would be polled again first, letting a few
-        // spinning plugins starve everyone else.
-        store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
-        store.set_epoch_deadline(1);
-
-        let instantiated = tokio::time::timeout_at(deadline.into(), async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            let service = self.indices.load(&mut store, &instance)?;
-            let health = match &self.health_export {
-                Some(index) => Some(
-                    instance
-                        .get_typed_func::<(), (Result<(), WitError>,)>(&mut store, index)
-                        .map_err(|e| {
-                            e.context("its `health.check` export has the wrong type: it must be `func() -> result<_, error>`")
-                        })?,
-                ),
-                None => None,
-            };
-            Ok::<_, wasmtime::Error>((service, health))
-        })
-        .await;
-        match instantiated {
-            Err(_elapsed) => Err(self.timeout(timeout_ms)),
-            Ok(Ok((service, health))) => Ok(Warm {
-                store,
-                service,
-                health,
-                served: 0,
-            }),
-            Ok(Err(e)) => {
-                if store.data().limiter.refused {
-                    return Err(self.memory_limit());
-                }
-                let detail = format!("{e:#}");
-                // The pooling allocator refuses when every slot is taken.
-                if detail.contains("maximum concurrent") {
-                    return Err(
-                        self.overloaded(format!("the host has no free instance slot: {detail}"))
-                    );
-                }
-                Err(CallError::Instantiate {
-                    service: self.name.to_string(),
-                    detail,
-                })
-            }
-        }
-    }
-
-    /// Returns a healthy instance to the pool unless it reached its reuse cap.
-    fn release(&self, mut warm: Warm) {
-        warm.store.data_mut().end_request();
-        warm.served += 1;
-        if warm.served >= self.limits().reuse || self.is_retired() {
-            return;
-        }
-        let mut idle = self.idle.lock().expect("idle pool lock");
-        if idle.len() < self.limits().max_concurrency as usize {
-            idle.push(warm);
-        }
-    }
-
-    fn timeout(&self, ms: u64) -> CallError {
+    pub(super) fn timeout(&self, ms: u64) -> CallError {
         CallError::Timeout {
             service: self.name.to_string(),
             ms,
         }
     }
 
-    fn overloaded(&self, detail: String) -> CallError {
+    pub(super) fn overloaded(&self, detail: String) -> CallError {
         CallError::Overloaded {
             service: self.name.to_string(),
             detail,
         }
     }
 
-    fn memory_limit(&self) -> CallError {
+    pub(super) fn memory_limit(&self) -> CallError {
         CallError::MemoryLimit {
             service: self.name.to_string(),
             limit_mb: self.limits().memory_mb,
@@ -613,7 +354,7 @@ impl Plugin {
 
     /// Turns a failed call into the error the caller sees, quoting the last
     /// error the plugin logged (the SDK logs panics there).
-    fn trap(&self, error: wasmtime::Error, state: &StoreState) -> CallError {
+    pub(super) fn trap(&self, error: wasmtime::Error, state: &StoreState) -> CallError {
         if state.limiter.refused {
             return self.memory_limit();
         }
@@ -627,7 +368,7 @@ impl Plugin {
         tracing::warn!(plugin = %self.name, "instance discarded: {error:?}");
         CallError::Trap {
             service: self.name.to_string(),
-            detail: crate::interfaces::log::truncate(&detail, MAX_TRAP_DETAIL).to_owned(),
+            detail: crate::capabilities::log::truncate(&detail, MAX_TRAP_DETAIL).to_owned(),
         }
     }
 }
@@ -675,22 +416,6 @@ impl Drop for Verdict<'_> {
 struct Decrement<'a>(&'a AtomicU32);
 
 impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a request as in flight while alive.
-struct Gauge<'a>(&'a AtomicU64);
-
-impl<'a> Gauge<'a> {
-    fn enter(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Gauge(counter)
-    }
-}
-
-impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -8,9 +8,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::plugin::Settings;
-use crate::interfaces::config::PluginConfig;
-use crate::interfaces::sql::{SqlState, SqlView};
-use crate::interfaces::{log::PluginLog, wasi};
+use crate::capabilities::config::PluginConfig;
+use crate::capabilities::sql::{SqlState, SqlView};
+use crate::capabilities::{log::PluginLog, wasi};
 
 /// Everything one instance owns. Each WIT interface's state is a field,
 /// reached from the linker through a projection.

@@ -1,0 +1,159 @@
+//! The `sql` host functions: statements on a pooled connection, and the
+//! transaction resource's methods.
+
+use wasmtime::component::Resource;
+
+use super::convert::{executed, rows, values};
+use super::{SqlView, Transaction, bounded, clean, pooled, wit_error};
+use crate::capabilities::bindings::{
+    SqlExecuted, SqlHost, SqlHostTransaction, SqlRows, SqlValue, WitError,
+};
+use crate::resources::database::{Conn, SqlError};
+
+impl SqlView<'_> {
+    async fn begin_tx(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, WitError>> {
+        let database = match self.state.database() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let deadline = self.state.deadline();
+        let mut tx = Transaction {
+            conn: None,
+            broken: true,
+        };
+        let begun = bounded(deadline, async {
+            let mut conn = database.acquire().await?;
+            let begun = conn.control("BEGIN").await;
+            tx.conn = Some(conn);
+            begun
+        })
+        .await;
+        tx.broken = !clean(&begun);
+        if let Err(e) = begun {
+            return Ok(Err(e.into()));
+        }
+        let handle = self.table.push(tx)?;
+        self.state.open.push(handle.rep());
+        Ok(Ok(handle))
+    }
+
+    /// Runs `op` on an open transaction's connection under the deadline.
+    async fn on_tx<T>(
+        &mut self,
+        handle: &Resource<Transaction>,
+        op: impl AsyncFnOnce(&mut Conn) -> Result<T, SqlError>,
+    ) -> wasmtime::Result<Result<T, WitError>> {
+        let deadline = self.state.deadline();
+        let tx = self.table.get_mut(handle)?;
+        let Some(conn) = tx.conn.as_mut() else {
+            return Ok(Err(wit_error(
+                "bad_request",
+                "the transaction is already committed or rolled back".into(),
+            )));
+        };
+        tx.broken = true;
+        let result = bounded(deadline, op(conn)).await;
+        tx.broken = !clean(&result);
+        Ok(result.map_err(WitError::from))
+    }
+
+    /// Ends a transaction with `COMMIT` or `ROLLBACK`, and hands its
+    /// connection back to the pool.
+    async fn finish(
+        &mut self,
+        handle: &Resource<Transaction>,
+        statement: &'static str,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let result = self
+            .on_tx(handle, async |conn| conn.control(statement).await)
+            .await?;
+        let tx = self.table.get_mut(handle)?;
+        if result.is_ok() {
+            // Clean: dropping the connection returns it to the pool.
+            drop(tx.conn.take());
+        }
+        Ok(result)
+    }
+}
+
+impl SqlHostTransaction for SqlView<'_> {
+    async fn query(
+        &mut self,
+        handle: Resource<Transaction>,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> wasmtime::Result<Result<SqlRows, WitError>> {
+        self.on_tx(&handle, async |conn| conn.query(&statement, values(params)).await.map(rows))
+            .await
+    }
+
+    async fn execute(
+        &mut self,
+        handle: Resource<Transaction>,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> wasmtime::Result<Result<SqlExecuted, WitError>> {
+        self.on_tx(&handle, async |conn| conn.execute(&statement, values(params)).await.map(executed))
+            .await
+    }
+
+    async fn commit(
+        &mut self,
+        handle: Resource<Transaction>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        self.finish(&handle, "COMMIT").await
+    }
+
+    async fn rollback(
+        &mut self,
+        handle: Resource<Transaction>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        self.finish(&handle, "ROLLBACK").await
+    }
+
+    async fn drop(&mut self, handle: Resource<Transaction>) -> wasmtime::Result<()> {
+        let rep = handle.rep();
+        self.state.open.retain(|r| *r != rep);
+        // Dropping the entry rolls back whatever was not committed.
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl SqlHost for SqlView<'_> {
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> wasmtime::Result<Result<SqlRows, WitError>> {
+        let database = match self.state.database() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = pooled(database, self.state.deadline(), async |conn| {
+            conn.query(&statement, values(params)).await.map(rows)
+        })
+        .await;
+        Ok(result.map_err(WitError::from))
+    }
+
+    async fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<SqlValue>,
+    ) -> wasmtime::Result<Result<SqlExecuted, WitError>> {
+        let database = match self.state.database() {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = pooled(database, self.state.deadline(), async |conn| {
+            conn.execute(&statement, values(params)).await.map(executed)
+        })
+        .await;
+        Ok(result.map_err(WitError::from))
+    }
+
+    async fn begin(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, WitError>> {
+        self.begin_tx().await
+    }
+}

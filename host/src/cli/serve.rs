@@ -1,0 +1,168 @@
+//! `ferry serve`: start-up in a fixed order (config already validated, then
+//! the runtime, then the plugins, then the sockets and the HTTP listener),
+//! signals (SIGHUP reloads the config; SIGTERM and SIGINT drain and stop),
+//! and shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::deploy::Deployer;
+use crate::doors::control::{self, Control};
+use crate::doors::{Doors, http};
+use crate::pipeline::{Auth, Pipeline};
+use crate::runtime::Runtime;
+
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Taken first: a signal during start-up (a SIGHUP while plugins
+    // compile) must not end the process with the default action.
+    let signals = Signals::new()?;
+    // Keys are read and checked here, before anything else starts.
+    let apps =
+        crate::pipeline::Apps::build(&config, true, None).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    for dir in [&config.data, &config.plugins] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    }
+    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
+    let pipeline = Arc::new(Pipeline::new(apps));
+    let (stop, stopped) = watch::channel(false);
+    let doors = Arc::new(Doors::new(&config, pipeline.clone(), stopped.clone()));
+    let deployer = Arc::new(Deployer::new(
+        runtime.clone(),
+        pipeline.clone(),
+        doors.clone(),
+        config.clone(),
+        config_path,
+        started,
+    ));
+
+    // Watching starts before the first scan, so a file dropped in between
+    // is not missed.
+    let watcher = deployer.watch().with_context(|| {
+        format!(
+            "cannot watch the plugins folder {}",
+            config.plugins.display()
+        )
+    })?;
+    deployer.reconcile_all().await;
+    warn_about_apps(&pipeline);
+
+    doors.open_main(config.socket.path.clone()).await?;
+    let control = Control::bind(control::path(&config)).await?;
+    doors.spawn(control.serve(deployer.clone(), stopped.clone()));
+    if let Some(addr) = config.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let app = http::app(http::HttpState {
+            pipeline: pipeline.clone(),
+            started,
+            max_body: config.max_frame_bytes as usize,
+            tally: doors.tally.clone(),
+        });
+        let stop = crate::doors::stopping(stopped.clone());
+        doors.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!("http gateway failed: {e}");
+            }
+        });
+        tracing::info!(%addr, "http gateway listening");
+    }
+    tracing::info!(
+        socket = %config.socket.path.display(),
+        services = ?pipeline.table().names(),
+        pooling = runtime.pooling(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ferry is serving"
+    );
+
+    signals.serve(&deployer).await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop.send(true);
+    drop(watcher);
+    let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
+    if tokio::time::timeout(drain, doors.finish()).await.is_err() {
+        tracing::warn!("requests still running after {drain:?}; exiting anyway");
+    }
+    let tally = &doors.tally;
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        accepted = count(&tally.accepted),
+        answered = count(&tally.answered),
+        http_accepted = count(&tally.http_accepted),
+        http_answered = count(&tally.http_answered),
+        "stopped; requests accepted and answered over the host's life"
+    );
+    Ok(())
+}
+
+/// Says at start-up what an operator would want to know about the
+/// applications: which accept any caller, and which listed services are
+/// missing.
+fn warn_about_apps(pipeline: &Pipeline) {
+    let apps = pipeline.apps();
+    for name in apps.names() {
+        if let Some(app) = apps.get(name)
+            && matches!(app.auth, Auth::Open)
+        {
+            tracing::info!(
+                app = name,
+                "application has no auth: every action is public"
+            );
+        }
+    }
+    for service in pipeline.missing() {
+        tracing::warn!(
+            service,
+            "an application lists this service, but no plugin by that name is loaded"
+        );
+    }
+}
+
+/// The signals a running host answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serves signals until SIGTERM or SIGINT: SIGHUP reloads the config
+    /// in the background (a bad file is logged and changes nothing), so a
+    /// SIGTERM is never kept waiting by a reload.
+    async fn serve(mut self, deployer: &Arc<Deployer>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let deployer = deployer.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = deployer.reload().await {
+                            tracing::error!("config reload refused; the running config stays: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

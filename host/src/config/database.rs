@@ -1,0 +1,44 @@
+//! `apps.NAME.database`: an application's pool settings.
+
+use serde::Deserialize;
+
+/// An application's database pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH`, `mysql://…`/`mariadb://…` or `postgres://…`. Absent:
+    /// `sqlite:` at `data/db/APP.sqlite`, created on first use.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// How long a statement may wait for a free connection.
+    pub acquire_timeout_ms: u64,
+    /// The server-side limit on one statement (the request's deadline
+    /// applies as well, whichever is sooner).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_ms: 2_000,
+            statement_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if !(1..=1_000).contains(&self.max_connections) {
+            return Err(format!(
+                "max_connections must be between 1 and 1000, not {}",
+                self.max_connections
+            ));
+        }
+        if self.acquire_timeout_ms == 0 || self.statement_timeout_ms == 0 {
+            return Err("acquire_timeout_ms and statement_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}

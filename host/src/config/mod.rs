@@ -1,0 +1,323 @@
+//! Configuration: the YAML file (or the embedded defaults), per-plugin
+//! manifests, and their validation. Everything here is checked before any
+//! socket opens.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod apps;
+mod auth;
+mod database;
+mod limits;
+mod manifest;
+mod server;
+
+pub use apps::AppConfig;
+pub use auth::{AuthConfig, JwtConfig};
+pub use database::DatabaseConfig;
+pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
+pub use manifest::Manifest;
+pub use server::{MAX_SOCKET_PATH, SocketConfig};
+
+use crate::core::names::{DEFAULT_APP, valid_app_name, valid_service_name};
+
+/// The host's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The main Unix socket and who may use it. Per-service sockets go in
+    /// `services/` beside it and share its settings.
+    #[serde(deserialize_with = "server::socket_config")]
+    pub socket: SocketConfig,
+    /// Address of the HTTP gateway; `null` turns it off.
+    pub http: Option<SocketAddr>,
+    /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
+    pub plugins: PathBuf,
+    /// Folder for the host's own state, such as the compile cache.
+    pub data: PathBuf,
+    /// Largest frame, in bytes, a client may send.
+    pub max_frame_bytes: u32,
+    /// How long a connection may stall in the middle of a frame.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once over all sockets; more wait to be accepted.
+    pub max_connections: u32,
+    /// Limits for every plugin that its manifest does not override.
+    pub defaults: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout_ms: u64,
+    /// Applications by name. Without any, one application named `default`
+    /// serves every loaded service with no authentication.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: SocketConfig::at("run/ferry.sock"),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            plugins: PathBuf::from("deploy"),
+            data: PathBuf::from("data"),
+            max_frame_bytes: 1 << 20,
+            idle_timeout_ms: 10_000,
+            max_connections: 1_024,
+            defaults: Limits::default(),
+            drain_timeout_ms: 10_000,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// A config or manifest file that cannot be used, with the file's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are taken
+    /// relative to the file's own folder, so the host can start from anywhere.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let error = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+        let mut config = Config::parse(&text).map_err(error)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.socket.path,
+            &mut config.plugins,
+            &mut config.data,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for app in config.apps.values_mut() {
+            if let Some(url) = &mut app.database.url
+                && let Some(file) = url.strip_prefix("sqlite:")
+                && !file.starts_with('/')
+                && !file.starts_with("//")
+            {
+                *url = format!("sqlite:{}", base.join(file).display());
+            }
+            if let AuthConfig::Jwt(jwt) = &mut app.auth {
+                for p in [
+                    &mut jwt.secret_file,
+                    &mut jwt.public_key_file,
+                    &mut jwt.jwks_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        // An empty file means "all defaults", which serde_yaml reads as null.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(64..=(64 << 20)).contains(&self.max_frame_bytes) {
+            return Err(format!(
+                "max_frame_bytes must be between 64 and 67108864, not {}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err("idle_timeout_ms must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if !(1..=3_600_000).contains(&self.drain_timeout_ms) {
+            return Err(format!(
+                "drain_timeout_ms must be between 1 and 3600000, not {}",
+                self.drain_timeout_ms
+            ));
+        }
+        // sockaddr_un holds 108 bytes; say so now rather than at bind time.
+        if self.socket.path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "socket path {} is too long: Unix socket paths must stay under {} bytes",
+                self.socket.path.display(),
+                MAX_SOCKET_PATH + 1
+            ));
+        }
+        self.defaults
+            .validate()
+            .map_err(|e| format!("defaults: {e}"))?;
+        self.validate_apps()
+    }
+
+    /// Checks what can be checked without reading key files: names, hosts
+    /// claimed twice, the socket's default application. Keys are loaded (and
+    /// checked) by `apps::Apps::build`, also before any socket opens.
+    fn validate_apps(&self) -> Result<(), String> {
+        let mut hosts: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, app) in &self.apps {
+            if !valid_app_name(name) {
+                return Err(format!(
+                    "apps: `{name}` is not a valid application name (lowercase letters, digits, `-` and `_`)"
+                ));
+            }
+            for host in &app.hosts {
+                let host = host.to_ascii_lowercase();
+                let with_port = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err();
+                if host.is_empty() || with_port || host.contains(['/', ' ', '[', ']']) {
+                    return Err(format!(
+                        "apps.{name}.hosts: `{host}` is not a host name (write it without scheme or port)"
+                    ));
+                }
+                if let Some(other) = hosts.insert(host.clone(), name) {
+                    return Err(format!(
+                        "apps: host `{host}` is claimed by both `{other}` and `{name}`"
+                    ));
+                }
+            }
+            for service in &app.services {
+                if !valid_service_name(service) {
+                    return Err(format!(
+                        "apps.{name}.services: `{service}` is not a valid service name"
+                    ));
+                }
+            }
+            if let AuthConfig::Jwt(jwt) = &app.auth {
+                jwt.validate()
+                    .map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?;
+            }
+            app.database
+                .validate()
+                .map_err(|e| format!("apps.{name}.database: {e}"))?;
+        }
+        if let Some(app) = &self.socket.app {
+            let known = if self.apps.is_empty() {
+                app == DEFAULT_APP
+            } else {
+                self.apps.contains_key(app)
+            };
+            if !known {
+                return Err(format!("socket.app: no application named `{app}`"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where per-service sockets live: `services/` beside the main socket.
+    pub fn services_dir(&self) -> PathBuf {
+        self.socket
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("services")
+    }
+
+    /// The compile cache folder.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data.join("cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.socket.path, PathBuf::from("run/ferry.sock"));
+        assert_eq!(c.socket.mode, 0o660);
+        assert!(!c.socket.trusted);
+        assert_eq!(c.defaults, Limits::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("sockett: x\n").unwrap_err();
+        assert!(e.contains("unknown field `sockett`"), "{e}");
+        let e = Config::parse("defaults:\n  timeout: 5\n").unwrap_err();
+        assert!(e.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn http_can_be_moved_or_turned_off() {
+        assert_eq!(
+            Config::parse("").unwrap().http,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            Config::parse("http: 0.0.0.0:9000\n").unwrap().http,
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(Config::parse("http: null\n").unwrap().http, None);
+        assert!(Config::parse("http: localhost\n").is_err());
+    }
+
+    #[test]
+    fn partial_defaults_keep_the_rest() {
+        let c = Config::parse("defaults:\n  timeout_ms: 250\n").unwrap();
+        assert_eq!(c.defaults.timeout_ms, 250);
+        assert_eq!(c.defaults.memory_mb, 64);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(
+            Config::parse("max_frame_bytes: 1\n")
+                .unwrap_err()
+                .contains("max_frame_bytes")
+        );
+        assert!(
+            Config::parse("defaults:\n  reuse: 0\n")
+                .unwrap_err()
+                .contains("reuse")
+        );
+        assert!(
+            Config::parse("defaults:\n  memory_mb: 100000\n")
+                .unwrap_err()
+                .contains("memory_mb")
+        );
+    }
+
+    #[test]
+    fn socket_is_a_path_or_a_map_and_modes_are_octal() {
+        let c = Config::parse("socket: /run/x.sock\n").unwrap();
+        assert_eq!(c.socket.path, PathBuf::from("/run/x.sock"));
+        for (text, mode) in [
+            ("0660", 0o660),
+            ("\"0600\"", 0o600),
+            ("660", 0o660),
+            ("0o640", 0o640),
+        ] {
+            let c = Config::parse(&format!("socket: {{path: a.sock, mode: {text}}}\n")).unwrap();
+            assert_eq!(c.socket.mode, mode, "{text}");
+        }
+        for bad in ["\"0999\"", "7777", "rw"] {
+            assert!(
+                Config::parse(&format!("socket: {{path: a.sock, mode: {bad}}}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        let e = Config::parse("socket: {path: a.sock, trusted: true, moed: 1}\n").unwrap_err();
+        assert!(e.contains("moed"), "{e}");
+    }
+}

@@ -1,0 +1,71 @@
+//! The status document: every service's state, version, settings, health,
+//! circuit and counters, the versions still draining, and the applications.
+//! `/v1/status` and the control socket answer it; `ferry status` prints it.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::pipeline::Pipeline;
+use crate::runtime::{Plugin, unix_seconds};
+
+/// A loaded version as status shows it.
+fn version(plugin: &Plugin, now: Instant) -> Value {
+    let circuit = plugin.circuit(now);
+    let state = match circuit.state {
+        "closed" => "ready",
+        other => other,
+    };
+    json!({
+        "name": plugin.name(),
+        "state": state,
+        "version": plugin.version(),
+        "deployment": plugin.deployment(),
+        "loaded_at_unix_s": unix_seconds(plugin.loaded_at()),
+        "limits": plugin.limits(),
+        "public": plugin.public_actions(),
+        "database": plugin.database_granted(),
+        "config_keys": plugin.settings().config.keys().collect::<Vec<_>>(),
+        "health": plugin.health_status(),
+        "circuit": circuit,
+        "stats": plugin.stats.snapshot(),
+    })
+}
+
+pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
+    let table = pipeline.table();
+    let now = Instant::now();
+    let mut services: Vec<Value> = table
+        .plugins()
+        .iter()
+        .map(|plugin| {
+            let mut entry = version(plugin, now);
+            entry["rejected"] = json!(table.rejected(plugin.name()));
+            entry
+        })
+        .collect();
+    services.extend(table.failed().into_iter().map(|(name, rejection)| {
+        json!({ "name": name, "state": "failed", "error": rejection.reason, "rejected": rejection })
+    }));
+    services.extend(pipeline.missing().into_iter().map(|name| {
+        json!({ "name": name, "state": "missing", "error": "listed by an application, but no plugin by this name" })
+    }));
+    let draining: Vec<Value> = table
+        .draining()
+        .iter()
+        .map(|plugin| {
+            json!({
+                "name": plugin.name(),
+                "version": plugin.version(),
+                "deployment": plugin.deployment(),
+                "in_flight": plugin.stats.snapshot().in_flight,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_s": started.elapsed().as_secs(),
+        "services": services,
+        "draining": draining,
+        "apps": pipeline.apps().describe(),
+    })
+}

@@ -1,0 +1,251 @@
+//! One way through for every request: a door hands over an
+//! [`Invocation`], and [`Pipeline::invoke`] routes it (application, then
+//! service, then the serving version), authenticates it, settles its
+//! tenant, computes its deadline and runs it. Every check happens before
+//! the plugin is touched, so a refused request costs the plugin nothing,
+//! and limits and error codes are the same whichever door was used.
+
+mod apps;
+mod auth;
+mod table;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use apps::{App, Apps, Auth};
+pub use table::{Rejection, Table};
+
+use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Route};
+use crate::runtime::{Call, Context, Plugin};
+
+pub struct Pipeline {
+    table: Table,
+    /// Swapped whole, so a request sees one consistent table.
+    apps: RwLock<Arc<Apps>>,
+}
+
+impl Pipeline {
+    pub fn new(apps: Apps) -> Pipeline {
+        Pipeline {
+            table: Table::default(),
+            apps: RwLock::new(Arc::new(apps)),
+        }
+    }
+
+    /// The services: serving, failed, refused and draining versions.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.read().expect("apps lock").clone()
+    }
+
+    /// Replaces the application table (a config reload); requests already
+    /// routed keep the table they started with.
+    pub fn set_apps(&self, apps: Apps) {
+        *self.apps.write().expect("apps lock") = Arc::new(apps);
+    }
+
+    /// Services an application lists for which there is no plugin file at
+    /// all (a file that failed to load is `failed` instead).
+    pub fn missing(&self) -> Vec<String> {
+        let apps = self.apps();
+        apps.listed_services()
+            .into_iter()
+            .filter(|s| !self.table.knows(s))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs one invocation; answers the plugin's JSON result text, or the
+    /// error to send.
+    pub async fn invoke(&self, inv: &Invocation<'_>) -> Result<String, ErrorBody> {
+        let call = match self.prepare(inv) {
+            Ok(ready) => ready,
+            Err(refused) => {
+                tracing::debug!(
+                    door = inv.door.as_str(),
+                    service = inv.service,
+                    action = inv.action,
+                    code = refused.code,
+                    "refused before reaching a plugin: {}",
+                    refused.message
+                );
+                return Err(refused);
+            }
+        };
+        let (plugin, call) = call;
+        plugin.call(call).await.map_err(ErrorBody::from)
+    }
+
+    /// Everything before the plugin: route, authenticate, settle the tenant
+    /// and the deadline.
+    fn prepare<'a>(&self, inv: &Invocation<'a>) -> Result<(Arc<Plugin>, Call<'a>), ErrorBody> {
+        let apps = self.apps();
+        let app = route(&apps, inv.route)?;
+        let service = inv.service;
+        if !app.serves(service) {
+            return Err(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!(
+                    "application `{}` has no service named `{service}`",
+                    app.name
+                ),
+            ));
+        }
+        let plugin = self.table.get(service).ok_or_else(|| {
+            if app.lists(service) {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("service `{service}` is configured but not loaded; see `ferry status`"),
+                )
+            } else {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no service named `{service}` (loaded: {})",
+                        self.table.names().join(", ")
+                    ),
+                )
+            }
+        })?;
+        let identity = authenticate(app, &plugin, inv)?;
+        let tenant = tenancy(identity.as_ref(), inv.tenant)?;
+        let timeout_ms = match inv.timeout_ms {
+            Some(0) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "`timeout_ms` must be at least 1",
+                ));
+            }
+            Some(asked) => asked.min(plugin.limits().timeout_ms),
+            None => plugin.limits().timeout_ms,
+        };
+        let (subject, claims) = match identity {
+            Some(Identity {
+                subject, claims, ..
+            }) => (subject, claims),
+            None => (None, "{}".to_owned()),
+        };
+        let call = Call {
+            ctx: Context {
+                request_id: inv.request_id.to_owned(),
+                app: app.name.to_string(),
+                service: service.to_owned(),
+                tenant,
+                subject,
+                claims,
+                time_left_ms: timeout_ms,
+            },
+            app: app.name.clone(),
+            database: app.database.clone(),
+            action: inv.action,
+            params: inv.params,
+            deadline: inv.received + Duration::from_millis(timeout_ms),
+            timeout_ms,
+        };
+        Ok((plugin, call))
+    }
+}
+
+/// The application an invocation belongs to: HTTP's `Host` header, or on
+/// a socket the request's `app`, else the listener's default.
+fn route<'a>(apps: &'a Apps, route: Route<'_>) -> Result<&'a Arc<App>, ErrorBody> {
+    let unknown = |name: &str| {
+        ErrorBody::new(
+            ErrorCode::NotFound,
+            format!(
+                "no application named `{name}` (this host serves: {})",
+                apps.names().join(", ")
+            ),
+        )
+    };
+    match route {
+        Route::Host { host, named } => {
+            let app = apps.for_host(host).ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    match host {
+                        Some(host) => format!("no application serves host `{host}`"),
+                        None => {
+                            "the request has no Host header, which picks the application".into()
+                        }
+                    },
+                )
+            })?;
+            match named {
+                Some(named) if named != &*app.name => Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "this host serves application `{}`, but the request names `{named}`",
+                        app.name
+                    ),
+                )),
+                _ => Ok(app),
+            }
+        }
+        Route::Named { app, default } => match app.or(default) {
+            Some(name) => apps.get(name).ok_or_else(|| unknown(name)),
+            None => apps.socket_default().ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "name the application with `app` (this host serves: {})",
+                        apps.names().join(", ")
+                    ),
+                )
+            }),
+        },
+    }
+}
+
+/// Checks the invocation's token against the application's keys. Answers
+/// the verified identity, or `None` for a caller without a token where none
+/// is needed: an open application, a public action, a trusted door.
+fn authenticate(
+    app: &App,
+    plugin: &Plugin,
+    inv: &Invocation<'_>,
+) -> Result<Option<Identity>, ErrorBody> {
+    let Auth::Jwt(jwt) = &app.auth else {
+        return Ok(None);
+    };
+    match inv.token {
+        // A token that is sent is checked even where none is needed: a bad
+        // one is a client bug worth reporting, not something to ignore.
+        Some(token) => jwt
+            .verify(token)
+            .map(Some)
+            .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string())),
+        None if inv.trusted || plugin.is_public(inv.action) => Ok(None),
+        None => Err(ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "`{}.{}` needs a token (`Authorization: Bearer` over HTTP, `token` on a socket)",
+                plugin.name(),
+                inv.action
+            ),
+        )),
+    }
+}
+
+/// The tenant the request acts for. With a verified token it comes only
+/// from the token: a tenant asked for that differs is `forbidden`.
+fn tenancy(identity: Option<&Identity>, asked: Option<&str>) -> Result<Option<String>, ErrorBody> {
+    let Some(identity) = identity else {
+        return Ok(asked.map(str::to_owned));
+    };
+    if let Some(asked) = asked
+        && identity.tenant.as_deref() != Some(asked)
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            match &identity.tenant {
+                Some(own) => format!("tenant_id `{asked}` contradicts the token's tenant `{own}`"),
+                None => format!("tenant_id `{asked}` is not allowed: the token names no tenant"),
+            },
+        ));
+    }
+    Ok(identity.tenant.clone())
+}

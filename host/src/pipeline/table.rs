@@ -1,0 +1,193 @@
+//! The service table: which version of each service serves, which files
+//! failed to load (and why), the refused newer file of a service that keeps
+//! serving, and the replaced versions still finishing their requests. The
+//! deployer writes it; the pipeline routes by it; status reads it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::runtime::Plugin;
+
+/// A newer file for a service that was refused while the previous version
+/// kept serving.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    /// The refused file's short digest, when it could be read.
+    pub version: Option<String>,
+    /// The refused deployment (file and manifest), when it could be read.
+    pub deployment: Option<String>,
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub at_unix_s: u64,
+}
+
+impl Rejection {
+    pub fn now(version: Option<String>, deployment: Option<String>, reason: String) -> Self {
+        Rejection {
+            version,
+            deployment,
+            reason,
+            at_unix_s: crate::runtime::unix_seconds(std::time::SystemTime::now()),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Table {
+    services: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Plugin files found but not loaded, with the reason; shown by status
+    /// and keeping `/readyz` red.
+    failed: RwLock<BTreeMap<String, Rejection>>,
+    /// The last refused file of a service that still serves its previous
+    /// version.
+    rejected: RwLock<BTreeMap<String, Rejection>>,
+    /// Replaced or undeployed versions, until their last request is done.
+    draining: std::sync::Mutex<Vec<std::sync::Weak<Plugin>>>,
+}
+
+impl Table {
+    /// Whether the service has a loaded version or a file that failed.
+    pub fn knows(&self, service: &str) -> bool {
+        self.services
+            .read()
+            .expect("routing table lock")
+            .contains_key(service)
+            || self
+                .failed
+                .read()
+                .expect("failed table lock")
+                .contains_key(service)
+    }
+
+    /// Serves `plugin` from now on, in place of any previous version of its
+    /// service, which is retired: requests already running finish on it.
+    pub fn insert(&self, plugin: Arc<Plugin>) -> Option<Arc<Plugin>> {
+        let name = plugin.name().to_owned();
+        self.failed
+            .write()
+            .expect("failed table lock")
+            .remove(&name);
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(&name);
+        let previous = self
+            .services
+            .write()
+            .expect("routing table lock")
+            .insert(name, plugin);
+        if let Some(previous) = &previous {
+            self.retire(previous);
+        }
+        previous
+    }
+
+    /// Stops routing to `service` (its file is gone); requests already
+    /// running finish on it.
+    pub fn remove(&self, service: &str) -> Option<Arc<Plugin>> {
+        self.failed
+            .write()
+            .expect("failed table lock")
+            .remove(service);
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(service);
+        let removed = self
+            .services
+            .write()
+            .expect("routing table lock")
+            .remove(service);
+        if let Some(removed) = &removed {
+            self.retire(removed);
+        }
+        removed
+    }
+
+    fn retire(&self, plugin: &Arc<Plugin>) {
+        plugin.retire();
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|p| p.strong_count() > 0);
+        draining.push(Arc::downgrade(plugin));
+    }
+
+    /// Retired versions that still have requests running.
+    pub fn draining(&self) -> Vec<Arc<Plugin>> {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|p| p.strong_count() > 0);
+        draining
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+
+    /// Records that the file for `service` could not be loaded. With a
+    /// version serving, that version stays and the refusal is noted beside
+    /// it; otherwise the service is `failed`.
+    pub fn refuse(&self, service: &str, rejection: Rejection) {
+        let serving = self
+            .services
+            .read()
+            .expect("routing table lock")
+            .contains_key(service);
+        let table = if serving {
+            &self.rejected
+        } else {
+            &self.failed
+        };
+        table
+            .write()
+            .expect("refusal table lock")
+            .insert(service.to_owned(), rejection);
+    }
+
+    /// Services whose files failed to load, with the reasons.
+    pub fn failed(&self) -> Vec<(String, Rejection)> {
+        let failed = self.failed.read().expect("failed table lock");
+        failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Forgets the refusal noted beside a serving service.
+    pub fn clear_rejection(&self, service: &str) {
+        self.rejected
+            .write()
+            .expect("rejected table lock")
+            .remove(service);
+    }
+
+    /// The last refused file of a service that still serves.
+    pub fn rejected(&self, service: &str) -> Option<Rejection> {
+        self.rejected
+            .read()
+            .expect("rejected table lock")
+            .get(service)
+            .cloned()
+    }
+
+    /// Every loaded plugin, by name.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.services
+            .read()
+            .expect("routing table lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, service: &str) -> Option<Arc<Plugin>> {
+        self.services
+            .read()
+            .expect("routing table lock")
+            .get(service)
+            .cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.services
+            .read()
+            .expect("routing table lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,4 @@
+//! What the host owns and shares between capabilities: today the database
+//! pools; the event bus, the outbox and broker connections join them.
+
+pub mod database;

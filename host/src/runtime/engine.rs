@@ -1,0 +1,179 @@
+//! The engine: one Wasmtime `Engine` and `Linker` for the whole host (every
+//! capability linked once), the epoch ticker, and loading a `.wasm` file
+//! into a ready-to-call [`Plugin`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::cache::{self, CacheOutcome};
+use super::plugin::{Plugin, Settings};
+use super::state::StoreState;
+use crate::capabilities::bindings::{
+    HEALTH_CHECK, HEALTH_INTERFACE, ServiceIndices, add_config_to_linker, add_log_to_linker,
+    add_sql_to_linker,
+};
+use crate::config::{MAX_INSTANCES, MAX_MEMORY_MB};
+
+/// How often the epoch advances. A running plugin yields to the scheduler at
+/// every tick, so a deadline is enforced within about one tick, and a ready
+/// request waits at most a tick per busy plugin ahead of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a file is not a usable plugin. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "not a WebAssembly component: it is a core wasm module. Build it for the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("not a WebAssembly file: it does not start with the `\\0asm` magic bytes")]
+    NotWasm,
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error("the component imports something Ferry does not provide: {0}")]
+    Imports(String),
+    #[error(
+        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world: {0}"
+    )]
+    Exports(String),
+}
+
+/// What loading a plugin did, for the log and `ferry check`.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub bytes: usize,
+    pub cache: CacheOutcome,
+    pub elapsed: Duration,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: cache::CodeCache,
+    pooling: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (with the pooling allocator when the machine lets
+    /// us reserve its address space), the linker, and the epoch ticker.
+    /// `cache_dir` of `None` compiles every time.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(
+                    "pooling allocator unavailable ({e}); allocating instances on demand"
+                );
+                (Engine::new(&engine_config(false))?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        add_log_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| &mut s.log)?;
+        add_config_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| {
+            &mut s.config
+        })?;
+        add_sql_to_linker::<StoreState, crate::capabilities::sql::HasSql>(
+            &mut linker,
+            StoreState::sql,
+        )?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("ferry-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+
+        Ok(Runtime {
+            cache: cache::CodeCache::new(&engine, cache_dir),
+            engine,
+            linker,
+            pooling,
+            stop_ticker,
+        })
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin whose bytes
+    /// and [`digest`] are at hand; `started` is when the load began, for
+    /// the report. This is CPU-heavy: call it from a blocking thread.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: String,
+        settings: Settings,
+        started: Instant,
+    ) -> Result<(Plugin, LoadReport), LoadError> {
+        check_header(bytes)?;
+        let (component, outcome) = self
+            .cache
+            .load(&self.engine, bytes, &digest)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let health = component
+            .get_export_index(None, HEALTH_INTERFACE)
+            .and_then(|interface| component.get_export_index(Some(&interface), HEALTH_CHECK));
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let indices =
+            ServiceIndices::new(&instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        let report = LoadReport {
+            bytes: bytes.len(),
+            cache: outcome,
+            elapsed: started.elapsed(),
+        };
+        let plugin = Plugin::new(name, instance_pre, indices, health, settings, digest);
+        Ok((plugin, report))
+    }
+}
+
+/// Rejects files that are not components before spending time on them.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes.get(0..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err(LoadError::NotWasm),
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(pooling: bool) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 8)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 4)
+            .total_stacks(MAX_INSTANCES)
+            .max_memory_size((MAX_MEMORY_MB << 20) as usize)
+            .max_tables_per_module(4)
+            .max_memories_per_module(2)
+            .table_elements(1 << 16);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}

@@ -1,0 +1,125 @@
+//! A version's warm instances: instantiating one (with its memory limit
+//! and epoch yield), taking an idle one, and giving it back when it may
+//! serve again. An instance that trapped, timed out or hit its memory limit
+//! is never given back; dropping it is the restart.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::TypedFunc;
+use wasmtime::{Store, UpdateDeadline};
+
+use super::error::CallError;
+use super::plugin::Plugin;
+use super::state::StoreState;
+use crate::capabilities::bindings::{Service, WitError};
+
+pub(super) type HealthFunc = TypedFunc<(), (Result<(), WitError>,)>;
+
+/// An instance with its store, ready for another request.
+pub(super) struct Warm {
+    pub(super) store: Store<StoreState>,
+    pub(super) service: Service,
+    pub(super) health: Option<HealthFunc>,
+    pub(super) served: u32,
+}
+
+impl Plugin {
+    /// Instantiates one instance and parks it in the pool: proves the plugin
+    /// starts (its `health` export included), and spares the first request
+    /// the instantiation.
+    pub async fn warm_up(&self) -> Result<(), CallError> {
+        let deadline = Instant::now() + Duration::from_millis(self.limits().timeout_ms);
+        let warm = self.instantiate(deadline, self.limits().timeout_ms).await?;
+        self.idle.lock().expect("idle pool lock").push(warm);
+        Ok(())
+    }
+
+    /// An idle instance, if one is parked.
+    pub(super) fn take_idle(&self) -> Option<Warm> {
+        self.idle.lock().expect("idle pool lock").pop()
+    }
+
+    /// Throws every idle instance away.
+    pub(super) fn clear_idle(&self) {
+        self.idle.lock().expect("idle pool lock").clear();
+    }
+
+    pub(super) async fn instantiate(&self, deadline: Instant, timeout_ms: u64) -> Result<Warm, CallError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let memory_bytes = (self.limits().memory_mb << 20) as usize;
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(&self.name, memory_bytes, &self.settings),
+        );
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the scheduler at every epoch tick: a busy plugin cannot
+        // hold a worker thread, and the deadline below can fire. Tokio's own
+        // yield is used because it puts the task behind every other ready
+        // task; a plain self-wake would be polled again first, letting a few
+        // spinning plugins starve everyone else.
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store.set_epoch_deadline(1);
+
+        let instantiated = tokio::time::timeout_at(deadline.into(), async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let service = self.indices.load(&mut store, &instance)?;
+            let health = match &self.health_export {
+                Some(index) => Some(
+                    instance
+                        .get_typed_func::<(), (Result<(), WitError>,)>(&mut store, index)
+                        .map_err(|e| {
+                            e.context("its `health.check` export has the wrong type: it must be `func() -> result<_, error>`")
+                        })?,
+                ),
+                None => None,
+            };
+            Ok::<_, wasmtime::Error>((service, health))
+        })
+        .await;
+        match instantiated {
+            Err(_elapsed) => Err(self.timeout(timeout_ms)),
+            Ok(Ok((service, health))) => Ok(Warm {
+                store,
+                service,
+                health,
+                served: 0,
+            }),
+            Ok(Err(e)) => {
+                if store.data().limiter.refused {
+                    return Err(self.memory_limit());
+                }
+                let detail = format!("{e:#}");
+                // The pooling allocator refuses when every slot is taken.
+                if detail.contains("maximum concurrent") {
+                    return Err(
+                        self.overloaded(format!("the host has no free instance slot: {detail}"))
+                    );
+                }
+                Err(CallError::Instantiate {
+                    service: self.name.to_string(),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Returns a healthy instance to the pool unless it reached its reuse cap.
+    pub(super) fn release(&self, mut warm: Warm) {
+        warm.store.data_mut().end_request();
+        warm.served += 1;
+        if warm.served >= self.limits().reuse || self.is_retired() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("idle pool lock");
+        if idle.len() < self.limits().max_concurrency as usize {
+            idle.push(warm);
+        }
+    }
+
+}
