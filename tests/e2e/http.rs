@@ -210,10 +210,22 @@ async fn health_readiness_status_and_metrics() {
         text.contains("ferry_traps_total{service=\"faulty\"} 1"),
         "{text}"
     );
+    // Latency is a histogram (the issue that moved /metrics to
+    // prometheus-client asked for `_sum`, `_count` and buckets; it was a
+    // summary of two quantiles before).
     assert!(
-        text.contains("# TYPE ferry_request_duration_seconds summary"),
+        text.contains("# TYPE ferry_request_duration_seconds histogram"),
         "{text}"
     );
+    assert!(
+        text.contains("ferry_request_duration_seconds_count{service=\"echo\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_request_duration_seconds_bucket{le=\"+Inf\",service=\"echo\"} 5"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     // `ferry status` prints the same in a table.
     let out = Command::new(ferry_bin())

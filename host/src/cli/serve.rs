@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::deploy::Deployer;
@@ -31,8 +31,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
     let pipeline = Arc::new(Pipeline::new(apps));
-    let (stop, stopped) = watch::channel(false);
-    let doors = Arc::new(Doors::new(&config, pipeline.clone(), stopped.clone()));
+    let shutdown = CancellationToken::new();
+    let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),
         pipeline.clone(),
@@ -55,7 +55,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
 
     doors.open_main(config.socket.path.clone()).await?;
     let control = Control::bind(control::path(&config)).await?;
-    doors.spawn(control.serve(deployer.clone(), stopped.clone()));
+    doors.spawn(control.serve(deployer.clone(), shutdown.clone()));
     if let Some(addr) = config.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -67,7 +67,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             max_body: config.max_frame_bytes as usize,
             tally: doors.tally.clone(),
         });
-        let stop = crate::doors::stopping(stopped.clone());
+        let stop = shutdown.clone().cancelled_owned();
         doors.spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
@@ -88,7 +88,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
 
     signals.serve(&deployer).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
-    let _ = stop.send(true);
+    shutdown.cancel();
     drop(watcher);
     let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
     if tokio::time::timeout(drain, doors.finish()).await.is_err() {

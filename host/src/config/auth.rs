@@ -13,7 +13,7 @@ pub enum AuthConfig {
     Jwt(JwtConfig),
 }
 
-// serde_yaml writes enum variants as `!tags`; the config reads better as a
+// YAML for serde writes enum variants as `!tags`; the config reads better as a
 // plain word or a one-key map, so this is spelled out by hand.
 impl<'de> Deserialize<'de> for AuthConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

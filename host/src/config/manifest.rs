@@ -53,10 +53,10 @@ pub struct ConfigValue(pub String);
 impl<'de> Deserialize<'de> for ConfigValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => Ok(ConfigValue(s)),
-            serde_yaml::Value::Number(n) => Ok(ConfigValue(n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok(ConfigValue(b.to_string())),
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::String(s) => Ok(ConfigValue(s)),
+            serde_norway::Value::Number(n) => Ok(ConfigValue(n.to_string())),
+            serde_norway::Value::Bool(b) => Ok(ConfigValue(b.to_string())),
             _ => Err(D::Error::custom(
                 "config values must be strings, numbers or booleans (quote anything else)",
             )),
@@ -79,7 +79,7 @@ impl Manifest {
         if text.trim().is_empty() {
             return Ok(Manifest::default());
         }
-        serde_yaml::from_str(text).map_err(|e| ConfigError {
+        serde_norway::from_str(text).map_err(|e| ConfigError {
             path: path.to_owned(),
             message: e.to_string(),
         })
@@ -126,11 +126,11 @@ mod tests {
 
     #[test]
     fn manifest_overrides_defaults() {
-        let m: Manifest = serde_yaml::from_str("timeout_ms: 100\n").unwrap();
+        let m: Manifest = serde_norway::from_str("timeout_ms: 100\n").unwrap();
         let l = m.limits(&Limits::default()).unwrap();
         assert_eq!(l.timeout_ms, 100);
         assert_eq!(l.max_concurrency, 64);
-        assert!(serde_yaml::from_str::<Manifest>("timeoutms: 1\n").is_err());
+        assert!(serde_norway::from_str::<Manifest>("timeoutms: 1\n").is_err());
     }
 
     #[test]
@@ -138,29 +138,29 @@ mod tests {
         let defaults = Config::parse("defaults:\n  circuit: {failures: 9, backoff_ms: 50}\n")
             .unwrap()
             .defaults;
-        let m: Manifest = serde_yaml::from_str("circuit: {window_ms: 700}\n").unwrap();
+        let m: Manifest = serde_norway::from_str("circuit: {window_ms: 700}\n").unwrap();
         let c = m.limits(&defaults).unwrap().circuit;
         assert_eq!((c.failures, c.window_ms, c.backoff_ms), (9, 700, 50));
-        let m: Manifest = serde_yaml::from_str("circuit: {failures: 0}\n").unwrap();
+        let m: Manifest = serde_norway::from_str("circuit: {failures: 0}\n").unwrap();
         assert!(
             m.limits(&defaults)
                 .unwrap_err()
                 .contains("circuit.failures")
         );
-        assert!(serde_yaml::from_str::<Manifest>("circuit: {failure: 1}\n").is_err());
+        assert!(serde_norway::from_str::<Manifest>("circuit: {failure: 1}\n").is_err());
     }
 
     #[test]
     fn manifest_config_is_plain_values() {
         let m: Manifest =
-            serde_yaml::from_str("config: {greeting: hi, retries: 3, loud: true, ratio: 0.5}\n")
+            serde_norway::from_str("config: {greeting: hi, retries: 3, loud: true, ratio: 0.5}\n")
                 .unwrap();
         let values = m.config_values();
         assert_eq!(values["greeting"], "hi");
         assert_eq!(values["retries"], "3");
         assert_eq!(values["loud"], "true");
         assert_eq!(values["ratio"], "0.5");
-        let e = serde_yaml::from_str::<Manifest>("config: {nested: {a: 1}}\n").unwrap_err();
+        let e = serde_norway::from_str::<Manifest>("config: {nested: {a: 1}}\n").unwrap_err();
         assert!(
             e.to_string().contains("strings, numbers or booleans"),
             "{e}"

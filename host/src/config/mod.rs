@@ -126,11 +126,11 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        // An empty file means "all defaults", which serde_yaml reads as null.
+        // An empty file means "all defaults", which YAML reads as null.
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+            serde_norway::from_str(text).map_err(|e| e.to_string())?
         };
         config.validate()?;
         Ok(config)

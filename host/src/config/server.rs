@@ -47,7 +47,7 @@ impl SocketConfig {
 }
 
 /// Reads a file mode as octal digits: `"0660"`, `0660`, `660` and `0o660`
-/// all mean rw-rw----. (serde_yaml hands an unquoted scalar over as its
+/// all mean rw-rw----. (the YAML parser hands an unquoted scalar over as its
 /// text, so `0660` is never misread as the decimal or YAML-1.1 octal number.)
 fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     use serde::de::Error;

@@ -17,11 +17,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::envelope;
 use super::framing::FrameReader;
-use super::stopping;
 use crate::config::Config;
 use crate::core::{ErrorBody, ErrorCode};
 
@@ -84,9 +83,9 @@ impl Control {
     pub async fn serve(
         self,
         operator: Arc<dyn Operator>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
-        let stop = stopping(shutdown);
+        let stop = shutdown.cancelled();
         tokio::pin!(stop);
         loop {
             let stream = tokio::select! {

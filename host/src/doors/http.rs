@@ -357,13 +357,14 @@ async fn status(State(state): State<HttpState>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-/// The counters in Prometheus text format.
+/// The counters and histograms in the OpenMetrics text format.
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let (content_type, body) = crate::ops::metrics::render(&state.pipeline);
+    let body = crate::ops::metrics::render(&state.pipeline);
     let mut response = Response::new(body.into());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::ops::metrics::CONTENT_TYPE),
+    );
     response
 }
 

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use std::sync::atomic::AtomicU64;
 
@@ -40,19 +41,20 @@ pub struct Doors {
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
     pub tally: Arc<Tally>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     services_dir: PathBuf,
     mode: u32,
     allow_uids: Option<Arc<[u32]>>,
     app: Option<Arc<str>>,
     trusted: bool,
-    /// Each service socket's own close switch.
-    service_sockets: Mutex<HashMap<String, watch::Sender<bool>>>,
-    tasks: Mutex<JoinSet<()>>,
+    /// Each service socket's own close switch, a child of `shutdown`.
+    service_sockets: Mutex<HashMap<String, CancellationToken>>,
+    /// Every door's task; shutdown waits for the last.
+    tasks: TaskTracker,
 }
 
 impl Doors {
-    pub fn new(config: &Config, pipeline: Arc<Pipeline>, shutdown: watch::Receiver<bool>) -> Doors {
+    pub fn new(config: &Config, pipeline: Arc<Pipeline>, shutdown: CancellationToken) -> Doors {
         let socket = &config.socket;
         Doors {
             pipeline,
@@ -69,7 +71,7 @@ impl Doors {
             app: socket.app.as_deref().map(Arc::from),
             trusted: socket.trusted,
             service_sockets: Mutex::default(),
-            tasks: Mutex::default(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -83,10 +85,7 @@ impl Doors {
 
     /// Runs `door` until it ends; shutdown waits for it.
     pub fn spawn(&self, door: impl Future<Output = ()> + Send + 'static) {
-        let mut tasks = self.tasks.lock().expect("door set lock");
-        // Doors of undeployed services end; do not keep them forever.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(door);
+        self.tasks.spawn(door);
     }
 
     /// Binds the main socket and serves it.
@@ -98,11 +97,13 @@ impl Doors {
             self.allow_uids.clone(),
         )
         .await?;
-        self.serve(listener, None);
+        self.serve(listener, self.shutdown.clone());
         Ok(())
     }
 
-    fn serve(&self, listener: Listener, close: Option<watch::Receiver<bool>>) {
+    /// Serves `listener` until `stop` (the host's shutdown, or a child of
+    /// it that closes just this door).
+    fn serve(&self, listener: Listener, stop: CancellationToken) {
         self.spawn(unix::serve(
             listener,
             self.pipeline.clone(),
@@ -110,7 +111,7 @@ impl Doors {
             self.connections.clone(),
             self.tally.clone(),
             self.shutdown.clone(),
-            close,
+            stop,
         ));
     }
 
@@ -123,7 +124,7 @@ impl Doors {
             .lock()
             .expect("service sockets lock")
             .contains_key(name)
-            || *self.shutdown.borrow()
+            || self.shutdown.is_cancelled()
         {
             return;
         }
@@ -149,12 +150,12 @@ impl Doors {
                 return;
             }
         };
-        let (close, closed) = watch::channel(false);
+        let close = self.shutdown.child_token();
         self.service_sockets
             .lock()
             .expect("service sockets lock")
-            .insert(name.to_owned(), close);
-        self.serve(listener, Some(closed));
+            .insert(name.to_owned(), close.clone());
+        self.serve(listener, close);
     }
 
     /// Closes an undeployed service's socket: its file goes at once, and no
@@ -171,19 +172,13 @@ impl Doors {
             // Removed here rather than when the listener is dropped, so that
             // deploying the service again at once finds the path free.
             let _ = std::fs::remove_file(self.services_dir.join(format!("{name}.sock")));
-            close.send_replace(true);
+            close.cancel();
         }
     }
 
     /// Waits for every door to finish its requests (after shutdown began).
     pub async fn finish(&self) {
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("door set lock"));
-        while tasks.join_next().await.is_some() {}
+        self.tasks.close();
+        self.tasks.wait().await;
     }
-}
-
-/// Resolves once shutdown has begun.
-pub async fn stopping(mut shutdown: watch::Receiver<bool>) {
-    // A closed channel means the server is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

@@ -14,12 +14,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::envelope::{self, Request};
 use super::framing::{FrameError, FrameReader};
-use super::{Tally, stopping};
+use super::Tally;
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Route};
 use crate::pipeline::Pipeline;
 
@@ -147,36 +149,24 @@ impl Drop for Listener {
     }
 }
 
-/// Accepts connections until `shutdown` (or this door's own `close`) flips,
-/// then waits for the connections it started to finish their in-flight
-/// requests. A closed door's connections stay until the host shuts down.
+/// Accepts connections until `stop` (the host's shutdown, or this door's
+/// own close), then waits for the connections it started to finish their
+/// in-flight requests. A closed door's connections stay until the host
+/// shuts down.
 pub async fn serve(
     listener: Listener,
     pipeline: Arc<Pipeline>,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
     tally: Arc<Tally>,
-    shutdown: watch::Receiver<bool>,
-    close: Option<watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let mut tasks = JoinSet::new();
-    let closing = shutdown.clone();
-    let stop = async move {
-        match close {
-            Some(close) => {
-                tokio::select! {
-                    _ = stopping(closing) => {}
-                    _ = stopping(close) => {}
-                }
-            }
-            None => stopping(closing).await,
-        }
-    };
-    tokio::pin!(stop);
+    let tasks = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
-            _ = &mut stop => break,
+            _ = stop.cancelled() => break,
         };
         let stream = tokio::select! {
             accepted = listener.listener.accept() => match accepted {
@@ -188,7 +178,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut stop => break,
+            _ = stop.cancelled() => break,
         };
         if let Some(allowed) = &listener.allow_uids
             && let Err(refusal) = check_peer(&stream, allowed)
@@ -207,11 +197,10 @@ pub async fn serve(
             connection(stream, pipeline, listening, limits, tally, shutdown).await;
             drop(permit);
         });
-        // Reap finished connections so the set does not grow without bound.
-        while tasks.try_join_next().is_some() {}
     }
     drop(listener);
-    while tasks.join_next().await.is_some() {}
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// Checks the connecting process's uid, as the kernel reports it, against
@@ -252,10 +241,10 @@ async fn connection(
     listening: Arc<Listening>,
     limits: ConnectionLimits,
     tally: Arc<Tally>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     // Created once: registering a fresh shutdown waiter per frame costs time.
-    let stop = stopping(shutdown);
+    let stop = shutdown.cancelled();
     tokio::pin!(stop);
     let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);

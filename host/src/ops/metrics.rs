@@ -1,91 +1,129 @@
-//! `/metrics`: the per-plugin counters and latencies in Prometheus text
-//! format, read from the plugins' own counters at scrape time.
+//! `/metrics`: every loaded plugin's counters, in-flight gauge and latency
+//! histogram in the OpenMetrics text format, through `prometheus-client`.
+//! The numbers live in each plugin's own atomics (one add per request on
+//! the hot path); a collector reads them at scrape time.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::pipeline::Pipeline;
+use crate::runtime::{Plugin, StatsSnapshot};
 
-/// A counter's name, help text, and how to read it from a snapshot.
-type Counter = (
-    &'static str,
-    &'static str,
-    fn(&crate::runtime::StatsSnapshot) -> u64,
-);
+/// The media type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Prometheus text exposition of the per-plugin counters.
-pub fn render(pipeline: &Pipeline) -> (&'static str, String) {
-    let plugins = pipeline.table().plugins();
-    let snapshots: Vec<_> = plugins
-        .iter()
-        .map(|p| (p.name(), p.stats.snapshot()))
-        .collect();
-    let mut out = String::new();
-    let counters: [Counter; 7] = [
-        (
-            "ferry_requests_total",
-            "Requests that reached a plugin.",
-            |s| s.requests,
-        ),
-        (
-            "ferry_errors_total",
-            "Requests the plugin answered with an error of its own.",
-            |s| s.errors,
-        ),
-        (
-            "ferry_traps_total",
-            "Requests that trapped, panicked or hit the memory limit.",
-            |s| s.traps,
-        ),
-        (
-            "ferry_timeouts_total",
-            "Requests cut off at their deadline.",
-            |s| s.timeouts,
-        ),
-        (
-            "ferry_overloaded_total",
-            "Requests refused because every instance was busy.",
-            |s| s.overloaded,
-        ),
-        (
-            "ferry_restarts_total",
-            "Instances replaced after a trap or timeout.",
-            |s| s.restarts,
-        ),
-        ("ferry_instantiations_total", "Instances created.", |s| {
-            s.instantiations
-        }),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (service, snapshot) in &snapshots {
-            let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", value(snapshot));
-        }
+/// Upper bounds of the latency histogram, in seconds: from a tenth of a
+/// millisecond (an echo) to the longest `timeout_ms` people set in practice.
+const LATENCY_BOUNDS_S: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// A counter's name (the encoder adds `_total`), help, and its reading.
+type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
+
+const COUNTERS: [Counter; 8] = [
+    ("ferry_requests", "Requests that reached a plugin.", |s| s.requests),
+    (
+        "ferry_errors",
+        "Requests the plugin answered with an error of its own.",
+        |s| s.errors,
+    ),
+    (
+        "ferry_traps",
+        "Requests that trapped, panicked or hit the memory limit.",
+        |s| s.traps,
+    ),
+    ("ferry_timeouts", "Requests cut off at their deadline.", |s| {
+        s.timeouts
+    }),
+    (
+        "ferry_overloaded",
+        "Requests refused because every instance was busy.",
+        |s| s.overloaded,
+    ),
+    (
+        "ferry_refused",
+        "Requests refused at once because the circuit was open.",
+        |s| s.refused,
+    ),
+    (
+        "ferry_restarts",
+        "Instances replaced after a trap or timeout.",
+        |s| s.restarts,
+    ),
+    ("ferry_instantiations", "Instances created.", |s| {
+        s.instantiations
+    }),
+];
+
+/// Reads the serving plugins at scrape time.
+struct Plugins(Vec<Arc<Plugin>>);
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|p| p.name())).finish()
     }
-    let _ = writeln!(
-        out,
-        "# HELP ferry_in_flight Requests running now.\n# TYPE ferry_in_flight gauge"
-    );
-    for (service, snapshot) in &snapshots {
-        let _ = writeln!(
-            out,
-            "ferry_in_flight{{service=\"{service}\"}} {}",
-            snapshot.in_flight
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ferry_request_duration_seconds Time from arrival at the plugin to the answer.\n# TYPE ferry_request_duration_seconds summary"
-    );
-    for (service, snapshot) in &snapshots {
-        for (quantile, ms) in [("0.5", snapshot.p50_ms), ("0.99", snapshot.p99_ms)] {
-            if let Some(ms) = ms {
-                let _ = writeln!(
-                    out,
-                    "ferry_request_duration_seconds{{service=\"{service}\",quantile=\"{quantile}\"}} {}",
-                    ms / 1000.0
-                );
+}
+
+impl Collector for Plugins {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshots: Vec<(&str, StatsSnapshot)> = self
+            .0
+            .iter()
+            .map(|p| (p.name(), p.stats.snapshot()))
+            .collect();
+        for (name, help, value) in COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (service, snapshot) in &snapshots {
+                let labels = [("service", *service)];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&value(snapshot), None)?;
             }
         }
+        let mut metric = encoder.encode_descriptor(
+            "ferry_in_flight",
+            "Requests running now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (service, snapshot) in &snapshots {
+            let labels = [("service", *service)];
+            metric
+                .encode_family(&labels)?
+                .encode_gauge(&(snapshot.in_flight as i64))?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "ferry_request_duration_seconds",
+            "Time from arrival at the plugin (queueing included) to the answer.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for plugin in &self.0 {
+            let h = plugin.stats.latency_buckets(&LATENCY_BOUNDS_S);
+            let labels = [("service", plugin.name())];
+            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                h.sum_seconds,
+                h.count,
+                &h.counts,
+                None,
+            )?;
+        }
+        Ok(())
     }
-    ("text/plain; version=0.0.4", out)
+}
+
+/// The exposition of every loaded plugin's metrics.
+pub fn render(pipeline: &Pipeline) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Plugins(pipeline.table().plugins())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::latency::Histogram;
+use super::latency::{Buckets, Histogram};
 
 /// Counters a plugin keeps about itself (shown by status endpoints).
 #[derive(Debug, Default)]
@@ -37,6 +37,13 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+}
+
+impl PluginStats {
+    /// The latency histogram under Prometheus-style bounds, in seconds.
+    pub fn latency_buckets(&self, bounds_s: &[f64]) -> Buckets {
+        self.latency.buckets(bounds_s)
+    }
 }
 
 impl PluginStats {
