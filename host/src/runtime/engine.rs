@@ -162,6 +162,11 @@ fn engine_config(pooling: bool) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // `FERRY_PROFILE=perfmap` writes /tmp/perf-PID.map, so `perf` can name
+    // the compiled plugin functions it samples.
+    if std::env::var("FERRY_PROFILE").is_ok_and(|p| p == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(MAX_INSTANCES)
