@@ -157,12 +157,15 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    // A worker polls for I/O every `event_interval` task polls. A busy plugin's
-    // poll lasts up to an epoch tick, so the default (61) would let a few
-    // spinning plugins delay every socket by a hundred milliseconds or more.
+    // A worker polls for I/O every `event_interval` task polls. A busy
+    // plugin's poll lasts up to an epoch tick, so tokio's default (61)
+    // could let spinning plugins delay every socket; 8 polled so often that
+    // it cost 13% of the socket benchmark's throughput. 31 measured the same
+    // throughput as 61, and the abuse test's good client saw the same worst
+    // case (115-165 ms under 60 spinning plugins) with 8, 31 and 61.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .event_interval(8)
+        .event_interval(31)
         .build()
     {
         Ok(runtime) => runtime,
