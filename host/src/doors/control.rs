@@ -118,26 +118,29 @@ async fn session(stream: UnixStream, operator: Arc<dyn Operator>) {
     while let Ok(Some(frame)) = frames.read_frame().await {
         let answer = match serde_json::from_slice::<Command>(&frame) {
             Err(e) => envelope::error_frame(
-                &Value::Null,
+                envelope::NO_ID,
                 &ErrorBody::new(ErrorCode::BadRequest, format!("invalid command: {e}")),
             ),
-            Ok(command) => match command.command.as_str() {
-                "status" => envelope::success_frame(&command.id, &operator.status().to_string()),
+            Ok(command) => {
+                let id = command.id.to_string();
+                match command.command.as_str() {
+                "status" => envelope::success_frame(&id, &operator.status().to_string()),
                 "reload" => match operator.reload().await {
-                    Ok(summary) => envelope::success_frame(&command.id, &summary.to_string()),
+                    Ok(summary) => envelope::success_frame(&id, &summary.to_string()),
                     Err(message) => envelope::error_frame(
-                        &command.id,
+                        &id,
                         &ErrorBody::new(ErrorCode::BadRequest, message),
                     ),
                 },
                 other => envelope::error_frame(
-                    &command.id,
+                    &id,
                     &ErrorBody::new(
                         ErrorCode::NotFound,
                         format!("no command `{other}` (commands: status, reload)"),
                     ),
                 ),
-            },
+            }
+            }
         };
         if write.write_all(&answer).await.is_err() {
             return;

@@ -1,65 +1,85 @@
-//! The socket envelope: a request frame's JSON (parsed and checked), and
-//! the success and error envelopes sent back. `/v1/rpc` speaks the same
-//! envelope over HTTP.
+//! The socket envelope: a request frame's JSON (parsed and checked, its
+//! strings and params borrowed from the frame), and the success and error
+//! envelopes sent back, written straight into a connection's output.
+//! `/v1/rpc` speaks the same envelope over HTTP.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::framing::{FrameError, seal};
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
 
-/// A request as it arrives on a socket.
+/// The id of a response that answers no request, or one whose id could
+/// not be read.
+pub const NO_ID: &str = "null";
+
+/// A request as it arrives on a socket, borrowing from its frame.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Request {
-    /// Chosen by the client, echoed in the response; a string or a number.
-    pub id: Value,
+pub struct Request<'a> {
+    /// Chosen by the client, echoed in the response byte for byte; a
+    /// string or a number.
+    #[serde(borrow)]
+    pub id: &'a RawValue,
     /// Required on the main socket; optional (and must match) on a
     /// service's own socket.
-    #[serde(default)]
-    pub service: Option<String>,
-    pub action: String,
+    #[serde(default, borrow)]
+    pub service: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// Any JSON; absent or `null` means `{}`.
-    #[serde(default)]
-    pub params: Option<Box<RawValue>>,
-    #[serde(default)]
-    pub tenant_id: Option<String>,
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub tenant_id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// A JWT, checked against the application's keys.
-    #[serde(default)]
-    pub token: Option<String>,
+    #[serde(default, borrow)]
+    pub token: Option<Cow<'a, str>>,
     /// The application; without it, the listener's default.
-    #[serde(default)]
-    pub app: Option<String>,
+    #[serde(default, borrow)]
+    pub app: Option<Cow<'a, str>>,
 }
 
-/// A frame that is not a valid request, with the id when one could be read.
+/// A frame that is not a valid request, with the id (as JSON text) when
+/// one could be read.
 #[derive(Debug)]
-pub struct BadRequest {
-    pub id: Value,
+pub struct BadRequest<'a> {
+    pub id: &'a str,
     pub message: String,
 }
 
-impl Request {
-    pub fn parse(frame: &[u8]) -> Result<Request, BadRequest> {
+/// Whether raw JSON is a string or a number: what an id may be.
+fn string_or_number(raw: &RawValue) -> bool {
+    matches!(raw.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+impl<'a> Request<'a> {
+    pub fn parse(frame: &'a [u8]) -> Result<Request<'a>, BadRequest<'a>> {
         let request: Request = serde_json::from_slice(frame).map_err(|e| BadRequest {
             id: salvage_id(frame),
             message: format!("invalid request: {e}"),
         })?;
-        if !(request.id.is_string() || request.id.is_number()) {
+        if !string_or_number(request.id) {
             return Err(BadRequest {
-                id: Value::Null,
+                id: NO_ID,
                 message: "invalid request: `id` must be a string or a number".into(),
             });
         }
         Ok(request)
     }
 
+    /// The id as JSON text, exactly as the client wrote it.
+    pub fn id(&self) -> &'a str {
+        self.id.get()
+    }
+
     /// The params as JSON text.
-    pub fn params_json(&self) -> &str {
-        match &self.params {
+    pub fn params_json(&self) -> &'a str {
+        match self.params {
             Some(raw) if raw.get() != "null" => raw.get(),
             _ => "{}",
         }
@@ -67,7 +87,7 @@ impl Request {
 
     /// The service the request is for. A door that serves one service
     /// (`own`) implies it, and a request that names another is refused.
-    pub fn service<'a>(&'a self, own: Option<&'a str>) -> Result<&'a str, ErrorBody> {
+    pub fn service<'s>(&'s self, own: Option<&'s str>) -> Result<&'s str, ErrorBody> {
         match (own, self.service.as_deref()) {
             (Some(own), Some(named)) if own != named => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
@@ -82,23 +102,22 @@ impl Request {
         }
     }
 
-    /// The door-neutral form of this request.
-    pub fn invocation<'a>(
-        &'a self,
+    /// The door-neutral form of this request; its id is its request id.
+    pub fn invocation<'s>(
+        &'s self,
         door: DoorKind,
-        route: Route<'a>,
-        service: &'a str,
-        request_id: &'a str,
+        route: Route<'s>,
+        service: &'s str,
         trusted: bool,
         received: std::time::Instant,
-    ) -> Invocation<'a> {
+    ) -> Invocation<'s> {
         Invocation {
             door,
             route,
             service,
             action: &self.action,
             params: self.params_json(),
-            request_id,
+            request_id: self.id(),
             token: self.token.as_deref(),
             tenant: self.tenant_id.as_deref(),
             timeout_ms: self.timeout_ms,
@@ -110,60 +129,70 @@ impl Request {
 
 /// Reads just the `id` out of a request that failed to parse, so the client
 /// can still match the error to what it sent.
-fn salvage_id(frame: &[u8]) -> Value {
+fn salvage_id(frame: &[u8]) -> &str {
     #[derive(Deserialize)]
-    struct IdOnly {
-        id: Option<Value>,
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
     }
     match serde_json::from_slice::<IdOnly>(frame) {
-        Ok(IdOnly { id: Some(id) }) if id.is_string() || id.is_number() => id,
-        _ => Value::Null,
+        Ok(IdOnly { id: Some(id) }) if string_or_number(id) => id.get(),
+        _ => NO_ID,
     }
 }
 
-/// Encodes a success response frame around `result`, which must already be
-/// valid JSON text.
-pub fn success_frame(id: &Value, result: &str) -> Vec<u8> {
-    let id = serde_json::to_string(id).expect("a JSON value always serializes");
-    let mut frame = Vec::with_capacity(4 + 36 + id.len() + result.len());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(b"{\"id\":");
-    frame.extend_from_slice(id.as_bytes());
-    frame.extend_from_slice(b",\"status\":\"success\",\"result\":");
-    frame.extend_from_slice(result.as_bytes());
-    frame.push(b'}');
-    seal(frame)
+/// Appends a success response frame to `out`: `result` must already be
+/// valid JSON text, and `id` the request's id as JSON text.
+pub fn write_success(out: &mut Vec<u8>, id: &str, result: &str) {
+    let start = out.len();
+    out.reserve(4 + 36 + id.len() + result.len());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"status\":\"success\",\"result\":");
+    out.extend_from_slice(result.as_bytes());
+    out.push(b'}');
+    seal_at(out, start);
 }
 
-/// Encodes an error response frame.
-pub fn error_frame(id: &Value, error: &ErrorBody) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct ErrorResponse<'a> {
-        id: &'a Value,
-        status: &'static str,
-        error: &'a ErrorBody,
-    }
-    let mut frame = vec![0; 4];
-    serde_json::to_writer(
-        &mut frame,
-        &ErrorResponse {
-            id,
-            status: "error",
-            error,
-        },
-    )
-    .expect("an error response always serializes");
-    seal(frame)
+/// Appends an error response frame to `out`.
+pub fn write_error(out: &mut Vec<u8>, id: &str, error: &ErrorBody) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"status\":\"error\",\"error\":");
+    serde_json::to_writer(&mut *out, error).expect("an error body always serializes");
+    out.push(b'}');
+    seal_at(out, start);
+}
+
+/// Fills in the length prefix of the frame that begins at `start`.
+fn seal_at(out: &mut [u8], start: usize) {
+    seal(&mut out[start..]);
+}
+
+/// A success response frame on its own.
+pub fn success_frame(id: &str, result: &str) -> Vec<u8> {
+    let mut frame = Vec::new();
+    write_success(&mut frame, id, result);
+    frame
+}
+
+/// An error response frame on its own.
+pub fn error_frame(id: &str, error: &ErrorBody) -> Vec<u8> {
+    let mut frame = Vec::new();
+    write_error(&mut frame, id, error);
+    frame
 }
 
 impl FrameError {
-    /// The response to send before closing, if any is owed.
-    pub fn response(&self) -> Option<Vec<u8>> {
+    /// The error to answer before closing, if any is owed.
+    pub fn response(&self) -> Option<ErrorBody> {
         match self {
-            FrameError::TooLarge { .. } => Some(error_frame(
-                &Value::Null,
-                &ErrorBody::new(ErrorCode::TooLarge, self.to_string()),
-            )),
+            FrameError::TooLarge { .. } => {
+                Some(ErrorBody::new(ErrorCode::TooLarge, self.to_string()))
+            }
             _ => None,
         }
     }
@@ -172,26 +201,46 @@ impl FrameError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn salvages_the_id_of_a_bad_request() {
         let e = Request::parse(br#"{"id": 7, "action": 3}"#).unwrap_err();
-        assert_eq!(e.id, Value::from(7));
+        assert_eq!(e.id, "7");
         let e = Request::parse(b"{nope").unwrap_err();
-        assert_eq!(e.id, Value::Null);
+        assert_eq!(e.id, NO_ID);
         let e = Request::parse(br#"{"id": "x", "action": "a", "extra": 1}"#).unwrap_err();
         assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
+        let e = Request::parse(br#"{"id": [1], "action": "a"}"#).unwrap_err();
+        assert_eq!(e.id, NO_ID);
     }
 
     #[test]
-    fn success_frames_are_valid_json() {
-        let f = success_frame(&Value::from("a\"b"), r#"{"x":[1,2]}"#);
-        let v: Value = serde_json::from_slice(&f[4..]).unwrap();
-        assert_eq!(
-            u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
-            f.len() - 4
+    fn strings_with_escapes_are_read_whole() {
+        let r = Request::parse(br#"{"id":"a\"b","service":"e\u0063ho","action":"x"}"#).unwrap();
+        assert_eq!(r.id(), r#""a\"b""#);
+        assert_eq!(r.service(None).unwrap(), "echo");
+    }
+
+    #[test]
+    fn frames_are_valid_json_with_the_id_as_sent() {
+        let mut out = Vec::new();
+        write_success(&mut out, r#""a\"b""#, r#"{"x":[1,2]}"#);
+        let first = out.len();
+        write_error(
+            &mut out,
+            "12",
+            &ErrorBody::new(ErrorCode::NotFound, "no \"such\" thing"),
         );
-        assert_eq!(v["id"], "a\"b");
-        assert_eq!(v["result"]["x"][1], 2);
+        let len = |at: usize| u32::from_be_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(len(0), first - 4);
+        assert_eq!(len(first), out.len() - first - 4);
+        let ok: Value = serde_json::from_slice(&out[4..first]).unwrap();
+        assert_eq!(ok["id"], "a\"b");
+        assert_eq!(ok["result"]["x"][1], 2);
+        let err: Value = serde_json::from_slice(&out[first + 4..]).unwrap();
+        assert_eq!(err["id"], 12);
+        assert_eq!(err["status"], "error");
+        assert_eq!(err["error"]["code"], "not_found");
     }
 }

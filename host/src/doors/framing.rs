@@ -10,10 +10,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Fills in the length prefix of a frame built after 4 placeholder bytes.
-pub fn seal(mut frame: Vec<u8>) -> Vec<u8> {
+pub fn seal(frame: &mut [u8]) {
     let len = u32::try_from(frame.len() - 4).expect("a response frame is under 4 GiB");
     frame[..4].copy_from_slice(&len.to_be_bytes());
-    frame
 }
 
 /// Why reading a frame stopped.

@@ -276,11 +276,11 @@ async fn rpc(
     let bearer = bearer_token(&headers)?;
     let parsed = Request::parse(&body).and_then(|mut request| match (&request.token, bearer) {
         (Some(_), Some(_)) => Err(envelope::BadRequest {
-            id: request.id,
+            id: request.id(),
             message: "a token in both the Authorization header and the envelope; send one".into(),
         }),
         (_, Some(bearer)) => {
-            request.token = Some(bearer);
+            request.token = Some(bearer.into());
             Ok(request)
         }
         (_, None) => Ok(request),
@@ -291,19 +291,19 @@ async fn rpc(
             (
                 status_for(&error.code),
                 None,
-                envelope::error_frame(&bad.id, &error),
+                envelope::error_frame(bad.id, &error),
             )
         }
         Ok(request) => match run_envelope(&state, &request, host(&headers), received).await {
             Ok(result) => (
                 StatusCode::OK,
                 None,
-                envelope::success_frame(&request.id, &result),
+                envelope::success_frame(request.id(), &result),
             ),
             Err(error) => (
                 status_for(&error.code),
                 error.retry_after_ms,
-                envelope::error_frame(&request.id, &error),
+                envelope::error_frame(request.id(), &error),
             ),
         },
     };
@@ -319,18 +319,16 @@ async fn rpc(
 /// application, and an `app` the envelope names must agree.
 async fn run_envelope(
     state: &HttpState,
-    request: &Request,
+    request: &Request<'_>,
     host: Option<&str>,
     received: Instant,
 ) -> Result<String, ErrorBody> {
     let service = request.service(None)?;
-    let request_id = serde_json::to_string(&request.id).expect("a JSON value always serializes");
     let route = Route::Host {
         host,
         named: request.app.as_deref(),
     };
-    let invocation =
-        request.invocation(DoorKind::Http, route, service, &request_id, false, received);
+    let invocation = request.invocation(DoorKind::Http, route, service, false, received);
     state.pipeline.invoke(&invocation).await
 }
 

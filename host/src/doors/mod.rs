@@ -4,6 +4,7 @@
 //! `Invocation` for the pipeline. Every door is a task in one set, so
 //! shutdown can wait for the last request on any of them.
 
+pub mod connection;
 pub mod control;
 pub mod envelope;
 pub mod framing;

@@ -1,0 +1,209 @@
+//! One Unix-socket connection: frames in, each request its own task, and
+//! responses out in completion order. Request tasks write their response
+//! envelopes straight into the connection's outbox; the writer sends
+//! whatever has gathered in one write, so pipelined responses share system
+//! calls and wake-ups of the client.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Tally;
+use super::envelope::{self, Request};
+use super::framing::{FrameError, FrameReader};
+use super::unix::{ConnectionLimits, Listening};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Route};
+use crate::pipeline::Pipeline;
+
+/// Requests one connection may have in flight or waiting to be written;
+/// reading pauses beyond it, so one client cannot queue unbounded work.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+/// An output buffer that grew past this is given back after its write.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Serves one connection. Requests run concurrently and their responses are
+/// written in completion order. A clean end of stream (or a shutdown) stops
+/// reading but still delivers every response owed; a client that is gone
+/// cancels the work done on its behalf.
+pub async fn serve(
+    stream: UnixStream,
+    pipeline: Arc<Pipeline>,
+    listening: Arc<Listening>,
+    limits: ConnectionLimits,
+    tally: Arc<Tally>,
+    shutdown: CancellationToken,
+) {
+    // Created once: registering a fresh shutdown waiter per frame costs time.
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
+    let (read, write) = stream.into_split();
+    let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);
+    let outbox = Arc::new(Outbox::default());
+    let mut writer = tokio::spawn(write_responses(write, outbox.clone(), tally.clone()));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let mut requests = JoinSet::new();
+
+    loop {
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit.expect("in-flight semaphore is never closed"),
+            _ = &mut stop => break,
+        };
+        let frame: Bytes = tokio::select! {
+            read = frames.read_frame() => match read {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(error) = e.response() {
+                        outbox.push(None, |out| envelope::write_error(out, envelope::NO_ID, &error));
+                    }
+                    match &e {
+                        FrameError::Io(_) | FrameError::Truncated => tracing::debug!("connection closed: {e}"),
+                        _ => tracing::info!("closing connection: {e}"),
+                    }
+                    break;
+                }
+            },
+            _ = &mut stop => break,
+            _ = &mut writer => {
+                // The client stopped reading: nobody wants the answers.
+                requests.abort_all();
+                return;
+            }
+        };
+        tally.accepted.fetch_add(1, Ordering::Relaxed);
+        let (pipeline, listening, outbox) = (pipeline.clone(), listening.clone(), outbox.clone());
+        requests.spawn(async move {
+            answer(&pipeline, &frame, &listening, &outbox, permit).await;
+        });
+        while requests.try_join_next().is_some() {}
+    }
+
+    tokio::select! {
+        _ = async { while requests.join_next().await.is_some() {} } => {
+            outbox.close();
+            let _ = writer.await;
+        }
+        _ = &mut writer => requests.abort_all(),
+    }
+}
+
+/// Handles one frame and puts its response in the outbox. Never fails:
+/// every problem becomes an error response.
+async fn answer(
+    pipeline: &Pipeline,
+    frame: &[u8],
+    listening: &Listening,
+    outbox: &Outbox,
+    slot: OwnedSemaphorePermit,
+) {
+    let received = Instant::now();
+    let request = match Request::parse(frame) {
+        Ok(request) => request,
+        Err(bad) => {
+            let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
+            outbox.push(Some(slot), |out| envelope::write_error(out, bad.id, &error));
+            return;
+        }
+    };
+    let result = match request.service(listening.service.as_deref()) {
+        Err(e) => Err(e),
+        Ok(service) => {
+            let route = Route::Named {
+                app: request.app.as_deref(),
+                default: listening.app.as_deref(),
+            };
+            let invocation =
+                request.invocation(DoorKind::Unix, route, service, listening.trusted, received);
+            pipeline.invoke(&invocation).await
+        }
+    };
+    let id = request.id();
+    match result {
+        Ok(result) => outbox.push(Some(slot), |out| envelope::write_success(out, id, &result)),
+        Err(error) => outbox.push(Some(slot), |out| envelope::write_error(out, id, &error)),
+    }
+}
+
+/// Responses waiting to be written: filled by the request tasks, drained by
+/// the writer. Each response keeps its in-flight slot until it is written,
+/// so a client that sends but does not read stalls itself, not the host.
+#[derive(Default)]
+struct Outbox {
+    pending: Mutex<Pending>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// The slots of the responses in `bytes`: one per request answered.
+    slots: Vec<OwnedSemaphorePermit>,
+    /// No more responses will come.
+    closed: bool,
+}
+
+impl Outbox {
+    /// Appends one response (written by `write`) and wakes the writer.
+    /// A response without a slot answers no request (a `too_large` refusal).
+    fn push(&self, slot: Option<OwnedSemaphorePermit>, write: impl FnOnce(&mut Vec<u8>)) {
+        {
+            let mut pending = self.pending.lock().expect("outbox lock");
+            write(&mut pending.bytes);
+            pending.slots.extend(slot);
+        }
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.pending.lock().expect("outbox lock").closed = true;
+        self.ready.notify_one();
+    }
+}
+
+/// Writes what the outbox holds whenever it holds something, until it is
+/// closed and empty or the client stops reading.
+async fn write_responses(mut write: OwnedWriteHalf, outbox: Arc<Outbox>, tally: Arc<Tally>) {
+    // Two buffers take turns: the request tasks fill one while the other is
+    // being written.
+    let mut sending = Vec::new();
+    loop {
+        outbox.ready.notified().await;
+        // Let the requests that are ready finish first: their responses then
+        // leave in the same write.
+        tokio::task::yield_now().await;
+        let (slots, closed) = {
+            let mut pending = outbox.pending.lock().expect("outbox lock");
+            std::mem::swap(&mut pending.bytes, &mut sending);
+            (std::mem::take(&mut pending.slots), pending.closed)
+        };
+        if !sending.is_empty() {
+            if write.write_all(&sending).await.is_err() {
+                return;
+            }
+            sending.clear();
+            if sending.capacity() > KEEP_CAPACITY {
+                sending = Vec::new();
+            }
+        }
+        // Counted once written: only then has the client been answered.
+        tally
+            .answered
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        drop(slots);
+        // Closed after the last request finished: what was swapped out
+        // above was the last of it.
+        if closed && outbox.pending.lock().expect("outbox lock").bytes.is_empty() {
+            let _ = write.shutdown().await;
+            return;
+        }
+    }
+}
