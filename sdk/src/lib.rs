@@ -28,7 +28,9 @@
 //! `.wasm` file into the host's plugins folder. The WIT contract behind this
 //! lives in the repository's `wit/` folder; plugin authors never touch it.
 
-use std::time::{Duration, Instant};
+use std::cell::OnceCell;
+use std::mem::ManuallyDrop;
+use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -36,7 +38,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "service-with-health",
+        world: "plugin-with-health",
         pub_export_macro: true,
         export_macro_name: "__export_service",
         default_bindings_module: "ferry_sdk::__bindings",
@@ -46,7 +48,8 @@ pub mod __bindings {
 pub mod config;
 pub mod sql;
 
-use __bindings::exports::ferry::plugin::handler;
+use __bindings::ferry::plugin::invocation::Call;
+use __bindings::ferry::plugin::types::Error as WitError;
 use __bindings::ferry::plugin::log as wit_log;
 
 /// An error an action answers with. Its `code` reaches the caller unchanged.
@@ -109,54 +112,93 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// What the host tells an action about the request it handles.
-#[derive(Debug)]
+/// What the host tells an action about the request it handles. Each field
+/// is fetched from the host the first time it is read, so an action pays
+/// only for what it looks at.
 pub struct Ctx {
-    inner: __bindings::ferry::plugin::types::Context,
-    entered: Instant,
+    /// The host's handle of the call, borrowed for the length of the
+    /// request. Held as a `Call` that is never dropped (dropping would end
+    /// a resource the plugin does not own), so that `Ctx` carries no
+    /// lifetime and actions can keep returning values borrowed from it.
+    call: ManuallyDrop<Call>,
+    request_id: OnceCell<String>,
+    app: OnceCell<String>,
+    service: OnceCell<String>,
+    tenant: OnceCell<Option<String>>,
+    subject: OnceCell<Option<String>>,
+    claims: OnceCell<String>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("request_id", &self.request_id())
+            .field("app", &self.app())
+            .field("service", &self.service())
+            .field("tenant", &self.tenant())
+            .field("subject", &self.subject())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {
+    /// # Safety
+    /// The `Ctx` must not outlive the export call that received `call`.
+    unsafe fn new(call: &Call) -> Self {
+        Ctx {
+            // SAFETY: the handle stays valid while the export call runs,
+            // which the caller guarantees `Ctx` does not outlive; the
+            // `ManuallyDrop` keeps the borrowed handle from being dropped.
+            call: ManuallyDrop::new(unsafe { Call::from_handle(call.handle()) }),
+            request_id: OnceCell::new(),
+            app: OnceCell::new(),
+            service: OnceCell::new(),
+            tenant: OnceCell::new(),
+            subject: OnceCell::new(),
+            claims: OnceCell::new(),
+        }
+    }
+
     /// The caller's request id, as JSON text (`42` or `"a-1"`).
     pub fn request_id(&self) -> &str {
-        &self.inner.request_id
+        self.request_id.get_or_init(|| self.call.request_id())
     }
 
     /// The application the request came through.
     pub fn app(&self) -> &str {
-        &self.inner.app
+        self.app.get_or_init(|| self.call.app())
     }
 
     /// This service's name, as the caller addressed it.
     pub fn service(&self) -> &str {
-        &self.inner.service
+        self.service.get_or_init(|| self.call.service())
     }
 
     /// The tenant the request acts for, if any.
     pub fn tenant(&self) -> Option<&str> {
-        self.inner.tenant.as_deref()
+        self.tenant.get_or_init(|| self.call.tenant()).as_deref()
     }
 
     /// The authenticated subject, if a token was verified.
     pub fn subject(&self) -> Option<&str> {
-        self.inner.subject.as_deref()
+        self.subject.get_or_init(|| self.call.subject()).as_deref()
     }
 
     /// The verified token's claims as JSON text (`{}` without a token).
     pub fn claims_json(&self) -> &str {
-        &self.inner.claims
+        self.claims.get_or_init(|| self.call.claims())
     }
 
     /// The verified token's claims, deserialized into `T`.
     pub fn claims<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.inner.claims).map_err(|e| {
+        serde_json::from_str(self.claims_json()).map_err(|e| {
             Error::forbidden(format!("token claims do not have the expected shape: {e}"))
         })
     }
 
-    /// Time left before the host cuts this request off.
+    /// Time left now before the host cuts this request off.
     pub fn time_left(&self) -> Duration {
-        Duration::from_millis(self.inner.time_left_ms).saturating_sub(self.entered.elapsed())
+        Duration::from_millis(self.call.time_left_ms())
     }
 }
 
@@ -233,9 +275,9 @@ pub fn __healthy() -> Result<(), Error> {
 
 /// Runs a health check for the code `service!` generates.
 #[doc(hidden)]
-pub fn __check(check: fn() -> Result<(), Error>) -> Result<(), handler::Error> {
+pub fn __check(check: fn() -> Result<(), Error>) -> Result<(), WitError> {
     install_panic_hook();
-    check().map_err(|e| handler::Error {
+    check().map_err(|e| WitError {
         code: e.code,
         message: e.message,
     })
@@ -249,13 +291,13 @@ macro_rules! __service_impl {
         #[doc(hidden)]
         pub struct __FerryService;
 
-        impl $crate::__bindings::exports::ferry::plugin::handler::Guest for __FerryService {
+        impl $crate::__bindings::exports::ferry::plugin::call_handler::Guest for __FerryService {
             fn handle(
-                ctx: $crate::__bindings::ferry::plugin::types::Context,
+                call: &$crate::__bindings::ferry::plugin::invocation::Call,
                 action: ::std::string::String,
                 params: ::std::string::String,
             ) -> ::std::result::Result<::std::string::String, $crate::__bindings::ferry::plugin::types::Error> {
-                $crate::__handle(ctx, &action, &params, &[$($name),+], |ctx, action, params| {
+                $crate::__handle(call, &action, &params, &[$($name),+], |ctx, action, params| {
                     $(if action == $name {
                         return ::std::option::Option::Some($crate::__invoke(ctx, params, $action));
                     })+
@@ -281,17 +323,15 @@ pub type __Dispatch = fn(&Ctx, &str, &str) -> Option<Result<String, Error>>;
 /// `service!` generates; not part of the public API.
 #[doc(hidden)]
 pub fn __handle(
-    ctx: __bindings::ferry::plugin::types::Context,
+    call: &Call,
     action: &str,
     params: &str,
     actions: &[&str],
     dispatch: __Dispatch,
-) -> Result<String, handler::Error> {
+) -> Result<String, WitError> {
     install_panic_hook();
-    let ctx = Ctx {
-        inner: ctx,
-        entered: Instant::now(),
-    };
+    // SAFETY: `ctx` lives on this frame and is dropped before it returns.
+    let ctx = unsafe { Ctx::new(call) };
     let outcome = dispatch(&ctx, action, params).unwrap_or_else(|| {
         Err(Error::not_found(format!(
             "service `{}` has no action `{action}` (it has: {})",
@@ -299,7 +339,7 @@ pub fn __handle(
             actions.join(", ")
         )))
     });
-    outcome.map_err(|e| handler::Error {
+    outcome.map_err(|e| WitError {
         code: e.code,
         message: e.message,
     })

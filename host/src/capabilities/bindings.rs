@@ -1,18 +1,38 @@
-//! The one place WIT bindings are generated for the host. Only the types the
-//! rest of the host needs are re-exported.
+//! The one place WIT bindings are generated for the host, from the `host`
+//! world: every interface a plugin may import, and every export the host
+//! knows how to call. Only what the rest of the host needs is re-exported.
 
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "service",
+        world: "host",
         exports: { default: async },
-        imports: { "ferry:plugin/sql": async | trappable },
-        with: { "ferry:plugin/sql.transaction": crate::capabilities::sql::Transaction },
+        imports: {
+            "ferry:plugin/sql": async | trappable,
+            "ferry:plugin/invocation": trappable,
+        },
+        with: {
+            "ferry:plugin/sql.transaction": crate::capabilities::sql::Transaction,
+            "ferry:plugin/invocation.call": crate::capabilities::invocation::CallInfo,
+        },
     });
 }
 
+pub use generated::exports::ferry::plugin::call_handler::{
+    Guest as CallHandler, GuestIndices as CallHandlerIndices,
+};
+pub use generated::exports::ferry::plugin::handler::{
+    Guest as Handler, GuestIndices as HandlerIndices,
+};
+pub use generated::exports::ferry::plugin::health::{
+    Guest as Health, GuestIndices as HealthIndices,
+};
 pub use generated::ferry::plugin::config::{
     Host as ConfigHost, add_to_linker as add_config_to_linker,
+};
+pub use generated::ferry::plugin::invocation::{
+    Host as InvocationHost, HostCall as InvocationHostCall,
+    add_to_linker as add_invocation_to_linker,
 };
 pub use generated::ferry::plugin::log::{
     Host as LogHost, Level as LogLevel, add_to_linker as add_log_to_linker,
@@ -22,9 +42,3 @@ pub use generated::ferry::plugin::sql::{
     Rows as SqlRows, Value as SqlValue, add_to_linker as add_sql_to_linker,
 };
 pub use generated::ferry::plugin::types::{Context, Error as WitError};
-pub use generated::{Service, ServiceIndices};
-
-/// Where the optional `health` export lives; `world service` does not
-/// require it, so it is looked up by name instead of generated.
-pub const HEALTH_INTERFACE: &str = "ferry:plugin/health@0.1.0";
-pub const HEALTH_CHECK: &str = "check";

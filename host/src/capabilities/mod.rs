@@ -5,6 +5,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod invocation;
 pub mod log;
 pub mod sql;
 pub mod wasi;

@@ -78,8 +78,9 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
         }
     };
     println!(
-        "ok: {} is a valid Ferry plugin (world ferry:plugin/service@0.1.0, {} KiB, sha256 {}, compiled in {} ms, health export: {})",
+        "ok: {} is a valid Ferry plugin (world ferry:plugin/{}, {} KiB, sha256 {}, compiled in {} ms, health export: {})",
         file.display(),
+        plugin.world(),
         report.bytes / 1024,
         plugin.version(),
         report.elapsed.as_millis(),

@@ -20,6 +20,7 @@ fn version(plugin: &Plugin, now: Instant) -> Value {
         "name": plugin.name(),
         "state": state,
         "version": plugin.version(),
+        "world": plugin.world(),
         "deployment": plugin.deployment(),
         "loaded_at_unix_s": unix_seconds(plugin.loaded_at()),
         "limits": plugin.limits(),

@@ -13,9 +13,10 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::cache::{self, CacheOutcome};
 use super::plugin::{Plugin, Settings};
 use super::state::StoreState;
+use super::pool::EntryIndices;
 use crate::capabilities::bindings::{
-    HEALTH_CHECK, HEALTH_INTERFACE, ServiceIndices, add_config_to_linker, add_log_to_linker,
-    add_sql_to_linker,
+    CallHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
+    add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,
 };
 use crate::config::{MAX_INSTANCES, MAX_MEMORY_MB};
 
@@ -38,7 +39,7 @@ pub enum LoadError {
     #[error("the component imports something Ferry does not provide: {0}")]
     Imports(String),
     #[error(
-        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world: {0}"
+        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world, nor `ferry:plugin/call-handler@0.1.1` of the `plugin` world: {0}"
     )]
     Exports(String),
 }
@@ -83,6 +84,10 @@ impl Runtime {
             &mut linker,
             StoreState::sql,
         )?;
+        add_invocation_to_linker::<StoreState, crate::capabilities::invocation::HasCalls>(
+            &mut linker,
+            StoreState::calls,
+        )?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
@@ -124,21 +129,26 @@ impl Runtime {
             .cache
             .load(&self.engine, bytes, &digest)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let health = component
-            .get_export_index(None, HEALTH_INTERFACE)
-            .and_then(|interface| component.get_export_index(Some(&interface), HEALTH_CHECK));
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        let indices =
-            ServiceIndices::new(&instance_pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        // Plugins built against 0.1.1 and later export `call-handler`; those
+        // built against 0.1.0 export `handler`.
+        let entry = match CallHandlerIndices::new(&instance_pre) {
+            Ok(indices) => EntryIndices::Call(indices),
+            Err(_) => EntryIndices::Handler(
+                HandlerIndices::new(&instance_pre)
+                    .map_err(|e| LoadError::Exports(format!("{e:#}")))?,
+            ),
+        };
+        let health = HealthIndices::new(&instance_pre).ok();
         let report = LoadReport {
             bytes: bytes.len(),
             cache: outcome,
             elapsed: started.elapsed(),
         };
-        let plugin = Plugin::new(name, instance_pre, indices, health, settings, digest);
+        let plugin = Plugin::new(name, instance_pre, entry, health, settings, digest);
         Ok((plugin, report))
     }
 }

@@ -16,15 +16,15 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 use wasmtime::Trap;
-use wasmtime::component::{ComponentExportIndex, InstancePre};
+use wasmtime::component::InstancePre;
 
 use super::circuit::{Admission, Circuit, CircuitSnapshot, Origin, Transition};
 use super::error::CallError;
-use super::pool::Warm;
+use super::pool::{EntryIndices, Warm};
 use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
-use crate::capabilities::bindings::{Context, ServiceIndices};
+use crate::capabilities::bindings::{Context, HealthIndices};
 use crate::config::Limits;
 use crate::resources::database::Database;
 
@@ -63,9 +63,9 @@ pub struct Call<'a> {
 pub struct Plugin {
     pub(super) name: Arc<str>,
     pub(super) pre: InstancePre<StoreState>,
-    pub(super) indices: ServiceIndices,
+    pub(super) entry: EntryIndices,
     /// The optional `health.check` export.
-    pub(super) health_export: Option<ComponentExportIndex>,
+    pub(super) health_export: Option<HealthIndices>,
     pub(super) settings: Settings,
     pub(super) digest: String,
     pub(super) slots: Semaphore,
@@ -88,15 +88,15 @@ impl Plugin {
     pub(super) fn new(
         name: &str,
         pre: InstancePre<StoreState>,
-        indices: ServiceIndices,
-        health_export: Option<ComponentExportIndex>,
+        entry: EntryIndices,
+        health_export: Option<HealthIndices>,
         settings: Settings,
         digest: String,
     ) -> Self {
         Plugin {
             name: name.into(),
             pre,
-            indices,
+            entry,
             slots: Semaphore::new(settings.limits.max_concurrency as usize),
             circuit: Circuit::new(settings.limits.circuit),
             circuit_opened: Notify::new(),
@@ -157,6 +157,15 @@ impl Plugin {
         self.deployment.as_deref()
     }
 
+    /// The world the plugin was built for, by its entry point: `plugin`
+    /// (0.1.1 on) or `service` (0.1.0).
+    pub fn world(&self) -> &'static str {
+        match self.entry {
+            EntryIndices::Call(_) => "plugin",
+            EntryIndices::Handler(_) => "service",
+        }
+    }
+
     pub fn has_health(&self) -> bool {
         self.health_export.is_some()
     }
@@ -180,7 +189,7 @@ impl Plugin {
         *self.retired.borrow()
     }
 
-    pub async fn call(&self, mut call: Call<'_>) -> Result<String, CallError> {
+    pub async fn call(&self, call: Call<'_>) -> Result<String, CallError> {
         let arrived = Instant::now();
         let probe = match self.circuit.admit(arrived) {
             Admission::Pass => false,
@@ -196,7 +205,8 @@ impl Plugin {
         };
         let verdict = Verdict::new(&self.circuit, probe);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.run(&mut call).await;
+        let timeout_ms = call.timeout_ms;
+        let result = self.run(call).await;
         self.stats.latency.record(arrived.elapsed());
         if let Err(e) = &result {
             let counter = match e {
@@ -210,7 +220,7 @@ impl Plugin {
         // A caller that gave the plugin less than half its own limit and ran
         // out says little about the plugin; one that gave it a fair chance
         // does.
-        let impatient = call.timeout_ms.saturating_mul(2) < self.limits().timeout_ms;
+        let impatient = timeout_ms.saturating_mul(2) < self.limits().timeout_ms;
         match &result {
             Ok(_) | Err(CallError::Plugin { .. }) => self.settle(verdict.success()),
             Err(CallError::Timeout { .. }) if impatient => {}
@@ -246,37 +256,37 @@ impl Plugin {
 
     /// Runs one request: waits for a slot, takes an instance, calls the
     /// handler under the deadline, and answers the handler's JSON text.
-    async fn run(&self, call: &mut Call<'_>) -> Result<String, CallError> {
-        let _permit = self.admit(call.deadline).await?;
+    async fn run(&self, call: Call<'_>) -> Result<String, CallError> {
+        let Call {
+            mut ctx,
+            app,
+            database,
+            action,
+            params,
+            deadline,
+            timeout_ms,
+        } = call;
+        let _permit = self.admit(deadline).await?;
         let _in_flight = Gauge::enter(&self.stats.in_flight);
 
         let warm = self.take_idle();
         let mut warm = match warm {
             Some(warm) => warm,
-            None => self.instantiate(call.deadline, call.timeout_ms).await?,
+            None => self.instantiate(deadline, timeout_ms).await?,
         };
         warm.store.data_mut().log.begin_request();
-        warm.store.data_mut().sql.begin_request(
-            call.app.clone(),
-            call.database.clone(),
-            call.deadline,
-        );
+        warm.store
+            .data_mut()
+            .sql
+            .begin_request(app, database, deadline);
         // An instance that sat idle across epoch ticks would otherwise yield
         // at its first check: start every call with a full tick.
         warm.store.set_epoch_deadline(1);
-        call.ctx.time_left_ms = call
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
+        ctx.time_left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
 
         let outcome = tokio::time::timeout_at(
-            call.deadline.into(),
-            warm.service.ferry_plugin_handler().call_handle(
-                &mut warm.store,
-                &call.ctx,
-                call.action,
-                call.params,
-            ),
+            deadline.into(),
+            warm.handle(ctx, deadline, action, params),
         )
         .await;
 
@@ -284,8 +294,8 @@ impl Plugin {
         // which is how a failed instance is thrown away.
         match outcome {
             Err(_elapsed) => {
-                tracing::warn!(plugin = %self.name, timeout_ms = call.timeout_ms, "request timed out; instance discarded");
-                Err(self.timeout(call.timeout_ms))
+                tracing::warn!(plugin = %self.name, timeout_ms, "request timed out; instance discarded");
+                Err(self.timeout(timeout_ms))
             }
             Ok(Err(trap)) => Err(self.trap(trap, warm.store.data())),
             Ok(Ok(Err(e))) => {

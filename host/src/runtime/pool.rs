@@ -6,22 +6,64 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::TypedFunc;
+use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::error::CallError;
 use super::plugin::Plugin;
 use super::state::StoreState;
-use crate::capabilities::bindings::{Service, WitError};
+use crate::capabilities::bindings::{
+    CallHandler, CallHandlerIndices, Context, Handler, HandlerIndices, Health, WitError,
+};
+use crate::capabilities::invocation::CallInfo;
 
-pub(super) type HealthFunc = TypedFunc<(), (Result<(), WitError>,)>;
+/// Which entry point a version exports, found when it is loaded.
+pub enum EntryIndices {
+    /// `call-handler` (the `plugin` world): the context is read on demand.
+    Call(CallHandlerIndices),
+    /// `handler` (the `service` world of 0.1.0): the context is a record.
+    Handler(HandlerIndices),
+}
+
+/// An instance's entry point.
+pub(super) enum Entry {
+    Call(CallHandler),
+    Handler(Handler),
+}
 
 /// An instance with its store, ready for another request.
 pub(super) struct Warm {
     pub(super) store: Store<StoreState>,
-    pub(super) service: Service,
-    pub(super) health: Option<HealthFunc>,
+    pub(super) entry: Entry,
+    pub(super) health: Option<Health>,
     pub(super) served: u32,
+}
+
+impl Warm {
+    /// Calls the instance's entry point with one request.
+    pub(super) async fn handle(
+        &mut self,
+        ctx: Context,
+        deadline: Instant,
+        action: &str,
+        params: &str,
+    ) -> wasmtime::Result<Result<String, WitError>> {
+        let Warm { store, entry, .. } = self;
+        match entry {
+            Entry::Handler(guest) => guest.call_handle(&mut *store, &ctx, action, params).await,
+            Entry::Call(guest) => {
+                let call = store.data_mut().table.push(CallInfo { ctx, deadline })?;
+                let borrowed = Resource::<CallInfo>::new_borrow(call.rep());
+                let outcome = guest
+                    .call_handle(&mut *store, borrowed, action, params)
+                    .await;
+                // A call cut off half-way leaves its entry behind; the
+                // instance is thrown away then, and its table with it.
+                store.data_mut().table.delete(call)?;
+                outcome
+            }
+        }
+    }
 }
 
 impl Plugin {
@@ -68,25 +110,26 @@ impl Plugin {
 
         let instantiated = tokio::time::timeout_at(deadline.into(), async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            let service = self.indices.load(&mut store, &instance)?;
+            let entry = match &self.entry {
+                EntryIndices::Call(indices) => Entry::Call(indices.load(&mut store, &instance)?),
+                EntryIndices::Handler(indices) => {
+                    Entry::Handler(indices.load(&mut store, &instance)?)
+                }
+            };
             let health = match &self.health_export {
-                Some(index) => Some(
-                    instance
-                        .get_typed_func::<(), (Result<(), WitError>,)>(&mut store, index)
-                        .map_err(|e| {
-                            e.context("its `health.check` export has the wrong type: it must be `func() -> result<_, error>`")
-                        })?,
-                ),
+                Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| {
+                    e.context("its `health.check` export has the wrong type: it must be `func() -> result<_, error>`")
+                })?),
                 None => None,
             };
-            Ok::<_, wasmtime::Error>((service, health))
+            Ok::<_, wasmtime::Error>((entry, health))
         })
         .await;
         match instantiated {
             Err(_elapsed) => Err(self.timeout(timeout_ms)),
-            Ok(Ok((service, health))) => Ok(Warm {
+            Ok(Ok((entry, health))) => Ok(Warm {
                 store,
-                service,
+                entry,
                 health,
                 served: 0,
             }),

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::plugin::Settings;
 use crate::capabilities::config::PluginConfig;
+use crate::capabilities::invocation::CallTable;
 use crate::capabilities::sql::{SqlState, SqlView};
 use crate::capabilities::{log::PluginLog, wasi};
 
@@ -41,6 +42,11 @@ impl StoreState {
             state: &mut self.sql,
             table: &mut self.table,
         }
+    }
+
+    /// The projection the linker hands the `invocation` interface.
+    pub fn calls(&mut self) -> CallTable<'_> {
+        CallTable(&mut self.table)
     }
 
     /// Clears what one request left behind, before the instance serves the

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::circuit::{Check, Origin};
 use super::plugin::Plugin;
+use super::pool::Warm;
 
 /// The last health check, for status.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -94,9 +95,9 @@ impl Plugin {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let Some(check) = warm.health else {
+        if warm.health.is_none() {
             return Ok(());
-        };
+        }
         // No application: `sql` answers `unavailable` during a check.
         warm.store.data_mut().log.begin_request();
         warm.store
@@ -104,12 +105,13 @@ impl Plugin {
             .sql
             .begin_request(Arc::from(""), None, deadline);
         warm.store.set_epoch_deadline(1);
-        let outcome =
-            tokio::time::timeout_at(deadline.into(), check.call_async(&mut warm.store, ())).await;
+        let Warm { store, health, .. } = &mut warm;
+        let check = health.as_ref().expect("checked above");
+        let outcome = tokio::time::timeout_at(deadline.into(), check.call_check(&mut *store)).await;
         match outcome {
             Err(_elapsed) => Err(format!("no answer within {timeout_ms} ms")),
             Ok(Err(trap)) => Err(self.trap(trap, warm.store.data()).to_string()),
-            Ok(Ok((verdict,))) => {
+            Ok(Ok(verdict)) => {
                 self.release(warm);
                 verdict.map_err(|e| format!("{}: {}", e.code, e.message))
             }

@@ -1,0 +1,67 @@
+//! Plugins built against an earlier WIT keep loading and answering: the
+//! fixture `tests/fixtures/echo-wit-0.1.0.wasm` is the `echo` example as it
+//! was built against `ferry:plugin@0.1.0` (the `service` world, context as
+//! a record), before the `plugin` world and its on-demand context existed.
+//! Each WIT change must keep this test passing.
+
+use std::path::PathBuf;
+
+use ferry_tests::{Ferry, expect_success, ferry_bin};
+use serde_json::json;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_wit_0_1_0_loads_and_answers() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .start_with(|deploy| {
+            std::fs::copy(fixture("echo-wit-0.1.0.wasm"), deploy.join("old.wasm")).unwrap();
+        });
+    let mut client = ferry.connect().await;
+    let response = client
+        .request(&json!({
+            "id": "c-1", "service": "old", "action": "echo",
+            "params": {"hello": "world"}, "tenant_id": "acme", "timeout_ms": 2000
+        }))
+        .await;
+    let result = expect_success(&response);
+    assert_eq!(result["params"], json!({"hello": "world"}));
+    assert_eq!(result["ctx"]["request_id"], "\"c-1\"");
+    assert_eq!(result["ctx"]["service"], "old");
+    assert_eq!(result["ctx"]["app"], "default");
+    assert_eq!(result["ctx"]["tenant"], "acme");
+    let left = result["ctx"]["time_left_ms"].as_u64().unwrap();
+    assert!(left > 1_000 && left <= 2_000, "time left {left}");
+    let params = json!({"a": [1, 2]});
+    let response = client
+        .request(&json!({"id": 2, "service": "old", "action": "params", "params": params}))
+        .await;
+    assert_eq!(expect_success(&response), &params);
+
+    // Status says which world each was built for; the current echo is the
+    // new one.
+    let status = ferry.status().await;
+    let world = |name: &str| {
+        ferry_tests::service_status(&status, name)["world"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(world("old"), "service");
+    assert_eq!(world("echo"), "plugin");
+}
+
+#[test]
+fn ferry_check_accepts_the_old_plugin_and_names_its_world() {
+    let out = std::process::Command::new(ferry_bin())
+        .arg("check")
+        .arg(fixture("echo-wit-0.1.0.wasm"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("world ferry:plugin/service"), "{stdout}");
+}
