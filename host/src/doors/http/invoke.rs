@@ -1,0 +1,238 @@
+//! `POST /v1/{service}/{action}` and `POST /v1/rpc`: the request's path,
+//! headers and body become one `Invocation`, borrowed from the request
+//! wherever it can be.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use http_body_util::BodyExt;
+use serde_json::value::RawValue;
+
+use super::{
+    Counted, HttpError, HttpState, bearer_token, header_str, host, json_response, status_for,
+    with_retry_after,
+};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
+use crate::doors::envelope::{self, Request};
+
+/// Ids for HTTP requests that do not bring an `X-Request-Id`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Reads the whole body, refusing one over `max` bytes as `too_large`
+/// (at once when its declared length says so).
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, HttpError> {
+    let too_large = || {
+        HttpError::new(
+            ErrorCode::TooLarge,
+            format!("request body is over the limit of {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// The service and action of `/v1/{service}/{action}`, percent-decoded
+/// only when there is something to decode.
+fn service_and_action(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), HttpError> {
+    let not_found = || HttpError::new(ErrorCode::NotFound, "no such endpoint");
+    let rest = path.strip_prefix("/v1/").ok_or_else(not_found)?;
+    let (service, action) = rest.split_once('/').ok_or_else(not_found)?;
+    Ok((decode(service)?, decode(action)?))
+}
+
+fn decode(part: &str) -> Result<Cow<'_, str>, HttpError> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map_err(|_| HttpError::new(ErrorCode::BadRequest, "the path is not UTF-8"))
+}
+
+/// `POST /v1/{service}/{action}`: the body is the params, the answer is the
+/// plugin's result. Optional headers: `X-Request-Id`, `X-Tenant-Id`,
+/// `X-Timeout-Ms`.
+pub async fn call(State(state): State<HttpState>, request: HttpRequest) -> Response {
+    let _counted = Counted::new(&state.tally);
+    let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    let outcome = async {
+        let (service, action) = service_and_action(parts.uri.path())?;
+        let body = read_body(&parts.headers, body, state.max_body).await?;
+        let headers = &parts.headers;
+        let params = if body.iter().all(u8::is_ascii_whitespace) {
+            "{}"
+        } else {
+            let text = std::str::from_utf8(&body).map_err(|_| {
+                HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8")
+            })?;
+            let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+                HttpError::new(
+                    ErrorCode::BadRequest,
+                    format!("request body is not JSON: {e}"),
+                )
+            })?;
+            match raw.get() {
+                "null" => "{}",
+                json => json,
+            }
+        };
+        let request_id = match header_str(headers, "x-request-id")? {
+            Some(id) => serde_json::to_string(id).expect("a string always serializes"),
+            None => format!("\"http-{}\"", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        };
+        let timeout_ms = header_str(headers, "x-timeout-ms")?
+            .map(|t| {
+                t.parse::<u64>().map_err(|_| {
+                    HttpError::new(
+                        ErrorCode::BadRequest,
+                        "header `x-timeout-ms` must be a whole number",
+                    )
+                })
+            })
+            .transpose()?;
+        let tenant = header_str(headers, "x-tenant-id")?;
+        let token = bearer_token(headers)?;
+        let invocation = Invocation {
+            door: DoorKind::Http,
+            route: Route::Host {
+                host: host(headers),
+                named: None,
+            },
+            service: &service,
+            action: &action,
+            params,
+            request_id: &request_id,
+            token,
+            tenant,
+            timeout_ms,
+            trusted: false,
+            received,
+        };
+        state
+            .pipeline
+            .invoke(&invocation)
+            .await
+            .map_err(HttpError)
+    }
+    .await;
+    match outcome {
+        Ok(result) => json_response(StatusCode::OK, result),
+        Err(error) => {
+            log_failure(parts.uri.path(), &error.0);
+            axum::response::IntoResponse::into_response(error)
+        }
+    }
+}
+
+/// `POST /v1/rpc`: the socket envelope over HTTP, answered with the socket's
+/// response envelope (and the status of its error code, if any).
+pub async fn rpc(State(state): State<HttpState>, request: HttpRequest) -> Response {
+    let _counted = Counted::new(&state.tally);
+    let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let read = async {
+        let body = read_body(headers, body, state.max_body).await?;
+        let bearer = bearer_token(headers)?;
+        Ok::<_, HttpError>((body, bearer))
+    }
+    .await;
+    let (body, bearer) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            log_failure(parts.uri.path(), &error.0);
+            return axum::response::IntoResponse::into_response(error);
+        }
+    };
+    let parsed = Request::parse(&body).and_then(|mut request| match (&request.token, bearer) {
+        (Some(_), Some(_)) => Err(envelope::BadRequest {
+            id: request.id(),
+            message: "a token in both the Authorization header and the envelope; send one".into(),
+        }),
+        (_, Some(bearer)) => {
+            request.token = Some(bearer.into());
+            Ok(request)
+        }
+        (_, None) => Ok(request),
+    });
+    let (status, retry_after_ms, frame) = match parsed {
+        Err(bad) => {
+            let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
+            (
+                status_for(&error.code),
+                None,
+                envelope::error_frame(bad.id, &error),
+            )
+        }
+        Ok(request) => match run_envelope(&state, &request, host(headers), received).await {
+            Ok(result) => (
+                StatusCode::OK,
+                None,
+                envelope::success_frame(request.id(), &result),
+            ),
+            Err(error) => {
+                log_failure(parts.uri.path(), &error);
+                (
+                    status_for(&error.code),
+                    error.retry_after_ms,
+                    envelope::error_frame(request.id(), &error),
+                )
+            }
+        },
+    };
+    // The same bytes as on a socket, without the length prefix.
+    with_retry_after(
+        status,
+        retry_after_ms,
+        json_response(status, Bytes::from(frame).slice(4..)),
+    )
+}
+
+/// Runs a parsed envelope that came over HTTP: the `Host` header picks the
+/// application, and an `app` the envelope names must agree.
+async fn run_envelope(
+    state: &HttpState,
+    request: &Request<'_>,
+    host: Option<&str>,
+    received: Instant,
+) -> Result<String, ErrorBody> {
+    let service = request.service(None)?;
+    let route = Route::Host {
+        host,
+        named: request.app.as_deref(),
+    };
+    let invocation = request.invocation(DoorKind::Http, route, service, false, received);
+    state.pipeline.invoke(&invocation).await
+}
+
+/// Failures the host answers for are worth a log line; refusals of the
+/// client's request only at debug level. Error responses never log
+/// anything else.
+fn log_failure(path: &str, error: &ErrorBody) {
+    let status = status_for(&error.code);
+    if status.is_server_error() {
+        tracing::warn!(path, status = status.as_u16(), code = error.code, "http request failed");
+    } else {
+        tracing::debug!(path, status = status.as_u16(), code = error.code, "http request refused");
+    }
+}
