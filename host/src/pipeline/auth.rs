@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
+use super::verified::VerifiedTokens;
 use crate::core::Identity;
 
 /// Why a token was refused; always answered as `unauthorized`.
@@ -28,6 +29,8 @@ struct JwksKey {
 /// One application's verifier.
 pub struct JwtAuth {
     validation: Validation,
+    /// Tokens verified before, until they expire.
+    verified: VerifiedTokens,
     secret: Option<(DecodingKey, EncodingKey)>,
     public_key: Option<DecodingKey>,
     jwks: Vec<JwksKey>,
@@ -221,6 +224,7 @@ impl JwtAuth {
 
         Ok(JwtAuth {
             validation,
+            verified: VerifiedTokens::default(),
             secret,
             public_key,
             jwks,
@@ -237,6 +241,17 @@ impl JwtAuth {
 
     /// Checks `token` and answers who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(identity) = self.verified.get(token) {
+            return Ok(identity);
+        }
+        let (identity, exp) = self.verify_afresh(token)?;
+        self.verified
+            .insert(token, &identity, exp.saturating_add(self.validation.leeway));
+        Ok(identity)
+    }
+
+    /// Checks every part of `token`; answers who it names and its `exp`.
+    fn verify_afresh(&self, token: &str) -> Result<(Identity, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError(format!("malformed token: {}", describe(e.kind()))))?;
         if !self.validation.algorithms.contains(&header.alg) {
@@ -264,11 +279,14 @@ impl JwtAuth {
             Some(name) => string_claim(name)?,
             None => None,
         };
-        Ok(Identity {
+        // `exp` is required and was checked as a number by the validation.
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let identity = Identity {
             subject,
             tenant,
             claims: Value::Object(claims).to_string(),
-        })
+        };
+        Ok((identity, exp))
     }
 
     /// The key for a token signed with `alg`: by `kid` from the JWK set,

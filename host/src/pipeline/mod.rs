@@ -8,6 +8,7 @@
 mod apps;
 mod auth;
 mod table;
+mod verified;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
