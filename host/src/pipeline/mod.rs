@@ -10,7 +10,9 @@ mod auth;
 mod table;
 mod verified;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 pub use apps::{App, Apps, Auth};
@@ -21,15 +23,16 @@ use crate::runtime::{Call, Context, Plugin};
 
 pub struct Pipeline {
     table: Table,
-    /// Swapped whole, so a request sees one consistent table.
-    apps: RwLock<Arc<Apps>>,
+    /// Swapped whole, so a request sees one consistent table; read without
+    /// a lock.
+    apps: ArcSwap<Apps>,
 }
 
 impl Pipeline {
     pub fn new(apps: Apps) -> Pipeline {
         Pipeline {
             table: Table::default(),
-            apps: RwLock::new(Arc::new(apps)),
+            apps: ArcSwap::from_pointee(apps),
         }
     }
 
@@ -39,13 +42,13 @@ impl Pipeline {
     }
 
     pub fn apps(&self) -> Arc<Apps> {
-        self.apps.read().expect("apps lock").clone()
+        self.apps.load_full()
     }
 
     /// Replaces the application table (a config reload); requests already
     /// routed keep the table they started with.
     pub fn set_apps(&self, apps: Apps) {
-        *self.apps.write().expect("apps lock") = Arc::new(apps);
+        self.apps.store(Arc::new(apps));
     }
 
     /// Services an application lists for which there is no plugin file at
@@ -83,7 +86,7 @@ impl Pipeline {
     /// Everything before the plugin: route, authenticate, settle the tenant
     /// and the deadline.
     fn prepare<'a>(&self, inv: &Invocation<'a>) -> Result<(Arc<Plugin>, Call<'a>), ErrorBody> {
-        let apps = self.apps();
+        let apps = self.apps.load();
         let app = route(&apps, inv.route)?;
         let service = inv.service;
         if !app.serves(service) {

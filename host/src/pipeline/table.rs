@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
+
 use crate::runtime::Plugin;
 
 /// A newer file for a service that was refused while the previous version
@@ -34,7 +36,8 @@ impl Rejection {
 
 #[derive(Default)]
 pub struct Table {
-    services: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Read by every request without a lock; replaced whole by a deploy.
+    services: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
     /// Plugin files found but not loaded, with the reason; shown by status
     /// and keeping `/readyz` red.
     failed: RwLock<BTreeMap<String, Rejection>>,
@@ -48,10 +51,7 @@ pub struct Table {
 impl Table {
     /// Whether the service has a loaded version or a file that failed.
     pub fn knows(&self, service: &str) -> bool {
-        self.services
-            .read()
-            .expect("routing table lock")
-            .contains_key(service)
+        self.services.load().contains_key(service)
             || self
                 .failed
                 .read()
@@ -71,11 +71,12 @@ impl Table {
             .write()
             .expect("rejected table lock")
             .remove(&name);
-        let previous = self
-            .services
-            .write()
-            .expect("routing table lock")
-            .insert(name, plugin);
+        let mut previous = None;
+        self.services.rcu(|services| {
+            let mut services = BTreeMap::clone(services);
+            previous = services.insert(name.clone(), plugin.clone());
+            services
+        });
         if let Some(previous) = &previous {
             self.retire(previous);
         }
@@ -93,11 +94,12 @@ impl Table {
             .write()
             .expect("rejected table lock")
             .remove(service);
-        let removed = self
-            .services
-            .write()
-            .expect("routing table lock")
-            .remove(service);
+        let mut removed = None;
+        self.services.rcu(|services| {
+            let mut services = BTreeMap::clone(services);
+            removed = services.remove(service);
+            services
+        });
         if let Some(removed) = &removed {
             self.retire(removed);
         }
@@ -125,11 +127,7 @@ impl Table {
     /// version serving, that version stays and the refusal is noted beside
     /// it; otherwise the service is `failed`.
     pub fn refuse(&self, service: &str, rejection: Rejection) {
-        let serving = self
-            .services
-            .read()
-            .expect("routing table lock")
-            .contains_key(service);
+        let serving = self.services.load().contains_key(service);
         let table = if serving {
             &self.rejected
         } else {
@@ -166,28 +164,14 @@ impl Table {
 
     /// Every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
-        self.services
-            .read()
-            .expect("routing table lock")
-            .values()
-            .cloned()
-            .collect()
+        self.services.load().values().cloned().collect()
     }
 
     pub fn get(&self, service: &str) -> Option<Arc<Plugin>> {
-        self.services
-            .read()
-            .expect("routing table lock")
-            .get(service)
-            .cloned()
+        self.services.load().get(service).cloned()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.services
-            .read()
-            .expect("routing table lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.services.load().keys().cloned().collect()
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -60,6 +61,9 @@ pub enum Transition {
 pub struct Circuit {
     settings: config::Circuit,
     state: Mutex<State>,
+    /// Whether the phase is `Closed`, readable without the lock: the common
+    /// case of a request to a healthy plugin takes no lock at all.
+    closed: AtomicBool,
 }
 
 /// Whether a request may run now.
@@ -118,6 +122,7 @@ impl Circuit {
                 opens: 0,
                 last_failure: None,
             }),
+            closed: AtomicBool::new(true),
         }
     }
 
@@ -126,6 +131,9 @@ impl Circuit {
     }
 
     pub fn admit(&self, now: Instant) -> Admission {
+        if self.closed.load(Ordering::Acquire) {
+            return Admission::Pass;
+        }
         let mut state = self.lock();
         match state.phase {
             Phase::Closed => Admission::Pass,
@@ -173,6 +181,10 @@ impl Circuit {
     }
 
     pub fn success(&self, now: Instant, origin: Origin) -> Option<Transition> {
+        // Only a probe's success changes anything for a request.
+        if origin == (Origin::Request { probe: false }) {
+            return None;
+        }
         let mut state = self.lock();
         match origin {
             Origin::Health => {
@@ -181,6 +193,7 @@ impl Circuit {
             }
             Origin::Request { probe: true } if matches!(state.phase, Phase::HalfOpen { .. }) => {
                 state.phase = Phase::Closed;
+                self.closed.store(true, Ordering::Release);
                 state.recent.clear();
                 state.health_streak = 0;
                 state.closed_at = Some(now);
@@ -234,6 +247,7 @@ impl Circuit {
         state.phase = Phase::Open {
             until: now + backoff,
         };
+        self.closed.store(false, Ordering::Release);
         state.backoff = backoff;
         state.recent.clear();
         state.opens += 1;
