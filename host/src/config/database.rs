@@ -15,6 +15,13 @@ pub struct DatabaseConfig {
     /// The server-side limit on one statement (the request's deadline
     /// applies as well, whichever is sooner).
     pub statement_timeout_ms: u64,
+    /// Bytes of rows one query may hold in the host's memory; more answers
+    /// `too_large`.
+    pub max_result_bytes: usize,
+    /// Transactions one request may hold open at once (each holds a
+    /// connection; never more than `max_connections`); one more answers
+    /// `too_large`.
+    pub max_open_transactions: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -24,6 +31,8 @@ impl Default for DatabaseConfig {
             max_connections: 10,
             acquire_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
+            max_result_bytes: 16 << 20,
+            max_open_transactions: 4,
         }
     }
 }
@@ -38,6 +47,15 @@ impl DatabaseConfig {
         }
         if self.acquire_timeout_ms == 0 || self.statement_timeout_ms == 0 {
             return Err("acquire_timeout_ms and statement_timeout_ms must be at least 1".into());
+        }
+        if self.max_result_bytes < 1024 {
+            return Err(format!(
+                "max_result_bytes must be at least 1024, not {}",
+                self.max_result_bytes
+            ));
+        }
+        if self.max_open_transactions == 0 {
+            return Err("max_open_transactions must be at least 1".into());
         }
         Ok(())
     }

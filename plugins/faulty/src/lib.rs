@@ -119,6 +119,21 @@ fn write(_: &Ctx, p: Named) -> Result<Value, Error> {
 }
 
 #[derive(Deserialize)]
+struct Many {
+    count: usize,
+}
+
+/// Begins `count` transactions and holds them all until it returns: how a
+/// careless plugin would take every connection of the pool.
+fn hold_transactions(_: &Ctx, p: Many) -> Result<Value, Error> {
+    let mut held = Vec::new();
+    for _ in 0..p.count {
+        held.push(sql::begin()?);
+    }
+    Ok(json!({ "held": held.len() }))
+}
+
+#[derive(Deserialize)]
 struct Count {
     n: i64,
 }
@@ -193,4 +208,5 @@ ferry_sdk::service!(
     write,
     count,
     run_sql,
+    hold_transactions,
 );

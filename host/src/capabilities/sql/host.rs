@@ -8,7 +8,7 @@ use super::{SqlView, Transaction, bounded, clean, pooled, wit_error};
 use crate::capabilities::bindings::{
     SqlExecuted, SqlHost, SqlHostTransaction, SqlRows, SqlValue, WitError,
 };
-use crate::resources::database::{Conn, SqlError};
+use crate::resources::database::{Budget, Conn, SqlError};
 
 impl SqlView<'_> {
     async fn begin_tx(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, WitError>> {
@@ -17,6 +17,27 @@ impl SqlView<'_> {
             Err(e) => return Ok(Err(e)),
         };
         let deadline = self.state.deadline();
+        let config = database.config();
+        let limit = config.max_open_transactions.min(config.max_connections) as usize;
+        // Only transactions still holding a connection count.
+        let holding = self
+            .state
+            .open
+            .iter()
+            .filter(|rep| {
+                self.table
+                    .get(&Resource::<Transaction>::new_own(**rep))
+                    .is_ok_and(|tx| tx.conn.is_some())
+            })
+            .count();
+        if holding >= limit {
+            return Ok(Err(wit_error(
+                "too_large",
+                format!(
+                    "this request already has {limit} open transactions, the most one may have (max_open_transactions); commit or drop one first"
+                ),
+            )));
+        }
         let mut tx = Transaction {
             conn: None,
             broken: true,
@@ -41,9 +62,13 @@ impl SqlView<'_> {
     async fn on_tx<T>(
         &mut self,
         handle: &Resource<Transaction>,
-        op: impl AsyncFnOnce(&mut Conn) -> Result<T, SqlError>,
+        op: impl AsyncFnOnce(&mut Conn, Budget) -> Result<T, SqlError>,
     ) -> wasmtime::Result<Result<T, WitError>> {
         let deadline = self.state.deadline();
+        let budget = match self.state.database() {
+            Ok(database) => self.state.budget(&database),
+            Err(e) => return Ok(Err(e)),
+        };
         let tx = self.table.get_mut(handle)?;
         let Some(conn) = tx.conn.as_mut() else {
             return Ok(Err(wit_error(
@@ -52,7 +77,7 @@ impl SqlView<'_> {
             )));
         };
         tx.broken = true;
-        let result = bounded(deadline, op(conn)).await;
+        let result = bounded(deadline, op(conn, budget)).await;
         tx.broken = !clean(&result);
         Ok(result.map_err(WitError::from))
     }
@@ -65,7 +90,7 @@ impl SqlView<'_> {
         statement: &'static str,
     ) -> wasmtime::Result<Result<(), WitError>> {
         let result = self
-            .on_tx(handle, async |conn| conn.control(statement).await)
+            .on_tx(handle, async |conn, _| conn.control(statement).await)
             .await?;
         let tx = self.table.get_mut(handle)?;
         if result.is_ok() {
@@ -83,7 +108,9 @@ impl SqlHostTransaction for SqlView<'_> {
         statement: String,
         params: Vec<SqlValue>,
     ) -> wasmtime::Result<Result<SqlRows, WitError>> {
-        self.on_tx(&handle, async |conn| conn.query(&statement, values(params)).await.map(rows))
+        self.on_tx(&handle, async |conn, budget| {
+            conn.query(&statement, values(params), budget).await.map(rows)
+        })
             .await
     }
 
@@ -93,7 +120,11 @@ impl SqlHostTransaction for SqlView<'_> {
         statement: String,
         params: Vec<SqlValue>,
     ) -> wasmtime::Result<Result<SqlExecuted, WitError>> {
-        self.on_tx(&handle, async |conn| conn.execute(&statement, values(params)).await.map(executed))
+        self.on_tx(&handle, async |conn, budget| {
+            conn.execute(&statement, values(params), budget)
+                .await
+                .map(executed)
+        })
             .await
     }
 
@@ -130,8 +161,9 @@ impl SqlHost for SqlView<'_> {
             Ok(db) => db,
             Err(e) => return Ok(Err(e)),
         };
+        let budget = self.state.budget(&database);
         let result = pooled(database, self.state.deadline(), async |conn| {
-            conn.query(&statement, values(params)).await.map(rows)
+            conn.query(&statement, values(params), budget).await.map(rows)
         })
         .await;
         Ok(result.map_err(WitError::from))
@@ -146,8 +178,11 @@ impl SqlHost for SqlView<'_> {
             Ok(db) => db,
             Err(e) => return Ok(Err(e)),
         };
+        let budget = self.state.budget(&database);
         let result = pooled(database, self.state.deadline(), async |conn| {
-            conn.execute(&statement, values(params)).await.map(executed)
+            conn.execute(&statement, values(params), budget)
+                .await
+                .map(executed)
         })
         .await;
         Ok(result.map_err(WitError::from))

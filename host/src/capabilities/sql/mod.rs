@@ -16,7 +16,7 @@ use std::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::bindings::WitError;
-use crate::resources::database::{Conn, Database, SqlError};
+use crate::resources::database::{Budget, Conn, Database, SqlError};
 
 /// A transaction's connection, held in the store's resource table.
 pub struct Transaction {
@@ -124,6 +124,15 @@ impl SqlState {
     pub(super) fn deadline(&self) -> Instant {
         self.deadline.unwrap_or_else(Instant::now)
     }
+
+    /// What one statement may take: the request's deadline, and the
+    /// database's `max_result_bytes` of rows.
+    pub(super) fn budget(&self, database: &Database) -> Budget {
+        Budget {
+            deadline: self.deadline(),
+            max_result_bytes: database.config().max_result_bytes,
+        }
+    }
 }
 
 pub(crate) fn wit_error(code: &str, message: String) -> WitError {
@@ -139,6 +148,8 @@ impl From<SqlError> for WitError {
             SqlError::Refused(_) => "bad_request",
             SqlError::Unavailable(_) => "unavailable",
             SqlError::Timeout | SqlError::ServerTimeout(_) => "timeout",
+            SqlError::Forbidden(_) => "forbidden",
+            SqlError::TooLarge(_) => "too_large",
         };
         wit_error(code, e.to_string())
     }
@@ -148,7 +159,7 @@ impl From<SqlError> for WitError {
 pub(super) fn clean<T>(result: &Result<T, SqlError>) -> bool {
     matches!(
         result,
-        Ok(_) | Err(SqlError::Refused(_) | SqlError::ServerTimeout(_))
+        Ok(_) | Err(SqlError::Refused(_) | SqlError::ServerTimeout(_) | SqlError::Forbidden(_))
     )
 }
 

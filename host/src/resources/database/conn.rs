@@ -1,6 +1,10 @@
-//! A connection checked out of a pool: statements with bound parameters,
-//! transaction control, and closing a connection whose state is unknown.
+//! A connection checked out of a pool: statements with bound parameters
+//! (rows read one at a time, up to a size limit), transaction control, and
+//! closing a connection whose state is unknown.
 
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
 use sqlx::mysql::MySql;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::Postgres;
@@ -11,37 +15,98 @@ use sqlx::{Column, Executor, Row};
 
 use super::decode::{decode_mysql, decode_pg, decode_sqlite};
 use super::dialect::number_placeholders;
+use super::lite::LiteConn;
 use super::{Executed, Rows, SqlError, Value};
 
 /// A connection checked out of a pool, for one statement or a transaction.
 pub enum Conn {
-    Sqlite(PoolConnection<Sqlite>),
+    Sqlite(LiteConn),
     MySql(PoolConnection<MySql>),
     Postgres(PoolConnection<Postgres>),
 }
 
+/// What one statement may take: time, and bytes of rows held in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub deadline: Instant,
+    pub max_result_bytes: usize,
+}
+
+/// Adds up what rows hold, and refuses once it passes the budget.
+struct Tally {
+    bytes: usize,
+    max: usize,
+}
+
+impl Tally {
+    fn add(&mut self, row: &[Value]) -> Result<(), SqlError> {
+        self.bytes += row
+            .iter()
+            .map(|v| match v {
+                Value::Text(t) => t.len() + 8,
+                Value::Blob(b) => b.len() + 8,
+                _ => 16,
+            })
+            .sum::<usize>();
+        if self.bytes > self.max {
+            return Err(SqlError::TooLarge(format!(
+                "the query's rows are over the limit of {} bytes (max_result_bytes); select fewer rows or columns",
+                self.max
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads rows as they come, decoding each and stopping at the budget.
+macro_rules! read_rows {
+    ($stream:expr, $decode:expr, $budget:expr) => {{
+        let mut stream = $stream;
+        let mut tally = Tally {
+            bytes: 0,
+            max: $budget.max_result_bytes,
+        };
+        let mut columns = None;
+        let mut rows = Vec::new();
+        while let Some(row) = stream.try_next().await? {
+            if columns.is_none() {
+                columns = Some(row.columns().iter().map(|c| c.name().to_owned()).collect());
+            }
+            let values: Vec<Value> = (0..row.len())
+                .map(|i| $decode(&row, i))
+                .collect::<Result<_, _>>()?;
+            tally.add(&values)?;
+            rows.push(values);
+        }
+        Ok(Rows {
+            columns: columns.unwrap_or_default(),
+            rows,
+        })
+    }};
+}
+
 impl Conn {
     /// Runs a statement that returns rows.
-    pub async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+        budget: Budget,
+    ) -> Result<Rows, SqlError> {
         match self {
             Conn::Sqlite(c) => {
-                let rows = bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&mut **c)
-                    .await?;
-                rows_of(&rows, decode_sqlite)
+                c.set_deadline(Some(budget.deadline));
+                let stream = bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params).fetch(&mut **c);
+                read_rows!(stream, decode_sqlite, budget)
             }
             Conn::MySql(c) => {
-                let rows = bind_mysql(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&mut **c)
-                    .await?;
-                rows_of(&rows, decode_mysql)
+                let stream = bind_mysql(sqlx::query(AssertSqlSafe(sql)), params).fetch(&mut **c);
+                read_rows!(stream, decode_mysql, budget)
             }
             Conn::Postgres(c) => {
                 let sql = number_placeholders(sql);
-                let rows = bind_pg(sqlx::query(AssertSqlSafe(sql)), params)
-                    .fetch_all(&mut **c)
-                    .await?;
-                rows_of(&rows, decode_pg)
+                let stream = bind_pg(sqlx::query(AssertSqlSafe(sql)), params).fetch(&mut **c);
+                read_rows!(stream, decode_pg, budget)
             }
         }
     }
@@ -51,9 +116,11 @@ impl Conn {
         &mut self,
         sql: &str,
         params: Vec<Value>,
+        budget: Budget,
     ) -> Result<Executed, SqlError> {
         Ok(match self {
             Conn::Sqlite(c) => {
+                c.set_deadline(Some(budget.deadline));
                 let done = bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params)
                     .execute(&mut **c)
                     .await?;
@@ -90,7 +157,7 @@ impl Conn {
     /// outside the prepared-statement cache.
     pub async fn control(&mut self, statement: &'static str) -> Result<(), SqlError> {
         match self {
-            Conn::Sqlite(c) => c.execute(statement).await.map(drop)?,
+            Conn::Sqlite(c) => (&mut **c).execute(statement).await.map(drop)?,
             Conn::MySql(c) => c.execute(statement).await.map(drop)?,
             Conn::Postgres(c) => c.execute(statement).await.map(drop)?,
         }
@@ -101,7 +168,7 @@ impl Conn {
     /// pool: its state is unknown after a cancelled statement.
     pub fn discard(&mut self) {
         match self {
-            Conn::Sqlite(c) => c.close_on_drop(),
+            Conn::Sqlite(c) => c.discard(),
             Conn::MySql(c) => c.close_on_drop(),
             Conn::Postgres(c) => c.close_on_drop(),
         }
@@ -159,17 +226,3 @@ fn bind_pg(q: Query<'_, Postgres>, params: Vec<Value>) -> Query<'_, Postgres> {
     bind_all!(q, params, UntypedNull)
 }
 
-fn rows_of<R: Row>(
-    rows: &[R],
-    decode: fn(&R, usize) -> Result<Value, SqlError>,
-) -> Result<Rows, SqlError> {
-    let columns = match rows.first() {
-        Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
-        None => Vec::new(),
-    };
-    let rows = rows
-        .iter()
-        .map(|row| (0..row.len()).map(|i| decode(row, i)).collect())
-        .collect::<Result<_, _>>()?;
-    Ok(Rows { columns, rows })
-}

@@ -7,6 +7,7 @@
 mod conn;
 mod decode;
 mod dialect;
+mod lite;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,12 +15,13 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 // Statements come from plugins by design; their values are always bound.
 use sqlx::AssertSqlSafe;
 use sqlx::Executor;
 
-pub use conn::Conn;
+pub use conn::{Budget, Conn};
+use lite::LitePool;
 
 use crate::config::DatabaseConfig;
 
@@ -77,6 +79,12 @@ pub enum SqlError {
     Unavailable(String),
     #[error("the request's deadline passed while the statement ran")]
     Timeout,
+    /// The statement reaches for something plugins may not touch.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The statement's rows, or the request's transactions, are over a limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// The database's own limit (`statement_timeout_ms`, a lock wait) ran
     /// out; the connection is still sound.
     #[error("{0}")]
@@ -136,7 +144,22 @@ fn classify(db: &dyn sqlx::error::DatabaseError) -> SqlError {
     } else if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
         let code = sqlx::error::DatabaseError::code(lite);
         let primary = code.and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+        // A function the authorizer refuses fails as a plain error.
+        let refused_function = primary == 1 && db.message().contains("not authorized");
         match primary {
+            // AUTH: the authorizer refused (see `lite.rs`).
+            _ if refused_function => {
+                return SqlError::Forbidden(format!(
+                    "the statement uses a function plugins may not: {db}"
+                ));
+            }
+            23 => {
+                return SqlError::Forbidden(format!(
+                    "the statement uses what plugins may not (ATTACH, DETACH, VACUUM, extensions, or a PRAGMA that is not read-only): {db}"
+                ));
+            }
+            // INTERRUPT: the progress handler stopped it at its deadline.
+            9 => return SqlError::Timeout,
             // BUSY and LOCKED after `busy_timeout`.
             5 | 6 => Kind::Timeout,
             // NOMEM, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
@@ -159,7 +182,7 @@ fn classify(db: &dyn sqlx::error::DatabaseError) -> SqlError {
 
 /// One application's pool.
 pub enum Pool {
-    Sqlite(SqlitePool),
+    Sqlite(LitePool),
     MySql(MySqlPool),
     Postgres(PgPool),
 }
@@ -205,10 +228,7 @@ impl Database {
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_millis(statement_ms))
                     .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(max)
-                    .acquire_timeout(acquire)
-                    .connect_lazy_with(options);
+                let pool = LitePool::new(options, max, acquire);
                 Ok(Database {
                     pool: Pool::Sqlite(pool),
                     engine: Engine::Sqlite,
@@ -226,15 +246,16 @@ impl Database {
                     .acquire_timeout(acquire)
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            let set = format!("SET SESSION max_statement_time = {seconds}");
-                            if conn.execute(AssertSqlSafe(set)).await.is_err() {
-                                // MySQL proper: SELECTs only, in milliseconds.
-                                let set =
-                                    format!("SET SESSION max_execution_time = {statement_ms}");
-                                let _ = conn.execute(AssertSqlSafe(set)).await;
-                            }
+                            settle_mysql(conn, seconds, statement_ms).await;
                             Ok(())
                         })
+                    })
+                    // A plugin may change its session (`SET SESSION
+                    // max_statement_time = 0`, `autocommit = 0`, the SQL
+                    // mode): whatever it did is undone before the connection
+                    // serves anyone else, or the connection is closed.
+                    .after_release(move |conn, _| {
+                        Box::pin(async move { Ok(settle_mysql(conn, seconds, statement_ms).await) })
                     })
                     .connect_lazy_with(options);
                 Ok(Database {
@@ -252,16 +273,22 @@ impl Database {
                     .acquire_timeout(acquire)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // A statement cut off at its deadline is left
-                            // behind by closing its connection; from 14 on,
-                            // the server then notices within this interval
-                            // and cancels it, instead of running it to
-                            // `statement_timeout`.
-                            if conn.server_version_num().is_some_and(|v| v >= 140_000) {
-                                conn.execute("SET client_connection_check_interval = 200")
-                                    .await?;
-                            }
+                            conn.execute(AssertSqlSafe(pg_settings(conn))).await?;
                             Ok(())
+                        })
+                    })
+                    // A plugin may change its session (`SET statement_timeout
+                    // = 0`, `SET ROLE`, `SET search_path`): every setting goes
+                    // back to the connection's defaults (the host's
+                    // statement_timeout among them) before the connection
+                    // serves anyone else, or the connection is closed.
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            let reset = format!(
+                                "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; {}",
+                                pg_settings(conn)
+                            );
+                            Ok(conn.execute(AssertSqlSafe(reset)).await.is_ok())
                         })
                     })
                     .connect_lazy_with(options);
@@ -297,11 +324,40 @@ impl Database {
     /// Connections open and idle, for status.
     pub fn pool_size(&self) -> (u32, usize) {
         match &self.pool {
-            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Sqlite(p) => p.size(),
             Pool::MySql(p) => (p.size(), p.num_idle()),
             Pool::Postgres(p) => (p.size(), p.num_idle()),
         }
     }
+}
+
+/// The session settings the host gives every PostgreSQL connection, beyond
+/// the `statement_timeout` of its start-up options.
+fn pg_settings(conn: &sqlx::postgres::PgConnection) -> String {
+    // A statement cut off at its deadline is left behind by closing its
+    // connection; from 14 on, the server then notices within this interval
+    // and cancels it, instead of running it to `statement_timeout`.
+    if conn.server_version_num().is_some_and(|v| v >= 140_000) {
+        "SET client_connection_check_interval = 200".into()
+    } else {
+        "SELECT 1".into()
+    }
+}
+
+/// Gives a MariaDB/MySQL connection the host's session settings: the time
+/// limit, the default SQL mode, autocommit on. Answers whether it worked.
+async fn settle_mysql(conn: &mut sqlx::mysql::MySqlConnection, seconds: f64, ms: u64) -> bool {
+    let set = format!(
+        "SET SESSION max_statement_time = {seconds}, sql_mode = DEFAULT, autocommit = 1, time_zone = DEFAULT"
+    );
+    if conn.execute(AssertSqlSafe(set)).await.is_ok() {
+        return true;
+    }
+    // MySQL proper: its limit is `max_execution_time`, for SELECTs only.
+    let set = format!(
+        "SET SESSION max_execution_time = {ms}, sql_mode = DEFAULT, autocommit = 1, time_zone = DEFAULT"
+    );
+    conn.execute(AssertSqlSafe(set)).await.is_ok()
 }
 
 /// A URL with its password replaced, for messages.
