@@ -501,6 +501,11 @@ impl Client {
         self.write.write_all(&frame).await
     }
 
+    /// Sends bytes exactly as given; an error once the host has closed.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(bytes).await
+    }
+
     /// Sends bytes exactly as given.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.write.write_all(bytes).await.expect("write to ferry");
@@ -527,10 +532,13 @@ impl Client {
             Err(e) => panic!("read from ferry: {e}"),
         }
         let mut payload = vec![0; u32::from_be_bytes(header) as usize];
-        self.read
-            .read_exact(&mut payload)
-            .await
-            .expect("frame payload");
+        match self.read.read_exact(&mut payload).await {
+            Ok(_) => {}
+            // The host gave up on this client half-way through a frame.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("read from ferry: {e}"),
+        }
         Some(serde_json::from_slice(&payload).expect("response is JSON"))
     }
 

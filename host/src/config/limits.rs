@@ -65,6 +65,9 @@ pub struct Limits {
     pub reuse: u32,
     /// How often the host calls a plugin's `health` export, if it has one.
     pub health_interval_ms: u64,
+    /// The largest result the plugin may answer; a larger one answers
+    /// `too_large`.
+    pub max_response_bytes: u64,
     pub circuit: Circuit,
 }
 
@@ -77,6 +80,7 @@ impl Default for Limits {
             max_queue: 1_024,
             reuse: 10_000,
             health_interval_ms: 5_000,
+            max_response_bytes: 16 << 20,
             circuit: Circuit::default(),
         }
     }
@@ -97,6 +101,7 @@ impl Limits {
             max_queue: _,
             reuse,
             health_interval_ms,
+            max_response_bytes,
             circuit,
         } = *self;
         if !(1..=3_600_000).contains(&timeout_ms) {
@@ -120,6 +125,11 @@ impl Limits {
         if health_interval_ms < 10 {
             return Err(format!(
                 "health_interval_ms must be at least 10, not {health_interval_ms}"
+            ));
+        }
+        if max_response_bytes < 1024 {
+            return Err(format!(
+                "max_response_bytes must be at least 1024, not {max_response_bytes}"
             ));
         }
         circuit.validate()

@@ -19,6 +19,7 @@ pub struct Manifest {
     pub max_queue: Option<u32>,
     pub reuse: Option<u32>,
     pub health_interval_ms: Option<u64>,
+    pub max_response_bytes: Option<u64>,
     /// Any of the circuit keys; the rest come from `defaults.circuit`.
     #[serde(default)]
     pub circuit: CircuitManifest,
@@ -97,6 +98,9 @@ impl Manifest {
             health_interval_ms: self
                 .health_interval_ms
                 .unwrap_or(defaults.health_interval_ms),
+            max_response_bytes: self
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
             circuit: Circuit {
                 failures: circuit.failures.unwrap_or(defaults.circuit.failures),
                 window_ms: circuit.window_ms.unwrap_or(defaults.circuit.window_ms),

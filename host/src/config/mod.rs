@@ -40,10 +40,17 @@ pub struct Config {
     pub data: PathBuf,
     /// Largest frame, in bytes, a client may send.
     pub max_frame_bytes: u32,
-    /// How long a connection may stall in the middle of a frame.
+    /// How long a frame may take to arrive whole, from its first byte.
     pub idle_timeout_ms: u64,
     /// Connections served at once over all sockets; more wait to be accepted.
     pub max_connections: u32,
+    /// Bytes of responses a socket connection may have waiting to be
+    /// written; past it, the host reads no more of its requests until the
+    /// client reads.
+    pub max_unsent_bytes: usize,
+    /// How long a write to a socket client may stall before the host gives
+    /// up on the client and closes its connection.
+    pub write_timeout_ms: u64,
     /// Limits for every plugin that its manifest does not override.
     pub defaults: Limits,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -63,6 +70,8 @@ impl Default for Config {
             max_frame_bytes: 1 << 20,
             idle_timeout_ms: 10_000,
             max_connections: 1_024,
+            max_unsent_bytes: 4 << 20,
+            write_timeout_ms: 10_000,
             defaults: Limits::default(),
             drain_timeout_ms: 10_000,
             apps: BTreeMap::new(),
@@ -148,6 +157,21 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if self.max_unsent_bytes < 64 * 1024 {
+            return Err(format!(
+                "max_unsent_bytes must be at least 65536, not {}",
+                self.max_unsent_bytes
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.write_timeout_ms) {
+            return Err(format!(
+                "write_timeout_ms must be between 1 and 3600000, not {}",
+                self.write_timeout_ms
+            ));
+        }
+        if self.socket.max_connections_per_uid == 0 {
+            return Err("socket.max_connections_per_uid must be at least 1".into());
         }
         if !(1..=3_600_000).contains(&self.drain_timeout_ms) {
             return Err(format!(

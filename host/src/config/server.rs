@@ -28,6 +28,14 @@ pub struct SocketConfig {
     /// Local callers need no token on this socket. Never the default.
     #[serde(default)]
     pub trusted: bool,
+    /// Connections one peer user (by uid) may hold open over all sockets,
+    /// so one local user cannot take every connection.
+    #[serde(default = "default_per_uid")]
+    pub max_connections_per_uid: u32,
+}
+
+fn default_per_uid() -> u32 {
+    256
 }
 
 fn default_socket_mode() -> u32 {
@@ -42,6 +50,7 @@ impl SocketConfig {
             allow_uids: None,
             app: None,
             trusted: false,
+            max_connections_per_uid: default_per_uid(),
         }
     }
 }
@@ -69,7 +78,7 @@ pub(super) fn socket_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<So
         type Value = SocketConfig;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str(
-                "a socket path, or a map with `path`, `mode`, `allow_uids`, `app`, `trusted`",
+                "a socket path, or a map with `path`, `mode`, `allow_uids`, `app`, `trusted`, `max_connections_per_uid`",
             )
         }
         fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<SocketConfig, E> {

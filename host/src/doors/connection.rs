@@ -4,9 +4,9 @@
 //! whatever has gathered in one write, so pipelined responses share system
 //! calls and wake-ups of the client.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -48,7 +48,12 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read, limits.max_frame, limits.stall_timeout);
     let outbox = Arc::new(Outbox::default());
-    let mut writer = tokio::spawn(write_responses(write, outbox.clone(), tally.clone()));
+    let mut writer = tokio::spawn(write_responses(
+        write,
+        outbox.clone(),
+        tally.clone(),
+        limits.write_timeout,
+    ));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let mut requests = JoinSet::new();
 
@@ -57,6 +62,16 @@ pub async fn serve(
             permit = in_flight.clone().acquire_owned() => permit.expect("in-flight semaphore is never closed"),
             _ = &mut stop => break,
         };
+        // A client that does not read its responses stops being read: the
+        // host holds at most `max_unsent` bytes of answers for it.
+        tokio::select! {
+            _ = outbox.below(limits.max_unsent) => {}
+            _ = &mut stop => break,
+            _ = &mut writer => {
+                requests.abort_all();
+                return;
+            }
+        }
         let frame: Bytes = tokio::select! {
             read = frames.read_frame() => match read {
                 Ok(Some(frame)) => frame,
@@ -140,6 +155,10 @@ async fn answer(
 struct Outbox {
     pending: Mutex<Pending>,
     ready: Notify,
+    /// Bytes pushed and not yet written (in the buffer, or being written).
+    unsent: AtomicUsize,
+    /// Signalled after every write.
+    drained: Notify,
 }
 
 #[derive(Default)]
@@ -157,10 +176,24 @@ impl Outbox {
     fn push(&self, slot: Option<OwnedSemaphorePermit>, write: impl FnOnce(&mut Vec<u8>)) {
         {
             let mut pending = self.pending.lock().expect("outbox lock");
+            let before = pending.bytes.len();
             write(&mut pending.bytes);
+            self.unsent
+                .fetch_add(pending.bytes.len() - before, Ordering::Relaxed);
             pending.slots.extend(slot);
         }
         self.ready.notify_one();
+    }
+
+    /// Resolves once fewer than `max` bytes wait to be written.
+    async fn below(&self, max: usize) {
+        loop {
+            let drained = self.drained.notified();
+            if self.unsent.load(Ordering::Relaxed) < max {
+                return;
+            }
+            drained.await;
+        }
     }
 
     fn close(&self) {
@@ -171,7 +204,12 @@ impl Outbox {
 
 /// Writes what the outbox holds whenever it holds something, until it is
 /// closed and empty or the client stops reading.
-async fn write_responses(mut write: OwnedWriteHalf, outbox: Arc<Outbox>, tally: Arc<Tally>) {
+async fn write_responses(
+    mut write: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    tally: Arc<Tally>,
+    write_timeout: Duration,
+) {
     // Two buffers take turns: the request tasks fill one while the other is
     // being written.
     let mut sending = Vec::new();
@@ -186,9 +224,20 @@ async fn write_responses(mut write: OwnedWriteHalf, outbox: Arc<Outbox>, tally: 
             (std::mem::take(&mut pending.slots), pending.closed)
         };
         if !sending.is_empty() {
-            if write.write_all(&sending).await.is_err() {
-                return;
+            // A client that reads nothing for this long is given up on: its
+            // connection closes, and the work done for it is cancelled.
+            match tokio::time::timeout(write_timeout, write.write_all(&sending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!(
+                        "closing a connection whose client has not read for {write_timeout:?}"
+                    );
+                    return;
+                }
             }
+            outbox.unsent.fetch_sub(sending.len(), Ordering::Relaxed);
+            outbox.drained.notify_waiters();
             sending.clear();
             if sending.capacity() > KEEP_CAPACITY {
                 sending = Vec::new();

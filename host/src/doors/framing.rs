@@ -20,7 +20,7 @@ pub fn seal(frame: &mut [u8]) {
 pub enum FrameError {
     #[error("frame of {declared} bytes is over the limit of {max} bytes")]
     TooLarge { declared: u32, max: u32 },
-    #[error("connection stalled for {0:?} in the middle of a frame")]
+    #[error("a frame did not arrive whole within {0:?} of its first byte")]
     Stalled(Duration),
     #[error("connection closed in the middle of a frame")]
     Truncated,
@@ -34,6 +34,8 @@ pub struct FrameReader<R> {
     buffer: BytesMut,
     max_frame: u32,
     stall_timeout: Duration,
+    /// When the frame being read must be complete: set by its first byte.
+    frame_deadline: Option<tokio::time::Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -43,23 +45,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buffer: BytesMut::with_capacity(8 * 1024),
             max_frame,
             stall_timeout,
+            frame_deadline: None,
         }
     }
 
     /// The next frame's payload; `None` on a clean end of stream (between
     /// frames). A declared length over the limit is refused before any of
     /// its payload is awaited. Between frames a connection may idle for as
-    /// long as it likes; once a frame has begun, each read must make progress
-    /// within the stall timeout.
+    /// long as it likes; once a frame has begun, all of it must arrive
+    /// within the stall timeout of its first byte (a byte now and then does
+    /// not keep a connection).
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
             if let Some(frame) = self.parse_frame()? {
+                self.frame_deadline = None;
                 return Ok(Some(frame));
             }
             let read = if self.buffer.is_empty() {
+                self.frame_deadline = None;
                 self.inner.read_buf(&mut self.buffer).await?
             } else {
-                tokio::time::timeout(self.stall_timeout, self.inner.read_buf(&mut self.buffer))
+                let deadline = *self
+                    .frame_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.stall_timeout);
+                tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buffer))
                     .await
                     .map_err(|_| FrameError::Stalled(self.stall_timeout))??
             };
@@ -105,6 +114,28 @@ mod tests {
         let mut f = (payload.len() as u32).to_be_bytes().to_vec();
         f.extend_from_slice(payload);
         f
+    }
+
+    #[tokio::test]
+    async fn a_frame_trickling_in_is_cut_off_at_its_deadline() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&[0, 0, 0, 10]).await.unwrap();
+            for b in b"{\"a\":1234}" {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                if tx.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = FrameReader::new(rx, 1024, Duration::from_millis(250));
+        let began = std::time::Instant::now();
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(FrameError::Stalled(_))
+        ));
+        assert!(began.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::config::{Config, MAX_SOCKET_PATH};
 use crate::pipeline::Pipeline;
-use unix::{ConnectionLimits, Listener, Listening};
+use unix::{ConnectionLimits, Listener, Listening, PeerConnections};
 
 /// Requests read and responses written over every door, so shutdown can
 /// say whether every accepted request was answered.
@@ -41,6 +41,7 @@ pub struct Doors {
     pipeline: Arc<Pipeline>,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
+    peers: Arc<PeerConnections>,
     pub tally: Arc<Tally>,
     shutdown: CancellationToken,
     services_dir: PathBuf,
@@ -62,8 +63,11 @@ impl Doors {
             limits: ConnectionLimits {
                 max_frame: config.max_frame_bytes,
                 stall_timeout: std::time::Duration::from_millis(config.idle_timeout_ms),
+                max_unsent: config.max_unsent_bytes,
+                write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
             },
             connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+            peers: Arc::new(PeerConnections::new(socket.max_connections_per_uid)),
             tally: Arc::new(Tally::default()),
             shutdown,
             services_dir: config.services_dir(),
@@ -110,6 +114,7 @@ impl Doors {
             self.pipeline.clone(),
             self.limits,
             self.connections.clone(),
+            self.peers.clone(),
             self.tally.clone(),
             self.shutdown.clone(),
             stop,

@@ -5,7 +5,8 @@
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -35,6 +36,60 @@ pub struct Listening {
 pub struct ConnectionLimits {
     pub max_frame: u32,
     pub stall_timeout: Duration,
+    /// Response bytes a connection may have waiting before reading pauses.
+    pub max_unsent: usize,
+    /// How long a write may stall before the connection is closed.
+    pub write_timeout: Duration,
+}
+
+/// Connections open per peer uid, over every socket.
+pub struct PeerConnections {
+    open: Mutex<HashMap<u32, u32>>,
+    max: u32,
+}
+
+impl PeerConnections {
+    pub fn new(max: u32) -> Self {
+        PeerConnections {
+            open: Mutex::default(),
+            max,
+        }
+    }
+
+    /// Counts one more connection of `uid`, or says why not.
+    fn enter(self: &Arc<Self>, uid: u32) -> Result<PeerSlot, String> {
+        let mut open = self.open.lock().expect("peer table lock");
+        let count = open.entry(uid).or_default();
+        if *count >= self.max {
+            return Err(format!(
+                "uid {uid} already has {} connections open, the most one user may (socket.max_connections_per_uid)",
+                self.max
+            ));
+        }
+        *count += 1;
+        Ok(PeerSlot {
+            peers: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One connection's place in its uid's count.
+pub struct PeerSlot {
+    peers: Arc<PeerConnections>,
+    uid: u32,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().expect("peer table lock");
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Binds a listener at `path`, creating its folder, and gives the file
@@ -148,6 +203,7 @@ pub async fn serve(
     pipeline: Arc<Pipeline>,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
+    peers: Arc<PeerConnections>,
     tally: Arc<Tally>,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -170,13 +226,30 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                let refusal = format!("cannot read the peer's credentials: {e}");
+                tasks.spawn(refuse(stream, ErrorCode::Forbidden, refusal, permit));
+                continue;
+            }
+        };
         if let Some(allowed) = &listener.allow_uids
-            && let Err(refusal) = check_peer(&stream, allowed)
+            && !allowed.contains(&uid)
         {
+            let refusal = format!("uid {uid} is not in this socket's allow_uids");
             tracing::warn!(path = %listener.path.display(), "refused a connection: {refusal}");
-            tasks.spawn(refuse(stream, refusal, permit));
+            tasks.spawn(refuse(stream, ErrorCode::Forbidden, refusal, permit));
             continue;
         }
+        let peer = match peers.enter(uid) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::warn!(path = %listener.path.display(), "refused a connection: {refusal}");
+                tasks.spawn(refuse(stream, ErrorCode::Overloaded, refusal, permit));
+                continue;
+            }
+        };
         let (pipeline, listening, tally, shutdown) = (
             pipeline.clone(),
             listener.listening.clone(),
@@ -185,7 +258,7 @@ pub async fn serve(
         );
         tasks.spawn(async move {
             super::connection::serve(stream, pipeline, listening, limits, tally, shutdown).await;
-            drop(permit);
+            drop((permit, peer));
         });
     }
     drop(listener);
@@ -193,26 +266,14 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-/// Checks the connecting process's uid, as the kernel reports it, against
-/// the listener's allow-list.
-fn check_peer(stream: &UnixStream, allowed: &[u32]) -> Result<(), String> {
-    let uid = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?
-        .uid();
-    if allowed.contains(&uid) {
-        Ok(())
-    } else {
-        Err(format!("uid {uid} is not in this socket's allow_uids"))
-    }
-}
-
-/// Tells a refused peer why (one `forbidden` frame), then closes.
-async fn refuse(mut stream: UnixStream, reason: String, permit: OwnedSemaphorePermit) {
-    let frame = envelope::error_frame(
-        envelope::NO_ID,
-        &ErrorBody::new(ErrorCode::Forbidden, reason),
-    );
+/// Tells a refused peer why (one error frame), then closes.
+async fn refuse(
+    mut stream: UnixStream,
+    code: ErrorCode,
+    reason: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let frame = envelope::error_frame(envelope::NO_ID, &ErrorBody::new(code, reason));
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&frame).await?;
         stream.shutdown().await

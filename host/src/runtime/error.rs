@@ -19,6 +19,14 @@ pub enum CallError {
     MemoryLimit { service: String, limit_mb: u64 },
     #[error("service `{service}` answered a result that is not valid JSON: {detail}")]
     BadResult { service: String, detail: String },
+    #[error(
+        "service `{service}` answered {bytes} bytes, over its limit of {limit} (max_response_bytes)"
+    )]
+    TooLarge {
+        service: String,
+        bytes: usize,
+        limit: u64,
+    },
     #[error("service `{service}` could not be started: {detail}")]
     Instantiate { service: String, detail: String },
     #[error(
@@ -43,6 +51,7 @@ impl CallError {
                 ErrorCode::PluginTrap.as_str()
             }
             CallError::BadResult { .. } => ErrorCode::Internal.as_str(),
+            CallError::TooLarge { .. } => ErrorCode::TooLarge.as_str(),
             CallError::Instantiate { .. } | CallError::CircuitOpen { .. } => {
                 ErrorCode::Unavailable.as_str()
             }

@@ -307,6 +307,14 @@ impl Plugin {
             }
             Ok(Ok(Ok(json))) => {
                 self.release(warm);
+                let limit = self.limits().max_response_bytes;
+                if json.len() as u64 > limit {
+                    return Err(CallError::TooLarge {
+                        service: self.name.to_string(),
+                        bytes: json.len(),
+                        limit,
+                    });
+                }
                 if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
                     return Err(CallError::BadResult {
                         service: self.name.to_string(),
