@@ -9,8 +9,8 @@
 //
 // Build: `make plugins` at the repository root, or `../../sdk/js/build.sh .`
 
-import { log } from 'ferry:plugin/log@0.1.0';
-import { execute, query } from 'ferry:plugin/sql@0.1.0';
+import { log } from 'ferry:plugin/log@0.1.1';
+import { execute, query } from 'ferry:plugin/sql@0.1.1';
 
 // An error for the caller: thrown as `{code, message}`, it becomes the
 // `error` of the response.

@@ -348,7 +348,7 @@ async fn public_actions_hosts_and_service_lists() {
     expect_error(&response, "not_found");
 
     // Status shows the applications without any key material.
-    let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
+    let status = ferry.admin_http("GET", "/v1/status").await.json();
     let apps = status["apps"].as_array().unwrap();
     assert_eq!(apps.len(), 3, "{status}");
     assert!(!status.to_string().contains(SHOP_SECRET));

@@ -214,7 +214,7 @@ async fn a_broken_file_leaves_the_working_version_serving() {
 
     // `ferry status` says the same.
     let out = Command::new(ferry_bin())
-        .args(["status", "--http", &ferry.http.unwrap().to_string()])
+        .args(["status", "--admin", &ferry.admin.unwrap().to_string()])
         .output()
         .unwrap();
     let table = text(&out.stdout);

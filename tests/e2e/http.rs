@@ -2,6 +2,7 @@
 //! the sockets, one status table for errors, and the operations endpoints.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use ferry_tests::{Ferry, assert_error, expect_success, ferry_bin, service_status};
 use serde_json::{Value, json};
@@ -185,7 +186,7 @@ async fn health_readiness_status_and_metrics() {
         .request(&json!({"id": 2, "service": "faulty", "action": "loop", "timeout_ms": 100}))
         .await;
 
-    let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
+    let status = ferry.admin_http("GET", "/v1/status").await.json();
     let service = |name: &str| service_status(&status, name);
     let echo = service("echo");
     assert_eq!(echo["state"], "ready");
@@ -199,7 +200,7 @@ async fn health_readiness_status_and_metrics() {
     assert_eq!(faulty["stats"]["timeouts"], 1);
     assert_eq!(faulty["stats"]["restarts"], 2);
 
-    let metrics = ferry.http("GET", "/metrics", &[], b"").await;
+    let metrics = ferry.admin_http("GET", "/metrics").await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
     assert!(
@@ -229,7 +230,7 @@ async fn health_readiness_status_and_metrics() {
 
     // `ferry status` prints the same in a table.
     let out = Command::new(ferry_bin())
-        .args(["status", "--http", &ferry.http.unwrap().to_string()])
+        .args(["status", "--admin", &ferry.admin.unwrap().to_string()])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -261,7 +262,7 @@ async fn a_plugin_that_fails_to_load_keeps_readyz_red_and_shows_why() {
     let reply = ferry.http("GET", "/readyz", &[], b"").await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["failed"], json!(["broken"]));
-    let status = ferry.http("GET", "/v1/status", &[], b"").await.json();
+    let status = ferry.admin_http("GET", "/v1/status").await.json();
     let broken = service_status(&status, "broken");
     assert_eq!(broken["state"], "failed");
     assert!(
@@ -276,4 +277,73 @@ async fn a_plugin_that_fails_to_load_keeps_readyz_red_and_shows_why() {
         ferry.http("POST", "/v1/echo/echo", &[], b"{}").await.status,
         200
     );
+}
+
+/// Status and metrics describe every application: they are served on the
+/// admin listener only, never on the public gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_metrics_are_on_the_admin_listener_only() {
+    let ferry = Ferry::start_default();
+    for path in ["/v1/status", "/metrics"] {
+        let reply = ferry.http("GET", path, &[], b"").await;
+        assert_eq!(reply.status, 404, "{path} on the gateway: {}", reply.text());
+        let reply = ferry.admin_http("GET", path).await;
+        assert_eq!(reply.status, 200, "{path} on the admin listener");
+    }
+    assert_eq!(ferry.admin.unwrap().ip().to_string(), "127.0.0.1");
+}
+
+/// A thousand connections that never finish their headers, and a thousand
+/// that send nothing, against a host that may open 1024 files: the gateway
+/// holds at most its `max_connections` and closes the oldest idle one to
+/// let a newcomer in, so a well-behaved client is served over HTTP and the
+/// socket all along.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_http_connections_do_not_lock_out_good_clients() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .http("{listen: 127.0.0.1:0, max_connections: 256, header_timeout_ms: 30000}")
+        .fd_limit(1024)
+        .start();
+    let addr = ferry.http.unwrap();
+    let mut stalled = Vec::new();
+    for i in 0..2000 {
+        let Ok(Ok(mut stream)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        else {
+            continue;
+        };
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream
+                .write_all(b"POST /v1/echo/params HTTP/1.1\r\nHost: x\r\nContent-Le")
+                .await;
+        }
+        stalled.push(stream);
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let began = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            ferry_tests::try_http_request(addr, "POST", "/v1/echo/params", &[], format!("{{\"n\":{i}}}").as_bytes()),
+        )
+        .await
+        .expect("a good HTTP client waited over 5 s")
+        .expect("a good HTTP client was refused");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["n"], i);
+        let mut client = ferry.connect().await;
+        let response = client
+            .request(&json!({"id": i, "service": "echo", "action": "params", "params": i}))
+            .await;
+        assert_eq!(ferry_tests::expect_success(&response), &json!(i));
+        slowest = slowest.max(began.elapsed());
+    }
+    eprintln!("slowest good round trip beside 2000 stalled connections: {slowest:?}");
+    assert!(ferry.open_fds() < 700, "the host holds {} files", ferry.open_fds());
+    drop(stalled);
 }

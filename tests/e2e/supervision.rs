@@ -80,7 +80,7 @@ async fn a_trap_storm_opens_the_circuit_and_recovery_closes_it() {
 
     // `ferry status` shows it.
     let out = Command::new(ferry_bin())
-        .args(["status", "--http", &ferry.http.unwrap().to_string()])
+        .args(["status", "--admin", &ferry.admin.unwrap().to_string()])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);

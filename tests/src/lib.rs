@@ -113,6 +113,10 @@ pub struct Options {
     env: Vec<(String, String)>,
     /// Replaces the generated `socket: run/ferry.sock` line.
     socket: Option<String>,
+    /// Replaces the generated `http: 127.0.0.1:0` line.
+    http: Option<String>,
+    /// The host's limit on open file descriptors.
+    fd_limit: Option<u64>,
 }
 
 impl Options {
@@ -132,6 +136,19 @@ impl Options {
     /// plain path; the path must stay `run/ferry.sock`.
     pub fn socket(mut self, yaml: &str) -> Self {
         self.socket = Some(yaml.to_owned());
+        self
+    }
+
+    /// Writes `http:` as given (YAML, after `http:`) instead of the plain
+    /// address; it must listen on `127.0.0.1:0` or `null`.
+    pub fn http(mut self, yaml: &str) -> Self {
+        self.http = Some(yaml.to_owned());
+        self
+    }
+
+    /// Starts the host with at most `n` open file descriptors.
+    pub fn fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
         self
     }
 
@@ -170,6 +187,8 @@ impl Options {
             cpu0,
             env,
             socket,
+            http,
+            fd_limit,
         } = self;
         let deploy = dir.join("deploy");
         fs::create_dir_all(&deploy).unwrap();
@@ -182,11 +201,12 @@ impl Options {
         prepare(&deploy);
         let config_path = dir.join("ferry.yaml");
         let head = format!(
-            "socket: {}\nplugins: deploy\ndata: data\nhttp: 127.0.0.1:0\n",
-            socket.as_deref().unwrap_or("run/ferry.sock")
+            "socket: {}\nplugins: deploy\ndata: data\nhttp: {}\nadmin: 127.0.0.1:0\n",
+            socket.as_deref().unwrap_or("run/ferry.sock"),
+            http.as_deref().unwrap_or("127.0.0.1:0")
         );
         fs::write(&config_path, format!("{head}{config}")).unwrap();
-        let mut ferry = Ferry::spawn(dir, &config_path, cpu0, &env);
+        let mut ferry = Ferry::spawn(dir, &config_path, cpu0, fd_limit, &env);
         ferry.config_head = head;
         ferry
     }
@@ -202,6 +222,8 @@ pub struct Ferry {
     pub startup: Duration,
     /// Where the HTTP gateway listens, if it is on.
     pub http: Option<std::net::SocketAddr>,
+    /// Where the admin endpoints (`/v1/status`, `/metrics`) listen.
+    pub admin: Option<std::net::SocketAddr>,
     keep: bool,
     /// The generated part of the config file (sockets, folders).
     config_head: String,
@@ -222,6 +244,8 @@ impl Ferry {
             cpu0: false,
             env: Vec::new(),
             socket: None,
+            http: None,
+            fd_limit: None,
         }
     }
 
@@ -233,7 +257,13 @@ impl Ferry {
             .start()
     }
 
-    fn spawn(dir: PathBuf, config: &Path, cpu0: bool, env: &[(String, String)]) -> Ferry {
+    fn spawn(
+        dir: PathBuf,
+        config: &Path,
+        cpu0: bool,
+        fd_limit: Option<u64>,
+        env: &[(String, String)],
+    ) -> Ferry {
         // One log per run, so a restarted host in the same folder keeps both.
         let runs = fs::read_dir(&dir)
             .unwrap()
@@ -258,6 +288,23 @@ impl Ferry {
         if cpu0 {
             run_on_cpu(&mut command, 0);
         }
+        if let Some(n) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe system call between fork
+            // and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command.spawn().expect("spawn ferry");
         let mut ferry = Ferry {
             child: Some(child),
@@ -266,6 +313,7 @@ impl Ferry {
             log,
             startup: Duration::ZERO,
             http: None,
+            admin: None,
             keep: false,
             config_head: String::new(),
         };
@@ -288,13 +336,18 @@ impl Ferry {
             std::thread::sleep(Duration::from_millis(10));
         }
         ferry.startup = started.elapsed();
-        ferry.http = ferry.log().lines().find_map(|line| {
-            let rest = line.split("http gateway listening").nth(1)?;
-            rest.split_whitespace()
-                .find_map(|field| field.strip_prefix("addr="))?
-                .parse()
-                .ok()
-        });
+        let log = ferry.log();
+        let listening = |what: &str| {
+            log.lines().find_map(|line| {
+                let rest = line.split(what).nth(1)?;
+                rest.split_whitespace()
+                    .find_map(|field| field.strip_prefix("addr="))?
+                    .parse()
+                    .ok()
+            })
+        };
+        ferry.http = listening("http gateway listening");
+        ferry.admin = listening("admin endpoints listening");
         ferry
     }
 
@@ -310,10 +363,16 @@ impl Ferry {
         http_request(addr, method, path, headers, body).await
     }
 
+    /// Sends one HTTP/1.1 request to the admin listener.
+    pub async fn admin_http(&self, method: &str, path: &str) -> HttpReply {
+        let addr = self.admin.expect("the admin endpoints are on");
+        http_request(addr, method, path, &[], b"").await
+    }
+
     /// Requests that reached `service`'s plugin, from `/v1/status`: how a
     /// test proves a refused request never ran.
     pub async fn plugin_requests(&self, service: &str) -> u64 {
-        let status = self.http("GET", "/v1/status", &[], b"").await.json();
+        let status = self.status().await;
         service_status(&status, service)["stats"]["requests"]
             .as_u64()
             .expect("a request count")
@@ -405,9 +464,9 @@ impl Ferry {
         fs::rename(&temporary, self.deploy_dir().join(file)).unwrap();
     }
 
-    /// The `/v1/status` document.
+    /// The `/v1/status` document, from the admin listener.
     pub async fn status(&self) -> Value {
-        self.http("GET", "/v1/status", &[], b"").await.json()
+        self.admin_http("GET", "/v1/status").await.json()
     }
 }
 

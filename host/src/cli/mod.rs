@@ -82,10 +82,11 @@ enum Command {
     },
     /// Print every service's state and counters from a running host.
     Status {
-        /// The host's HTTP address (default: the config's, else 127.0.0.1:8080).
+        /// Read it from the host's admin endpoints at this address instead
+        /// of its control socket.
         #[arg(long)]
-        http: Option<std::net::SocketAddr>,
-        /// Config file to read the HTTP address from.
+        admin: Option<std::net::SocketAddr>,
+        /// Config file of the host (for its control socket).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print the raw JSON instead of a table.
@@ -219,9 +220,13 @@ pub fn main() -> ExitCode {
                 let config = load_config(config.as_deref())?;
                 token::token(&config, &app, &sub, tenant.as_deref(), ttl)
             }
-            Command::Status { http, config, json } => {
+            Command::Status {
+                admin,
+                config,
+                json,
+            } => {
                 let config = load_config(config.as_deref())?;
-                let source = match http.or(config.http) {
+                let source = match admin {
                     Some(addr) => status::StatusSource::Http(addr),
                     None => status::StatusSource::Control(control::path(&config)),
                 };

@@ -56,27 +56,45 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     doors.open_main(config.socket.path.clone()).await?;
     let control = Control::bind(control::path(&config)).await?;
     doors.spawn(control.serve(deployer.clone(), shutdown.clone()));
-    if let Some(addr) = config.http {
-        let listener = tokio::net::TcpListener::bind(addr)
+    let state = http::HttpState {
+        pipeline: pipeline.clone(),
+        started,
+        max_body: config.max_frame_bytes as usize,
+        tally: doors.tally.clone(),
+    };
+    if let Some(gateway) = config.http {
+        let listener = tokio::net::TcpListener::bind(gateway.listen)
             .await
-            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            .with_context(|| format!("cannot listen for HTTP on {}", gateway.listen))?;
         let addr = listener.local_addr()?;
-        let app = http::app(http::HttpState {
-            pipeline: pipeline.clone(),
-            started,
-            max_body: config.max_frame_bytes as usize,
-            tally: doors.tally.clone(),
-        });
-        let stop = shutdown.clone().cancelled_owned();
-        doors.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!("http gateway failed: {e}");
-            }
-        });
+        let limits = http::HttpLimits {
+            max_connections: gateway.max_connections as usize,
+            header_timeout: Duration::from_millis(gateway.header_timeout_ms),
+        };
+        doors.spawn(http::serve(
+            listener,
+            http::app(state.clone(), limits.header_timeout),
+            limits,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "http gateway listening");
+    }
+    if let Some(admin) = config.admin {
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen for the admin endpoints on {admin}"))?;
+        let addr = listener.local_addr()?;
+        let limits = http::HttpLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(30),
+        };
+        doors.spawn(http::serve(
+            listener,
+            http::admin_app(state),
+            limits,
+            shutdown.clone(),
+        ));
+        tracing::info!(%addr, "admin endpoints listening");
     }
     tracing::info!(
         socket = %config.socket.path.display(),

@@ -20,7 +20,7 @@ pub use auth::{AuthConfig, JwtConfig};
 pub use database::DatabaseConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 pub use manifest::Manifest;
-pub use server::{MAX_SOCKET_PATH, SocketConfig};
+pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
 
 use crate::core::names::{DEFAULT_APP, valid_app_name, valid_service_name};
 
@@ -32,8 +32,13 @@ pub struct Config {
     /// `services/` beside it and share its settings.
     #[serde(deserialize_with = "server::socket_config")]
     pub socket: SocketConfig,
-    /// Address of the HTTP gateway; `null` turns it off.
-    pub http: Option<SocketAddr>,
+    /// The HTTP gateway; `null` turns it off.
+    #[serde(deserialize_with = "server::http_config")]
+    pub http: Option<HttpConfig>,
+    /// Where `/v1/status` and `/metrics` are served (loopback by default:
+    /// they describe every application); `null` turns them off. The
+    /// command line reads status through the control socket either way.
+    pub admin: Option<SocketAddr>,
     /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
     pub plugins: PathBuf,
     /// Folder for the host's own state, such as the compile cache.
@@ -64,7 +69,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: SocketConfig::at("run/ferry.sock"),
-            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http: Some(HttpConfig::at(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             plugins: PathBuf::from("deploy"),
             data: PathBuf::from("data"),
             max_frame_bytes: 1 << 20,
@@ -169,6 +175,9 @@ impl Config {
                 "write_timeout_ms must be between 1 and 3600000, not {}",
                 self.write_timeout_ms
             ));
+        }
+        if let Some(http) = &self.http {
+            http.validate()?;
         }
         if self.socket.max_connections_per_uid == 0 {
             return Err("socket.max_connections_per_uid must be at least 1".into());
@@ -284,14 +293,15 @@ mod tests {
 
     #[test]
     fn http_can_be_moved_or_turned_off() {
-        assert_eq!(
-            Config::parse("").unwrap().http,
-            Some("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            Config::parse("http: 0.0.0.0:9000\n").unwrap().http,
-            Some("0.0.0.0:9000".parse().unwrap())
-        );
+        let listen = |text: &str| Config::parse(text).unwrap().http.map(|h| h.listen);
+        assert_eq!(listen(""), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(listen("http: 0.0.0.0:9000\n"), Some("0.0.0.0:9000".parse().unwrap()));
+        let long = Config::parse("http: {listen: 127.0.0.1:1, max_connections: 5}\n")
+            .unwrap()
+            .http
+            .unwrap();
+        assert_eq!((long.max_connections, long.header_timeout_ms), (5, 30_000));
+        assert!(Config::parse("http: {listen: 127.0.0.1:1, max_conections: 5}\n").is_err());
         assert_eq!(Config::parse("http: null\n").unwrap().http, None);
         assert!(Config::parse("http: localhost\n").is_err());
     }

@@ -1,5 +1,6 @@
 //! The main socket's section: where it is and who may use it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -86,6 +87,85 @@ pub(super) fn socket_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<So
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SocketConfig, A::Error> {
             SocketConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// The HTTP gateway: where it listens and what one connection may cost.
+///
+/// Written either as an address (`http: 127.0.0.1:8080`) or as a map with
+/// `listen` and the optional keys below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Connections open at once. At the cap the oldest connection with no
+    /// request running is closed to make room.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: u32,
+    /// A request's headers, and then its body, must arrive within this
+    /// long; a keep-alive connection idle this long is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+}
+
+fn default_http_connections() -> u32 {
+    1_024
+}
+
+fn default_header_timeout() -> u64 {
+    30_000
+}
+
+impl HttpConfig {
+    pub fn at(listen: SocketAddr) -> Self {
+        HttpConfig {
+            listen,
+            max_connections: default_http_connections(),
+            header_timeout_ms: default_header_timeout(),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
+        }
+        if !(1..=3_600_000).contains(&self.header_timeout_ms) {
+            return Err(format!(
+                "http.header_timeout_ms must be between 1 and 3600000, not {}",
+                self.header_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `http`: an address, a map in the full form, or `null` (off).
+pub(super) fn http_config<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<HttpConfig>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<HttpConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "an address such as 127.0.0.1:8080, null, or a map with `listen`, `max_connections`, `header_timeout_ms`",
+            )
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: serde::de::Error>(self, addr: &str) -> Result<Self::Value, E> {
+            addr.parse()
+                .map(|listen| Some(HttpConfig::at(listen)))
+                .map_err(|_| E::custom(format!("`{addr}` is not an address such as 127.0.0.1:8080")))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            HttpConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
         }
     }
     d.deserialize_any(Visitor)

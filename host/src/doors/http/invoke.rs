@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 
 use super::{
-    Counted, HttpError, HttpState, bearer_token, header_str, host, json_response, status_for,
-    with_retry_after,
+    Counted, Gateway, HttpError, HttpState, bearer_token, header_str, host, json_response,
+    status_for, with_retry_after,
 };
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
 use crate::doors::envelope::{self, Request};
@@ -29,6 +29,7 @@ async fn read_body(
     headers: &axum::http::HeaderMap,
     body: Body,
     max: usize,
+    within: std::time::Duration,
 ) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError::new(
@@ -43,7 +44,18 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, max).collect().await {
+    let collected = tokio::time::timeout(within, http_body_util::Limited::new(body, max).collect())
+        .await
+        .map_err(|_| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    within.as_millis()
+                ),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(HttpError::new(
@@ -71,13 +83,14 @@ fn decode(part: &str) -> Result<Cow<'_, str>, HttpError> {
 /// `POST /v1/{service}/{action}`: the body is the params, the answer is the
 /// plugin's result. Optional headers: `X-Request-Id`, `X-Tenant-Id`,
 /// `X-Timeout-Ms`.
-pub async fn call(State(state): State<HttpState>, request: HttpRequest) -> Response {
+pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Response {
+    let state = &gateway.state;
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let outcome = async {
         let (service, action) = service_and_action(parts.uri.path())?;
-        let body = read_body(&parts.headers, body, state.max_body).await?;
+        let body = read_body(&parts.headers, body, state.max_body, gateway.body_timeout).await?;
         let headers = &parts.headers;
         let params = if body.iter().all(u8::is_ascii_whitespace) {
             "{}"
@@ -146,13 +159,14 @@ pub async fn call(State(state): State<HttpState>, request: HttpRequest) -> Respo
 
 /// `POST /v1/rpc`: the socket envelope over HTTP, answered with the socket's
 /// response envelope (and the status of its error code, if any).
-pub async fn rpc(State(state): State<HttpState>, request: HttpRequest) -> Response {
+pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Response {
+    let state = &gateway.state;
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let read = async {
-        let body = read_body(headers, body, state.max_body).await?;
+        let body = read_body(headers, body, state.max_body, gateway.body_timeout).await?;
         let bearer = bearer_token(headers)?;
         Ok::<_, HttpError>((body, bearer))
     }
@@ -184,7 +198,7 @@ pub async fn rpc(State(state): State<HttpState>, request: HttpRequest) -> Respon
                 envelope::error_frame(bad.id, &error),
             )
         }
-        Ok(request) => match run_envelope(&state, &request, host(headers), received).await {
+        Ok(request) => match run_envelope(state, &request, host(headers), received).await {
             Ok(result) => (
                 StatusCode::OK,
                 None,

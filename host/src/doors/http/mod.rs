@@ -6,10 +6,13 @@
 
 mod invoke;
 mod ops;
+mod serve;
+
+pub use serve::{HttpLimits, serve};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -34,22 +37,50 @@ pub struct HttpState {
     pub tally: Arc<Tally>,
 }
 
-/// The HTTP application. Tests can drive it without a socket.
+/// What the gateway's handlers share.
+#[derive(Clone)]
+pub(super) struct Gateway {
+    pub(super) state: HttpState,
+    /// How long a request body may take to arrive.
+    pub(super) body_timeout: Duration,
+}
+
+/// The HTTP gateway. Tests can drive it without a socket.
 ///
 /// No middleware layers: each would box and clone a service per request.
 /// Handlers count themselves (`Counted`) and read the body under the limit
 /// themselves.
-pub fn app(state: HttpState) -> axum::Router {
+pub fn app(state: HttpState, body_timeout: Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/rpc", post(invoke::rpc))
         .route("/v1/{service}/{action}", post(invoke::call))
-        .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(Gateway {
+            state,
+            body_timeout,
+        })
+}
+
+/// The admin endpoints: every application's status and the metrics, on a
+/// listener of their own (loopback by default).
+pub fn admin_app(state: HttpState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/status", get(ops::status))
         .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+impl axum::extract::FromRef<Gateway> for HttpState {
+    fn from_ref(gateway: &Gateway) -> HttpState {
+        gateway.state.clone()
+    }
 }
 
 /// Counts a request in (for the shutdown summary) when a handler starts,
@@ -182,7 +213,7 @@ async fn no_route(State(state): State<HttpState>) -> HttpError {
     let _counted = Counted::new(&state.tally);
     HttpError::new(
         ErrorCode::NotFound,
-        "no such endpoint: use POST /v1/{service}/{action}, POST /v1/rpc, GET /v1/status, /healthz, /readyz or /metrics",
+        "no such endpoint: use POST /v1/{service}/{action}, POST /v1/rpc, GET /healthz or /readyz (status and metrics are on the admin listener)",
     )
 }
 

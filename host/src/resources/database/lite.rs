@@ -244,13 +244,17 @@ impl Drop for LiteConn {
         let Some(pooled) = self.pooled.take() else {
             return;
         };
-        pooled.deadline.store(0, Ordering::Relaxed);
         if self.discard {
+            // A statement may still be running on it (its caller gave up
+            // at the deadline): make sure it is interrupted, whatever the
+            // time, rather than let it run on in the worker thread.
+            pooled.deadline.store(1, Ordering::Relaxed);
             self.pool.0.open.fetch_sub(1, Ordering::Relaxed);
             // Dropping the connection closes it (its worker thread ends once
             // the interrupted statement has).
             drop(pooled);
         } else {
+            pooled.deadline.store(0, Ordering::Relaxed);
             self.pool
                 .0
                 .idle

@@ -1,0 +1,175 @@
+//! Serving the HTTP router over TCP with the limits a public door needs:
+//! at most `max_connections` open, headers within `header_timeout` (which
+//! also closes keep-alive connections left idle that long), bodies within
+//! the same time. At the cap, the oldest connection that has no request
+//! running is closed to make room, so connections that stall or idle
+//! cannot lock well-behaved clients out; only when every connection is
+//! busy is the newcomer turned away, with a 503.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The HTTP door's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// One open connection, as the accept loop sees it.
+struct Open {
+    /// Requests being handled now.
+    busy: AtomicUsize,
+    /// Closes the connection at once (only ever one with nothing running).
+    evict: CancellationToken,
+}
+
+#[derive(Default)]
+struct Connections {
+    /// By age: the first is the oldest.
+    open: Mutex<BTreeMap<u64, Arc<Open>>>,
+    next: AtomicU64,
+}
+
+impl Connections {
+    fn add(&self) -> (u64, Arc<Open>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let open = Arc::new(Open {
+            busy: AtomicUsize::new(0),
+            evict: CancellationToken::new(),
+        });
+        self.open
+            .lock()
+            .expect("connections lock")
+            .insert(id, open.clone());
+        (id, open)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open.lock().expect("connections lock").remove(&id);
+    }
+
+    /// Makes room for one more under `max`: closes the oldest connection
+    /// with nothing running. Answers false when every one is busy.
+    fn make_room(&self, max: usize) -> bool {
+        let mut open = self.open.lock().expect("connections lock");
+        if open.len() < max {
+            return true;
+        }
+        let idle = open
+            .iter()
+            .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| open.remove(&id)) {
+            Some(evicted) => {
+                evicted.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts a request as running while alive.
+struct Busy(Arc<Open>);
+
+impl Busy {
+    fn enter(open: &Arc<Open>) -> Self {
+        open.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(open.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets requests in
+/// flight finish and closes every connection.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let connections = Arc::new(Connections::default());
+    let tasks = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off.
+                    tracing::warn!("http accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if !connections.make_room(limits.max_connections) {
+            tasks.spawn(turn_away(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let (id, open) = connections.add();
+        let (app, shutdown, connections) = (app.clone(), shutdown.clone(), connections.clone());
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn({
+                let open = open.clone();
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let busy = Busy::enter(&open);
+                    let app = app.clone();
+                    async move {
+                        let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                        drop(busy);
+                        response
+                    }
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    // Evicted: nothing runs on it (a head half-read, or an
+                    // idle keep-alive), so it is simply closed.
+                    _ = open.evict.cancelled() => break,
+                    _ = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            connections.remove(id);
+        });
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Answers a connection there is no room for, and closes it.
+async fn turn_away(mut stream: tokio::net::TcpStream) {
+    let body = r#"{"error":{"code":"overloaded","message":"every HTTP connection is busy running a request; retry in a moment"}}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
+}
