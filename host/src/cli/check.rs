@@ -69,7 +69,7 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
             return Ok(ExitCode::from(1));
         }
     };
-    let runtime = Arc::new(Runtime::new(None)?);
+    let runtime = Arc::new(Runtime::new(None, crate::config::MAX_INSTANCES)?);
     let (plugin, report) = match load_and_start(&runtime, &name, bytes, settings).await? {
         Ok(loaded) => loaded,
         Err(why) => {

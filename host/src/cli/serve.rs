@@ -29,7 +29,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     }
-    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()))?);
+    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()), config.max_instances)?);
     let pipeline = Arc::new(Pipeline::new(apps));
     let shutdown = CancellationToken::new();
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));

@@ -68,6 +68,8 @@ pub struct Limits {
     /// The largest result the plugin may answer; a larger one answers
     /// `too_large`.
     pub max_response_bytes: u64,
+    /// How long an instance may sit idle before it is dropped.
+    pub idle_ttl_ms: u64,
     pub circuit: Circuit,
 }
 
@@ -81,6 +83,7 @@ impl Default for Limits {
             reuse: 10_000,
             health_interval_ms: 5_000,
             max_response_bytes: 16 << 20,
+            idle_ttl_ms: 60_000,
             circuit: Circuit::default(),
         }
     }
@@ -102,6 +105,7 @@ impl Limits {
             reuse,
             health_interval_ms,
             max_response_bytes,
+            idle_ttl_ms,
             circuit,
         } = *self;
         if !(1..=3_600_000).contains(&timeout_ms) {
@@ -126,6 +130,9 @@ impl Limits {
             return Err(format!(
                 "health_interval_ms must be at least 10, not {health_interval_ms}"
             ));
+        }
+        if idle_ttl_ms < 10 {
+            return Err(format!("idle_ttl_ms must be at least 10, not {idle_ttl_ms}"));
         }
         if max_response_bytes < 1024 {
             return Err(format!(

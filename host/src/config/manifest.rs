@@ -20,6 +20,7 @@ pub struct Manifest {
     pub reuse: Option<u32>,
     pub health_interval_ms: Option<u64>,
     pub max_response_bytes: Option<u64>,
+    pub idle_ttl_ms: Option<u64>,
     /// Any of the circuit keys; the rest come from `defaults.circuit`.
     #[serde(default)]
     pub circuit: CircuitManifest,
@@ -101,6 +102,7 @@ impl Manifest {
             max_response_bytes: self
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
+            idle_ttl_ms: self.idle_ttl_ms.unwrap_or(defaults.idle_ttl_ms),
             circuit: Circuit {
                 failures: circuit.failures.unwrap_or(defaults.circuit.failures),
                 window_ms: circuit.window_ms.unwrap_or(defaults.circuit.window_ms),

@@ -58,6 +58,9 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Limits for every plugin that its manifest does not override.
     pub defaults: Limits,
+    /// Instances the engine holds at once over every plugin (running and
+    /// idle); when all are taken, idle instances are given up first.
+    pub max_instances: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
     /// Applications by name. Without any, one application named `default`
@@ -79,6 +82,7 @@ impl Default for Config {
             max_unsent_bytes: 4 << 20,
             write_timeout_ms: 10_000,
             defaults: Limits::default(),
+            max_instances: MAX_INSTANCES,
             drain_timeout_ms: 10_000,
             apps: BTreeMap::new(),
         }
@@ -163,6 +167,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.max_instances) {
+            return Err(format!(
+                "max_instances must be between 1 and {MAX_INSTANCES}, not {}",
+                self.max_instances
+            ));
         }
         if self.max_unsent_bytes < 64 * 1024 {
             return Err(format!(

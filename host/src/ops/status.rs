@@ -30,6 +30,7 @@ fn version(plugin: &Plugin, now: Instant) -> Value {
         "health": plugin.health_status(),
         "circuit": circuit,
         "stats": plugin.stats.snapshot(),
+        "idle_instances": plugin.idle_instances(),
     })
 }
 

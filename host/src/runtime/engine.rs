@@ -11,6 +11,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::{self, CacheOutcome};
+use super::idle::Instances;
 use super::plugin::{Plugin, Settings};
 use super::state::StoreState;
 use super::pool::EntryIndices;
@@ -18,7 +19,7 @@ use crate::capabilities::bindings::{
     CallHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
     add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,
 };
-use crate::config::{MAX_INSTANCES, MAX_MEMORY_MB};
+use crate::config::MAX_MEMORY_MB;
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
 /// every tick, so a deadline is enforced within about one tick, and a ready
@@ -54,6 +55,8 @@ pub struct LoadReport {
 
 pub struct Runtime {
     engine: Engine,
+    /// Every version's idle instances.
+    instances: Arc<Instances>,
     linker: Linker<StoreState>,
     cache: cache::CodeCache,
     pooling: bool,
@@ -64,14 +67,14 @@ impl Runtime {
     /// Builds the engine (with the pooling allocator when the machine lets
     /// us reserve its address space), the linker, and the epoch ticker.
     /// `cache_dir` of `None` compiles every time.
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
-        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+    pub fn new(cache_dir: Option<PathBuf>, max_instances: u32) -> anyhow::Result<Runtime> {
+        let (engine, pooling) = match Engine::new(&engine_config(Some(max_instances))) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(
                     "pooling allocator unavailable ({e}); allocating instances on demand"
                 );
-                (Engine::new(&engine_config(false))?, false)
+                (Engine::new(&engine_config(None))?, false)
             }
         };
         let mut linker = Linker::new(&engine);
@@ -101,6 +104,7 @@ impl Runtime {
             })?;
 
         Ok(Runtime {
+            instances: Instances::new()?,
             cache: cache::CodeCache::new(&engine, cache_dir),
             engine,
             linker,
@@ -148,7 +152,15 @@ impl Runtime {
             cache: outcome,
             elapsed: started.elapsed(),
         };
-        let plugin = Plugin::new(name, instance_pre, entry, health, settings, digest);
+        let plugin = Plugin::new(
+            name,
+            instance_pre,
+            entry,
+            health,
+            settings,
+            digest,
+            self.instances.clone(),
+        );
         Ok((plugin, report))
     }
 }
@@ -168,7 +180,9 @@ impl Drop for Runtime {
     }
 }
 
-fn engine_config(pooling: bool) -> wasmtime::Config {
+/// The engine's settings; with `pooling`, the pooling allocator sized for
+/// that many instances.
+fn engine_config(pooling: Option<u32>) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
@@ -177,13 +191,13 @@ fn engine_config(pooling: bool) -> wasmtime::Config {
     if std::env::var("FERRY_PROFILE").is_ok_and(|p| p == "perfmap") {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    if pooling {
+    if let Some(instances) = pooling {
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 8)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 4)
-            .total_stacks(MAX_INSTANCES)
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
             .max_memory_size((MAX_MEMORY_MB << 20) as usize)
             .max_tables_per_module(4)
             .max_memories_per_module(2)

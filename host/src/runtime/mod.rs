@@ -6,6 +6,7 @@ mod cache;
 mod circuit;
 mod engine;
 mod error;
+mod idle;
 mod latency;
 mod plugin;
 mod pool;

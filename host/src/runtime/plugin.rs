@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 use wasmtime::Trap;
@@ -20,7 +20,8 @@ use wasmtime::component::InstancePre;
 
 use super::circuit::{Admission, Circuit, CircuitSnapshot, Origin, Transition};
 use super::error::CallError;
-use super::pool::{EntryIndices, Warm};
+use super::idle::{IdlePool, Instances};
+use super::pool::EntryIndices;
 use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
@@ -70,7 +71,9 @@ pub struct Plugin {
     pub(super) digest: String,
     pub(super) slots: Semaphore,
     pub(super) queued: AtomicU32,
-    pub(super) idle: Mutex<Vec<Warm>>,
+    pub(super) idle: Arc<IdlePool>,
+    /// Every version's idle instances, to free a slot when none is left.
+    pub(super) instances: Arc<Instances>,
     pub(super) circuit: Circuit,
     /// Wakes the supervisor when the circuit opens.
     pub(super) circuit_opened: Notify,
@@ -92,7 +95,13 @@ impl Plugin {
         health_export: Option<HealthIndices>,
         settings: Settings,
         digest: String,
+        instances: Arc<Instances>,
     ) -> Self {
+        let idle = Arc::new(IdlePool::new(
+            Duration::from_millis(settings.limits.idle_ttl_ms),
+            settings.limits.max_concurrency as usize,
+        ));
+        instances.register(&idle);
         Plugin {
             name: name.into(),
             pre,
@@ -108,7 +117,8 @@ impl Plugin {
             settings,
             digest,
             queued: AtomicU32::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle,
+            instances,
             retired: watch::Sender::new(false),
             loaded_at: SystemTime::now(),
             deployment: None,
@@ -164,6 +174,11 @@ impl Plugin {
             EntryIndices::Call(_) => "plugin",
             EntryIndices::Handler(_) => "service",
         }
+    }
+
+    /// Instances parked, ready for a request.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.len()
     }
 
     pub fn has_health(&self) -> bool {
@@ -269,11 +284,12 @@ impl Plugin {
         let _permit = self.admit(deadline).await?;
         let _in_flight = Gauge::enter(&self.stats.in_flight);
 
-        let warm = self.take_idle();
+        let warm = self.take_idle(&app);
         let mut warm = match warm {
             Some(warm) => warm,
             None => self.instantiate(deadline, timeout_ms).await?,
         };
+        warm.app = Some(app.clone());
         warm.store.data_mut().log.begin_request();
         warm.store
             .data_mut()

@@ -3,6 +3,7 @@
 //! serve again. An instance that trapped, timed out or hit its memory limit
 //! is never given back; dropping it is the restart.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use crate::capabilities::bindings::{
     CallHandler, CallHandlerIndices, Context, Handler, HandlerIndices, Health, WitError,
 };
 use crate::capabilities::invocation::CallInfo;
+
+/// The engine had no free instance slot.
+pub(super) struct Exhausted(String);
 
 /// Which entry point a version exports, found when it is loaded.
 pub enum EntryIndices {
@@ -32,11 +36,13 @@ pub(super) enum Entry {
 }
 
 /// An instance with its store, ready for another request.
-pub(super) struct Warm {
+pub struct Warm {
     pub(super) store: Store<StoreState>,
     pub(super) entry: Entry,
     pub(super) health: Option<Health>,
     pub(super) served: u32,
+    /// The application it serves, once it has served one.
+    pub(super) app: Option<Arc<str>>,
 }
 
 impl Warm {
@@ -73,21 +79,48 @@ impl Plugin {
     pub async fn warm_up(&self) -> Result<(), CallError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits().timeout_ms);
         let warm = self.instantiate(deadline, self.limits().timeout_ms).await?;
-        self.idle.lock().expect("idle pool lock").push(warm);
+        self.idle.put(warm);
         Ok(())
     }
 
-    /// An idle instance, if one is parked.
-    pub(super) fn take_idle(&self) -> Option<Warm> {
-        self.idle.lock().expect("idle pool lock").pop()
+    /// An idle instance for a request of `app`, if one is parked.
+    pub(super) fn take_idle(&self, app: &Arc<str>) -> Option<Warm> {
+        self.idle.take(app)
     }
 
     /// Throws every idle instance away.
     pub(super) fn clear_idle(&self) {
-        self.idle.lock().expect("idle pool lock").clear();
+        self.idle.clear();
     }
 
-    pub(super) async fn instantiate(&self, deadline: Instant, timeout_ms: u64) -> Result<Warm, CallError> {
+    /// A new instance. When the engine has no free instance slot, the
+    /// longest-idle instance of any plugin is dropped to make one.
+    pub(super) async fn instantiate(
+        &self,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<Warm, CallError> {
+        let mut attempts = 0;
+        loop {
+            match self.instantiate_once(deadline, timeout_ms).await {
+                Err(Exhausted(detail)) => {
+                    attempts += 1;
+                    if attempts > 3 || !self.instances.evict_one() {
+                        return Err(self.overloaded(format!(
+                            "the host has no free instance slot, and no idle instance to give one up: {detail}"
+                        )));
+                    }
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+    }
+
+    async fn instantiate_once(
+        &self,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<Result<Warm, CallError>, Exhausted> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let memory_bytes = (self.limits().memory_mb << 20) as usize;
         let mut store = Store::new(
@@ -125,31 +158,31 @@ impl Plugin {
             Ok::<_, wasmtime::Error>((entry, health))
         })
         .await;
-        match instantiated {
+        Ok(match instantiated {
             Err(_elapsed) => Err(self.timeout(timeout_ms)),
             Ok(Ok((entry, health))) => Ok(Warm {
                 store,
                 entry,
                 health,
                 served: 0,
+                app: None,
             }),
             Ok(Err(e)) => {
                 if store.data().limiter.refused {
-                    return Err(self.memory_limit());
+                    return Ok(Err(self.memory_limit()));
                 }
-                let detail = format!("{e:#}");
                 // The pooling allocator refuses when every slot is taken.
-                if detail.contains("maximum concurrent") {
-                    return Err(
-                        self.overloaded(format!("the host has no free instance slot: {detail}"))
-                    );
+                if e.chain()
+                    .any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some())
+                {
+                    return Err(Exhausted(format!("{e:#}")));
                 }
                 Err(CallError::Instantiate {
                     service: self.name.to_string(),
-                    detail,
+                    detail: format!("{e:#}"),
                 })
             }
-        }
+        })
     }
 
     /// Returns a healthy instance to the pool unless it reached its reuse cap.
@@ -159,10 +192,7 @@ impl Plugin {
         if warm.served >= self.limits().reuse || self.is_retired() {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle pool lock");
-        if idle.len() < self.limits().max_concurrency as usize {
-            idle.push(warm);
-        }
+        self.idle.put(warm);
     }
 
 }

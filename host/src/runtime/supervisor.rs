@@ -87,7 +87,7 @@ impl Plugin {
     async fn run_health(&self, started: Instant) -> Result<(), String> {
         let timeout_ms = self.limits().timeout_ms;
         let deadline = started + Duration::from_millis(timeout_ms);
-        let warm = self.take_idle();
+        let warm = self.idle.take_any();
         let mut warm = match warm {
             Some(warm) => warm,
             None => self

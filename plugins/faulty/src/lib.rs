@@ -44,6 +44,26 @@ fn slow(ctx: &Ctx, _: Value) -> Result<Value, Error> {
     Ok(json!({ "slept": true }))
 }
 
+#[derive(Deserialize)]
+struct Nap {
+    ms: u64,
+}
+
+/// Sleeps `ms` milliseconds, then answers: keeps an instance busy.
+fn nap(_: &Ctx, p: Nap) -> Result<Value, Error> {
+    std::thread::sleep(Duration::from_millis(p.ms));
+    Ok(json!({ "napped": p.ms }))
+}
+
+/// What the instance was last told, kept in a global on purpose: answers
+/// the previous value and keeps the new one. Shows what one instance's
+/// memory carries from one request to the next.
+fn remember(_: &Ctx, value: Value) -> Result<Value, Error> {
+    static KEPT: std::sync::Mutex<Option<Value>> = std::sync::Mutex::new(None);
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(json!({ "previous": kept.replace(value) }))
+}
+
 /// Returns an error with a code of the plugin's own.
 fn refuse(_: &Ctx, _: Value) -> Result<Value, Error> {
     Err(Error::new("out_of_stock", "nothing left to sell"))
@@ -200,6 +220,8 @@ ferry_sdk::service!(
     "loop" => r#loop,
     alloc,
     slow,
+    nap,
+    remember,
     refuse,
     escape,
     write_then_panic,
