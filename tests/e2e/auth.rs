@@ -828,3 +828,73 @@ fn serve_until_exit(command: &mut std::process::Command) -> std::process::Output
     }
     child.wait_with_output().unwrap()
 }
+
+/// A host whose applications are given in `apps` (YAML), with the RSA key
+/// files of the other tests beside the config.
+fn host_with(apps: &str) -> Ferry {
+    let keys = rsa_keys();
+    Ferry::options()
+        .plugin("echo", "echo", None)
+        .env("FERRY_TEST_SHOP_SECRET", SHOP_SECRET)
+        .file("blog.pem", keys.public_pem.as_bytes())
+        .file("wiki.jwks", keys.jwks.as_bytes())
+        .config(apps)
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allow_list_of_several_families_accepts_each() {
+    let ferry = host_with(
+        "apps:\n  mixed:\n    hosts: [mixed.localhost]\n    services: [echo]\n    auth:\n      jwt:\n        algorithms: [HS256, RS256]\n        secret_env: FERRY_TEST_SHOP_SECRET\n        public_key_file: blog.pem\n",
+    );
+    let claims = claims(SHOP_ISS, "mixed", "alice");
+    for token in [hs256(&claims, SHOP_SECRET.as_bytes()), rs256(&claims, None)] {
+        let auth = bearer(&token);
+        let reply = echo(&ferry, "mixed.localhost", "echo", &[("Authorization", &auth)]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["ctx"]["subject"], "alice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kid_the_jwk_set_does_not_hold_is_refused() {
+    // The set holds `wiki-1` only; the token names another key, and the
+    // set's only key would verify it. It must not be tried.
+    let ferry = host_with(
+        "apps:\n  wiki:\n    hosts: [wiki.localhost]\n    services: [echo]\n    auth:\n      jwt:\n        algorithms: [RS256]\n        jwks_file: wiki.jwks\n",
+    );
+    let claims = claims(BLOG_ISS, "wiki", "bob");
+    let auth = bearer(&rs256(&claims, Some("rotated-away")));
+    let reply = echo(&ferry, "wiki.localhost", "echo", &[("Authorization", &auth)]).await;
+    let message = assert_error(&reply, 401, "unauthorized");
+    assert!(message.contains("unknown key id"), "{message}");
+    let auth = bearer(&rs256(&claims, Some("wiki-1")));
+    let reply = echo(&ferry, "wiki.localhost", "echo", &[("Authorization", &auth)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applications_sharing_an_issuer_do_not_take_each_others_tokens() {
+    // Same secret, same issuer, no audience configured: each application
+    // requires its own name as the audience.
+    let app = |name: &str| {
+        format!(
+            "  {name}:\n    hosts: [{name}.localhost]\n    services: [echo]\n    auth:\n      jwt:\n        algorithms: [HS256]\n        secret_env: FERRY_TEST_SHOP_SECRET\n        issuer: {SHOP_ISS}\n"
+        )
+    };
+    let ferry = host_with(&format!("apps:\n{}{}", app("north"), app("south")));
+    let north = bearer(&hs256(&claims(SHOP_ISS, "north", "carol"), SHOP_SECRET.as_bytes()));
+    let reply = echo(&ferry, "north.localhost", "echo", &[("Authorization", &north)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = echo(&ferry, "south.localhost", "echo", &[("Authorization", &north)]).await;
+    let message = assert_error(&reply, 401, "unauthorized");
+    assert!(message.contains("audience"), "{message}");
+    // A token that names no audience at all is refused by both.
+    let mut bare = claims(SHOP_ISS, "x", "carol");
+    bare.as_object_mut().unwrap().remove("aud");
+    let bare = bearer(&hs256(&bare, SHOP_SECRET.as_bytes()));
+    for host in ["north.localhost", "south.localhost"] {
+        let reply = echo(&ferry, host, "echo", &[("Authorization", &bare)]).await;
+        assert_error(&reply, 401, "unauthorized");
+    }
+}

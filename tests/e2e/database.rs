@@ -14,7 +14,7 @@ fn token(tenant: Option<&str>) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut claims = json!({"sub": "tester", "exp": now + 600});
+    let mut claims = json!({"sub": "tester", "aud": "shop", "exp": now + 600});
     if let Some(tenant) = tenant {
         claims["tenant"] = json!(tenant);
     }

@@ -24,7 +24,7 @@ fn token(subject: &str, tenant: &str) -> String {
         .as_secs();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &json!({"sub": subject, "tenant": tenant, "exp": now + 600, "role": "tester"}),
+        &json!({"sub": subject, "tenant": tenant, "aud": "secure", "exp": now + 600, "role": "tester"}),
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()

@@ -69,7 +69,7 @@ pub struct JwtConfig {
     /// Required `iss`.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Required `aud`.
+    /// Required `aud`; without it, the application's name.
     #[serde(default)]
     pub audience: Option<String>,
     /// The claim that names the tenant.

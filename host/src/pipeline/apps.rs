@@ -100,7 +100,7 @@ impl Apps {
             let auth = match &app.auth {
                 AuthConfig::None => Auth::Open,
                 AuthConfig::Jwt(jwt) => Auth::Jwt(Box::new(
-                    JwtAuth::load(jwt).map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?,
+                    JwtAuth::load(name, jwt).map_err(|e| format!("apps.{name}.auth.jwt: {e}"))?,
                 )),
             };
             let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();

@@ -28,7 +28,12 @@ struct JwksKey {
 
 /// One application's verifier.
 pub struct JwtAuth {
+    /// What every token must satisfy, all algorithms listed (for messages).
     validation: Validation,
+    /// The same, one per algorithm family: jsonwebtoken refuses a key whose
+    /// family differs from any algorithm its validation lists, so a mixed
+    /// allow-list (`[HS256, RS256]`) is checked per family.
+    by_family: Vec<(AlgorithmFamily, Validation)>,
     /// Tokens verified before, until they expire.
     verified: VerifiedTokens,
     secret: Option<(DecodingKey, EncodingKey)>,
@@ -36,7 +41,8 @@ pub struct JwtAuth {
     jwks: Vec<JwksKey>,
     tenant_claim: Option<String>,
     issuer: Option<String>,
-    audience: Option<String>,
+    /// Required `aud`: the configured audience, else the application's name.
+    audience: String,
 }
 
 /// The shortest HMAC secret RFC 7518 allows for `alg`: the hash's size.
@@ -57,9 +63,9 @@ fn alg_list(algorithms: &[Algorithm]) -> String {
 }
 
 impl JwtAuth {
-    /// Loads the keys `config` names and checks that every allowed algorithm
-    /// has a key and every key an allowed algorithm.
-    pub fn load(config: &JwtConfig) -> Result<JwtAuth, String> {
+    /// Loads the keys `config` names (for application `app`) and checks that
+    /// every allowed algorithm has a key and every key an allowed algorithm.
+    pub fn load(app: &str, config: &JwtConfig) -> Result<JwtAuth, String> {
         let algorithms = &config.algorithms;
         let hmac_algs: Vec<Algorithm> = algorithms
             .iter()
@@ -214,23 +220,35 @@ impl JwtAuth {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
-        // Without a configured audience, a token that names one is meant
-        // for somebody else; jsonwebtoken refuses it (RFC 7519, 4.1.3).
-        if let Some(audience) = &config.audience {
-            validation.set_audience(&[audience]);
-            required.push("aud");
-        }
+        // The audience is required, and defaults to the application's name:
+        // two applications that share an issuer and its keys must not take
+        // each other's tokens.
+        let audience = config.audience.clone().unwrap_or_else(|| app.to_owned());
+        validation.set_audience(&[&audience]);
+        required.push("aud");
         validation.set_required_spec_claims(&required);
+        let mut by_family: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for alg in algorithms {
+            match by_family.iter_mut().find(|(f, _)| *f == alg.family()) {
+                Some((_, v)) => v.algorithms.push(*alg),
+                None => {
+                    let mut v = validation.clone();
+                    v.algorithms = vec![*alg];
+                    by_family.push((alg.family(), v));
+                }
+            }
+        }
 
         Ok(JwtAuth {
             validation,
+            by_family,
             verified: VerifiedTokens::default(),
             secret,
             public_key,
             jwks,
             tenant_claim: config.tenant_claim.clone(),
             issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
+            audience,
         })
     }
 
@@ -262,7 +280,13 @@ impl JwtAuth {
             )));
         }
         let key = self.key_for(header.alg, header.kid.as_deref())?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+        let validation = self
+            .by_family
+            .iter()
+            .find(|(family, _)| *family == header.alg.family())
+            .map(|(_, v)| v)
+            .expect("an accepted algorithm has its family's validation");
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| AuthError(format!("token refused: {}", describe(e.kind()))))?;
         let claims = data.claims;
         let string_claim = |name: &str| -> Result<Option<String>, AuthError> {
@@ -296,14 +320,16 @@ impl JwtAuth {
         let family = alg.family();
         let fits = |k: &&JwksKey| k.key.family() == family && k.alg.is_none_or(|a| a == alg);
         if let Some(kid) = kid
-            && let Some(found) = self.jwks.iter().find(|k| k.kid.as_deref() == Some(kid))
+            && !self.jwks.is_empty()
         {
-            return if fits(&found) {
-                Ok(&found.key)
-            } else {
-                Err(AuthError(format!(
+            // A `kid` picks one key of the set, or none: it never falls back
+            // to another key.
+            return match self.jwks.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+                Some(found) if fits(&found) => Ok(&found.key),
+                Some(_) => Err(AuthError(format!(
                     "token refused: key `{kid}` is not a {alg:?} key"
-                )))
+                ))),
+                None => Err(AuthError(format!("token refused: unknown key id `{kid}`"))),
             };
         }
         let configured = match family {
@@ -361,9 +387,7 @@ impl JwtAuth {
         if let Some(issuer) = &self.issuer {
             claims.insert("iss".into(), issuer.as_str().into());
         }
-        if let Some(audience) = &self.audience {
-            claims.insert("aud".into(), audience.as_str().into());
-        }
+        claims.insert("aud".into(), self.audience.as_str().into());
         if let Some(tenant) = tenant {
             let Some(claim) = &self.tenant_claim else {
                 return Err("--tenant was given, but the application sets no tenant_claim".into());
