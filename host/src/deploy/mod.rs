@@ -1,0 +1,334 @@
+//! Deployment: the plugins folder is the source of truth. `NAME.wasm` (with
+//! an optional `NAME.yaml`) is service `NAME`; the host watches the folder
+//! (`watch`) and brings the service table in line with it, one service at
+//! a time: a new or changed file (`source`) is compiled and
+//! test-instantiated before it takes over (requests already running finish
+//! on the old version), a removed file unloads its service, and a file that
+//! fails leaves the previous version serving. Config reloads (`reload`) go
+//! through here too, since limits in the config shape every plugin.
+
+mod reload;
+mod source;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use source::{deployment_id, service_of, settings};
+use source::{NotRead, Source, read_source};
+
+use crate::config::Config;
+use crate::doors::Doors;
+use crate::doors::control::Operator;
+use crate::pipeline::{Pipeline, Rejection};
+use crate::runtime::{Plugin, Runtime};
+
+/// What one look at a service's files did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Deployed,
+    Removed,
+    Refused,
+    /// The file changed while it was read: look again later.
+    Unsettled,
+}
+
+#[derive(Default)]
+struct Deployed {
+    /// What each serving version was built from.
+    serving: BTreeMap<String, Source>,
+    /// The last source refused for a fault of its own (it does not compile
+    /// or link, its manifest is wrong), so repeated events about the same
+    /// bad file are not refused and logged again. A version that merely
+    /// failed to start is tried again on the next event or reload.
+    refused: BTreeMap<String, Source>,
+}
+
+/// Why a version was not built, and whether trying the same files again
+/// could go differently.
+struct Refusal {
+    reason: String,
+    lasting: bool,
+}
+
+/// Longest a new version may take to start before it is refused; the
+/// deploy lock is held meanwhile.
+const MAX_WARM_UP: Duration = Duration::from_secs(30);
+
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    pipeline: Arc<Pipeline>,
+    doors: Arc<Doors>,
+    /// The config in force; a reload replaces it.
+    config: RwLock<Arc<Config>>,
+    config_path: Option<PathBuf>,
+    /// When the host started, for status.
+    started: Instant,
+    /// Held for a whole look at one service, so two never race.
+    deployed: tokio::sync::Mutex<Deployed>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        pipeline: Arc<Pipeline>,
+        doors: Arc<Doors>,
+        config: Config,
+        config_path: Option<PathBuf>,
+        started: Instant,
+    ) -> Deployer {
+        Deployer {
+            runtime,
+            pipeline,
+            doors,
+            config: RwLock::new(Arc::new(config)),
+            config_path,
+            started,
+            deployed: tokio::sync::Mutex::default(),
+            reloading: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Every service the folder or the service table knows of.
+    async fn known_services(&self) -> Vec<String> {
+        let dir = self.config().plugins.clone();
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| service_of(&e.path()))
+                .collect(),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "cannot read the plugins folder: {e}");
+                Vec::new()
+            }
+        };
+        let deployed = self.deployed.lock().await;
+        names.extend(deployed.serving.keys().cloned());
+        names.extend(deployed.refused.keys().cloned());
+        names.extend(self.pipeline.table().failed().into_iter().map(|(name, _)| name));
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Brings every service in line with the folder; answers the services
+    /// that were deployed, replaced or removed, and those refused.
+    pub async fn reconcile_all(&self) -> (Vec<String>, Vec<String>) {
+        let (mut changed, mut refused) = (Vec::new(), Vec::new());
+        for name in self.known_services().await {
+            let mut outcome = self.reconcile(&name).await;
+            // A file still being written at start-up or reload: wait for it.
+            for _ in 0..20 {
+                if outcome != Outcome::Unsettled {
+                    break;
+                }
+                tokio::time::sleep(watch::SETTLED_MANIFEST).await;
+                outcome = self.reconcile(&name).await;
+            }
+            match outcome {
+                Outcome::Deployed | Outcome::Removed => changed.push(name),
+                Outcome::Refused => refused.push(name),
+                Outcome::Unchanged | Outcome::Unsettled => {}
+            }
+        }
+        (changed, refused)
+    }
+
+    /// Looks at one service's files and acts on what changed.
+    #[tracing::instrument(name = "deploy", skip(self, name), fields(plugin = %name))]
+    pub async fn reconcile(&self, name: &str) -> Outcome {
+        let config = self.config();
+        let wasm = config.plugins.join(format!("{name}.wasm"));
+        let mut deployed = self.deployed.lock().await;
+        let read = {
+            let (wasm, defaults) = (wasm.clone(), config.defaults);
+            tokio::task::spawn_blocking(move || read_source(&wasm, &defaults)).await
+        };
+        let table = self.pipeline.table();
+        let (source, bytes) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(NotRead::Unsettled)) => return Outcome::Unsettled,
+            Ok(Err(NotRead::Gone)) => {
+                deployed.refused.remove(name);
+                let was_serving = deployed.serving.remove(name).is_some();
+                let was_failed = table.failed().iter().any(|(n, _)| n == name);
+                if !was_serving && !was_failed {
+                    return Outcome::Unchanged;
+                }
+                self.undeploy(name);
+                return Outcome::Removed;
+            }
+            Ok(Err(NotRead::Failed(reason))) => {
+                self.refuse(name, Rejection::now(None, None, reason));
+                return Outcome::Refused;
+            }
+            Err(e) => {
+                self.refuse(
+                    name,
+                    Rejection::now(None, None, format!("the reader failed: {e}")),
+                );
+                return Outcome::Refused;
+            }
+        };
+        if deployed.serving.get(name) == Some(&source) {
+            // Back to what serves (a refused file was replaced by it): the
+            // refusal is history.
+            deployed.refused.remove(name);
+            table.clear_rejection(name);
+            return Outcome::Unchanged;
+        }
+        if deployed.refused.get(name) == Some(&source) {
+            return Outcome::Unchanged;
+        }
+        let started = Instant::now();
+        let id = deployment_id(&source.digest, source.manifest.as_deref());
+        match self.build(name, bytes, &source, &id).await {
+            Ok(plugin) => {
+                let plugin = Arc::new(plugin);
+                let previous = table.insert(plugin.clone());
+                tokio::spawn(plugin.clone().supervise());
+                // A socket that could not be opened before gets another try.
+                self.doors.open_service(name).await;
+                match &previous {
+                    Some(previous) => tracing::info!(
+                        version = plugin.version(),
+                        deployment = id,
+                        previous = previous.version(),
+                        still_running = previous.stats.snapshot().in_flight,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "new version serving; the previous one finishes what it is running"
+                    ),
+                    None => tracing::info!(
+                        version = plugin.version(),
+                        deployment = id,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "service deployed"
+                    ),
+                }
+                deployed.refused.remove(name);
+                deployed.serving.insert(name.to_owned(), source);
+                Outcome::Deployed
+            }
+            Err(refusal) => {
+                let rejection = Rejection::now(
+                    Some(source.digest[..12].to_owned()),
+                    Some(id),
+                    refusal.reason,
+                );
+                self.refuse(name, rejection);
+                if refusal.lasting {
+                    deployed.refused.insert(name.to_owned(), source);
+                }
+                Outcome::Refused
+            }
+        }
+    }
+
+    /// Compiles (or takes from the cache), links and test-instantiates one
+    /// version; nothing is routed to it yet.
+    async fn build(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        source: &Source,
+        deployment: &str,
+    ) -> Result<Plugin, Refusal> {
+        let lasting = |reason: String| Refusal {
+            reason,
+            lasting: true,
+        };
+        let settings = source.settings.clone().map_err(lasting)?;
+        let (runtime, owned_name, digest) =
+            (self.runtime.clone(), name.to_owned(), source.digest.clone());
+        let started = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || {
+            runtime.load_bytes(&owned_name, &bytes, digest, settings, started)
+        })
+        .await
+        .map_err(|e| Refusal {
+            reason: format!("the loader failed: {e}"),
+            lasting: false,
+        })?;
+        let (mut plugin, report) = loaded.map_err(|e| lasting(e.to_string()))?;
+        plugin.set_deployment(deployment.to_owned());
+        match tokio::time::timeout(MAX_WARM_UP, plugin.warm_up()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Refusal {
+                    reason: format!("it compiles and links, but does not start: {e}"),
+                    lasting: false,
+                });
+            }
+            Err(_) => {
+                return Err(Refusal {
+                    reason: format!("it did not start within {MAX_WARM_UP:?}"),
+                    lasting: false,
+                });
+            }
+        }
+        tracing::info!(
+            version = plugin.version(),
+            cache = %report.cache.as_str(),
+            load_ms = report.elapsed.as_millis() as u64,
+            health = plugin.has_health(),
+            "plugin loaded"
+        );
+        Ok(plugin)
+    }
+
+    /// Notes that a file for `name` was not loaded, beside the version that
+    /// keeps serving if there is one.
+    fn refuse(&self, name: &str, rejection: Rejection) {
+        let refused = rejection.version.as_deref().unwrap_or("?");
+        let reason = &rejection.reason;
+        let table = self.pipeline.table();
+        match table.get(name) {
+            Some(serving) => tracing::error!(
+                refused,
+                serving = serving.version(),
+                "new version refused; the previous version keeps serving: {reason}"
+            ),
+            None => tracing::error!(version = refused, "plugin not loaded: {reason}"),
+        }
+        table.refuse(name, rejection);
+    }
+
+    fn undeploy(&self, name: &str) {
+        match self.pipeline.table().remove(name) {
+            Some(plugin) => {
+                self.doors.close_service(name);
+                tracing::info!(
+                    version = plugin.version(),
+                    still_running = plugin.stats.snapshot().in_flight,
+                    "service undeployed; requests already running finish"
+                );
+            }
+            None => tracing::info!("failed plugin file removed"),
+        }
+    }
+}
+
+/// The control socket's commands, answered here: status reads the table,
+/// reload goes through [`Deployer::reload`].
+impl Operator for Deployer {
+    fn status(&self) -> Value {
+        crate::ops::status::document(&self.pipeline, self.started)
+    }
+
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+        Box::pin(Deployer::reload(self))
+    }
+}
