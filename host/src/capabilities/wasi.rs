@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+
+use super::log::{LogBudget, Source, emit};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -19,10 +21,10 @@ const MAX_LINE: usize = 8 * 1024;
 /// Builds the WASI context of one instance. Randomness and clocks are the
 /// only capabilities; everything else is denied by `WasiCtxBuilder`'s
 /// defaults, which we keep on purpose.
-pub fn sandbox(plugin: &Arc<str>) -> WasiCtx {
+pub fn sandbox(plugin: &Arc<str>, budget: &Arc<LogBudget>) -> WasiCtx {
     WasiCtx::builder()
-        .stdout(PluginOutput::new(plugin.clone(), Stream::Stdout))
-        .stderr(PluginOutput::new(plugin.clone(), Stream::Stderr))
+        .stdout(PluginOutput::new(plugin.clone(), budget.clone(), Stream::Stdout))
+        .stderr(PluginOutput::new(plugin.clone(), budget.clone(), Stream::Stderr))
         .build()
 }
 
@@ -35,17 +37,23 @@ enum Stream {
 /// Where a plugin's stdout or stderr goes: the host log, line by line.
 struct PluginOutput {
     plugin: Arc<str>,
+    budget: Arc<LogBudget>,
     stream: Stream,
 }
 
 impl PluginOutput {
-    fn new(plugin: Arc<str>, stream: Stream) -> Self {
-        PluginOutput { plugin, stream }
+    fn new(plugin: Arc<str>, budget: Arc<LogBudget>, stream: Stream) -> Self {
+        PluginOutput {
+            plugin,
+            budget,
+            stream,
+        }
     }
 
     fn writer(&self) -> LineLog {
         LineLog {
             plugin: self.plugin.clone(),
+            budget: self.budget.clone(),
             stream: self.stream,
             pending: Vec::new(),
         }
@@ -73,6 +81,7 @@ impl StdoutStream for PluginOutput {
 /// Splits written bytes into lines and logs each complete one.
 struct LineLog {
     plugin: Arc<str>,
+    budget: Arc<LogBudget>,
     stream: Stream,
     pending: Vec<u8>,
 }
@@ -95,11 +104,11 @@ impl LineLog {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.trim_end_matches('\r');
-        let plugin = &*self.plugin;
-        match self.stream {
-            Stream::Stdout => tracing::info!(target: "plugin", plugin, stream = "stdout", "{line}"),
-            Stream::Stderr => tracing::warn!(target: "plugin", plugin, stream = "stderr", "{line}"),
-        }
+        let source = match self.stream {
+            Stream::Stdout => Source::Stdout,
+            Stream::Stderr => Source::Stderr,
+        };
+        emit(&self.plugin, &self.budget, source, line);
         self.pending.clear();
     }
 }

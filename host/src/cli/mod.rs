@@ -157,7 +157,8 @@ enum Command {
 /// Runs the command line; what `main` returns.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Held to the end: dropping it flushes the lines still queued.
+    let _log_writer = init_logging();
     // A worker polls for I/O every `event_interval` task polls. A busy
     // plugin's poll lasts up to an epoch tick, so tokio's default (61)
     // could let spinning plugins delay every socket; 8 polled so often that
@@ -302,7 +303,11 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 /// Logs go to stderr. `FERRY_LOG` picks levels per target, for example
 /// `FERRY_LOG=debug` or `FERRY_LOG=info,plugin=warn`.
-fn init_logging() {
+///
+/// Lines are written by a thread of their own through a bounded queue: a
+/// reader of stderr that is slow (or gone) loses lines, and never stalls
+/// the threads that serve requests.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let filter = std::env::var("FERRY_LOG")
@@ -316,12 +321,17 @@ fn init_logging() {
         })
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stderr());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
                 .with_ansi(ansi),
         )
         .with(filter)
         .init();
+    guard
 }

@@ -70,6 +70,10 @@ pub struct Limits {
     pub max_response_bytes: u64,
     /// How long an instance may sit idle before it is dropped.
     pub idle_ttl_ms: u64,
+    /// Log lines a second the plugin may write (log, stdout and stderr
+    /// together; bursts of five seconds' worth); more are dropped and
+    /// counted.
+    pub log_lines_per_s: u32,
     pub circuit: Circuit,
 }
 
@@ -84,6 +88,7 @@ impl Default for Limits {
             health_interval_ms: 5_000,
             max_response_bytes: 16 << 20,
             idle_ttl_ms: 60_000,
+            log_lines_per_s: 200,
             circuit: Circuit::default(),
         }
     }
@@ -106,6 +111,7 @@ impl Limits {
             health_interval_ms,
             max_response_bytes,
             idle_ttl_ms,
+            log_lines_per_s,
             circuit,
         } = *self;
         if !(1..=3_600_000).contains(&timeout_ms) {
@@ -130,6 +136,9 @@ impl Limits {
             return Err(format!(
                 "health_interval_ms must be at least 10, not {health_interval_ms}"
             ));
+        }
+        if log_lines_per_s == 0 {
+            return Err("log_lines_per_s must be at least 1".into());
         }
         if idle_ttl_ms < 10 {
             return Err(format!("idle_ttl_ms must be at least 10, not {idle_ttl_ms}"));

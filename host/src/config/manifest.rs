@@ -21,6 +21,7 @@ pub struct Manifest {
     pub health_interval_ms: Option<u64>,
     pub max_response_bytes: Option<u64>,
     pub idle_ttl_ms: Option<u64>,
+    pub log_lines_per_s: Option<u32>,
     /// Any of the circuit keys; the rest come from `defaults.circuit`.
     #[serde(default)]
     pub circuit: CircuitManifest,
@@ -103,6 +104,7 @@ impl Manifest {
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
             idle_ttl_ms: self.idle_ttl_ms.unwrap_or(defaults.idle_ttl_ms),
+            log_lines_per_s: self.log_lines_per_s.unwrap_or(defaults.log_lines_per_s),
             circuit: Circuit {
                 failures: circuit.failures.unwrap_or(defaults.circuit.failures),
                 window_ms: circuit.window_ms.unwrap_or(defaults.circuit.window_ms),

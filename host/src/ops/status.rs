@@ -31,6 +31,7 @@ fn version(plugin: &Plugin, now: Instant) -> Value {
         "circuit": circuit,
         "stats": plugin.stats.snapshot(),
         "idle_instances": plugin.idle_instances(),
+        "log_lines_dropped": plugin.log_dropped(),
     })
 }
 

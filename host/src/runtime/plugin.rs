@@ -26,6 +26,7 @@ use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
 use crate::capabilities::bindings::{Context, HealthIndices};
+use crate::capabilities::log::LogBudget;
 use crate::config::Limits;
 use crate::resources::database::Database;
 
@@ -72,6 +73,8 @@ pub struct Plugin {
     pub(super) slots: Semaphore,
     pub(super) queued: AtomicU32,
     pub(super) idle: Arc<IdlePool>,
+    /// Log lines a second its instances may write, together.
+    pub(super) log_budget: Arc<LogBudget>,
     /// Every version's idle instances, to free a slot when none is left.
     pub(super) instances: Arc<Instances>,
     pub(super) circuit: Circuit,
@@ -102,6 +105,7 @@ impl Plugin {
             settings.limits.max_concurrency as usize,
         ));
         instances.register(&idle);
+        let log_budget = Arc::new(LogBudget::new(settings.limits.log_lines_per_s));
         Plugin {
             name: name.into(),
             pre,
@@ -118,6 +122,7 @@ impl Plugin {
             digest,
             queued: AtomicU32::new(0),
             idle,
+            log_budget,
             instances,
             retired: watch::Sender::new(false),
             loaded_at: SystemTime::now(),
@@ -174,6 +179,11 @@ impl Plugin {
             EntryIndices::Call(_) => "plugin",
             EntryIndices::Handler(_) => "service",
         }
+    }
+
+    /// Log lines dropped for being over the plugin's budget.
+    pub fn log_dropped(&self) -> u64 {
+        self.log_budget.dropped()
     }
 
     /// Instances parked, ready for a request.

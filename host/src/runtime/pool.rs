@@ -125,7 +125,7 @@ impl Plugin {
         let memory_bytes = (self.limits().memory_mb << 20) as usize;
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(&self.name, memory_bytes, &self.settings),
+            StoreState::new(&self.name, memory_bytes, &self.settings, &self.log_budget),
         );
         store.limiter(|s| &mut s.limiter);
         // Yield to the scheduler at every epoch tick: a busy plugin cannot

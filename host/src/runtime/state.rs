@@ -11,7 +11,8 @@ use super::plugin::Settings;
 use crate::capabilities::config::PluginConfig;
 use crate::capabilities::invocation::CallTable;
 use crate::capabilities::sql::{SqlState, SqlView};
-use crate::capabilities::{log::PluginLog, wasi};
+use crate::capabilities::log::{LogBudget, PluginLog};
+use crate::capabilities::wasi;
 
 /// Everything one instance owns. Each WIT interface's state is a field,
 /// reached from the linker through a projection.
@@ -25,12 +26,17 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    pub fn new(plugin: &Arc<str>, memory_bytes: usize, settings: &Settings) -> Self {
+    pub fn new(
+        plugin: &Arc<str>,
+        memory_bytes: usize,
+        settings: &Settings,
+        log_budget: &Arc<LogBudget>,
+    ) -> Self {
         StoreState {
-            wasi: wasi::sandbox(plugin),
+            wasi: wasi::sandbox(plugin, log_budget),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
-            log: PluginLog::new(plugin.clone()),
+            log: PluginLog::new(plugin.clone(), log_budget.clone()),
             sql: SqlState::new(plugin.clone(), settings.database),
             config: PluginConfig::new(settings.config.clone()),
         }

@@ -64,6 +64,26 @@ fn remember(_: &Ctx, value: Value) -> Result<Value, Error> {
     Ok(json!({ "previous": kept.replace(value) }))
 }
 
+#[derive(Deserialize)]
+struct Chatter {
+    lines: usize,
+    text: String,
+    #[serde(default)]
+    stdout: bool,
+}
+
+/// Writes `text` `lines` times, to the log or to stdout.
+fn chatter(_: &Ctx, p: Chatter) -> Result<Value, Error> {
+    for _ in 0..p.lines {
+        if p.stdout {
+            println!("{}", p.text);
+        } else {
+            ferry_sdk::warn!("{}", p.text);
+        }
+    }
+    Ok(json!({ "wrote": p.lines }))
+}
+
 /// Returns an error with a code of the plugin's own.
 fn refuse(_: &Ctx, _: Value) -> Result<Value, Error> {
     Err(Error::new("out_of_stock", "nothing left to sell"))
@@ -222,6 +242,7 @@ ferry_sdk::service!(
     slow,
     nap,
     remember,
+    chatter,
     refuse,
     escape,
     write_then_panic,
