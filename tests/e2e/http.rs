@@ -155,7 +155,12 @@ async fn every_error_code_maps_to_its_documented_status() {
     client
         .send(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 1500}))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The slow request holds the plugin's instance once the host counts it.
+    ferry_tests::eventually("the slow request is running", std::time::Duration::from_secs(5), async || {
+        let status = ferry.status().await;
+        (ferry_tests::service_status(&status, "faulty")["stats"]["in_flight"] == 1).then_some(())
+    })
+    .await;
     let reply = ferry.http("POST", "/v1/faulty/ok", &[], b"{}").await;
     assert_error(&reply, 429, "overloaded");
     assert_eq!(reply.header("retry-after"), Some("1"));

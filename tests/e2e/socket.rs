@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ferry_tests::{Client, Ferry, expect_error, expect_success};
+use ferry_tests::{Client, Ferry, eventually, expect_error, expect_success, service_status};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,13 +321,38 @@ async fn clients_that_vanish_mid_request_leak_nothing() {
             .await;
         gone.send(&json!({"id": round, "service": "echo", "action": "echo"}))
             .await;
+        if round % 2 == 0 {
+            // With every answer it could get written, the host has nothing
+            // to write: only the socket's hang-up says the client is gone.
+            expect_success(&gone.recv().await.unwrap());
+        }
         let mut half = 8u32.to_be_bytes().to_vec();
         half.extend_from_slice(b"{\"id\"");
         gone.send_raw(&half).await;
         drop(gone);
     }
 
-    // The host notices each disconnect and cancels the work; give it a moment.
+    // The host notices each disconnect and cancels the work: the last slow
+    // request would run until its deadline, 2 s from now, if it were not.
+    let dropped = Instant::now();
+    eventually(
+        "every request of the vanished clients ends",
+        Duration::from_secs(5),
+        async || {
+            let status = ferry.status().await;
+            let running: Vec<u64> = ["faulty", "echo"]
+                .iter()
+                .map(|s| service_status(&status, s)["stats"]["in_flight"].as_u64().unwrap())
+                .collect();
+            (running == [0, 0]).then_some(())
+        },
+    )
+    .await;
+    let cancelled_after = dropped.elapsed();
+    assert!(
+        cancelled_after < Duration::from_millis(1000),
+        "in_flight took {cancelled_after:?} to come back to 0; the slow requests were not cancelled"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let fds = ferry.open_fds();
@@ -350,7 +375,10 @@ async fn clients_that_vanish_mid_request_leak_nothing() {
 async fn bad_clients_do_not_disturb_good_ones() {
     let ferry = Ferry::options()
         .plugin("echo", "echo", None)
-        .plugin("faulty", "faulty", None)
+        // Forty failures on purpose: the circuit would rightly open after
+        // five and answer the rest `unavailable`; here each abuse is to get
+        // its own answer.
+        .plugin("faulty", "faulty", Some("circuit: {failures: 1000}\n"))
         .config("max_frame_bytes: 4096\nidle_timeout_ms: 500\n")
         .start();
     let socket = ferry.socket.clone();
@@ -379,7 +407,9 @@ async fn bad_clients_do_not_disturb_good_ones() {
         let socket = socket.clone();
         abusers.push(tokio::spawn(async move {
             let mut client = Client::connect(&socket).await;
-            match 3 {
+            let mode = n % 6;
+            let began = Instant::now();
+            match mode {
                 0 => client.send_payload(b"][ not json").await,
                 1 => client.send_raw(&(1u32 << 30).to_be_bytes()).await,
                 2 => client.send_raw(&[0, 0, 0, 50, b'{']).await,
@@ -399,13 +429,48 @@ async fn bad_clients_do_not_disturb_good_ones() {
                         .await
                 }
             }
-            // Whatever the host answers (or closes), it must do so in time.
-            let _ = client.recv().await;
+            // Each abuse gets its own answer, and in time.
+            let answer = client.recv().await;
+            let waited = began.elapsed();
+            match (mode, &answer) {
+                (0, Some(r)) => {
+                    expect_error(r, "bad_request");
+                    assert_eq!(r["id"], Value::Null, "{r}");
+                }
+                (1, Some(r)) => {
+                    expect_error(r, "too_large");
+                    assert_eq!(r["id"], Value::Null, "{r}");
+                    assert!(client.recv().await.is_none(), "the connection is closed");
+                }
+                // A frame that stops half-way is cut off at its deadline
+                // (idle_timeout_ms, 500 ms from its first byte), unanswered.
+                (2, None) => assert!(
+                    waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+                    "a stalled frame was closed after {waited:?}"
+                ),
+                (3, Some(r)) => {
+                    expect_error(r, "timeout");
+                    assert_eq!(r["id"], n);
+                }
+                (4, Some(r)) => {
+                    expect_error(r, "plugin_trap");
+                    assert_eq!(r["id"], n);
+                }
+                (5, Some(r)) => {
+                    let message = expect_error(r, "plugin_trap");
+                    assert!(message.contains("memory"), "{message}");
+                    assert_eq!(r["id"], n);
+                }
+                (mode, answer) => panic!("abuse mode {mode} was answered {answer:?}"),
+            }
+            mode
         }));
     }
+    let mut ran = [0u32; 6];
     for abuser in abusers {
-        abuser.await.unwrap();
+        ran[abuser.await.unwrap() as usize] += 1;
     }
+    assert_eq!(ran, [10; 6], "every abuse mode ran ten times");
     let slowest = steady.await.unwrap();
     eprintln!("slowest steady request while under abuse: {slowest:?}");
     assert!(

@@ -31,7 +31,11 @@ fn ensure(name: &str, addr: &str, start: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{message}");
     }
-    eprintln!("skipping: {message}");
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of a passing test, and a skip must not pass unseen.
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {message}");
     false
 }
 

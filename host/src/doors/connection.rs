@@ -102,12 +102,35 @@ pub async fn serve(
         while requests.try_join_next().is_some() {}
     }
 
+    // Reading is over: a clean end of stream may be a half-close (the
+    // client still reads its answers) or the client gone altogether, which
+    // only the socket's hang-up says when there is nothing to write.
     tokio::select! {
         _ = async { while requests.join_next().await.is_some() {} } => {
             outbox.close();
             let _ = writer.await;
         }
         _ = &mut writer => requests.abort_all(),
+        _ = hung_up(frames.get_ref().as_ref()) => {
+            tracing::debug!("client hung up; cancelling its requests");
+            requests.abort_all();
+            writer.abort();
+        }
+    }
+}
+
+/// How often a connection whose reading has ended looks for a hang-up.
+const HANGUP_CHECK: Duration = Duration::from_millis(20);
+
+/// Resolves once the client has closed its end of the socket entirely, not
+/// just its sending side (the kernel reports `EPOLLHUP` only then).
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        match stream.ready(tokio::io::Interest::WRITABLE).await {
+            Ok(ready) if ready.is_write_closed() => return,
+            Ok(_) => tokio::time::sleep(HANGUP_CHECK).await,
+            Err(_) => return,
+        }
     }
 }
 

@@ -49,6 +49,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream frames are read from.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The next frame's payload; `None` on a clean end of stream (between
     /// frames). A declared length over the limit is refused before any of
     /// its payload is awaited. Between frames a connection may idle for as
