@@ -3,7 +3,8 @@
 //! INTO, extensions, PRAGMAs that change the connection), keep a statement
 //! running after its deadline, leave session settings behind for the next
 //! request (PostgreSQL, MariaDB), hold more rows in the host than
-//! `max_result_bytes`, or hold more than `max_open_transactions`.
+//! `max_result_bytes`, or hold more than `max_open_transactions`; and
+//! which `?` the host takes for a placeholder on PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -166,4 +167,26 @@ async fn mariadb_session_settings_do_not_leak_between_requests() {
     )
     .await;
     session_settings_do_not_leak(&url, &["SET SESSION autocommit = 0"], "SELECT @@SESSION.autocommit", "1").await;
+}
+
+/// Plugins write `?` for placeholders on every engine, and the host numbers
+/// them for PostgreSQL. A `?` that PostgreSQL reads as part of a string, a
+/// comment or an operator must stay as it is: each statement here binds no
+/// parameter, so one miscounted `?` fails it or changes its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_question_marks_in_strings_comments_and_operators_stay() {
+    let Some(url) = postgres_url() else { return };
+    let ferry = start(&format!("    database:\n      url: {url}\n"));
+    for (statement, answer) in [
+        ("SELECT $$ ? $$", json!(" ? ")),
+        ("SELECT $tag$ it's ? $$ ? $tag$", json!(" it's ? $$ ? ")),
+        (r"SELECT E'\' ?'", json!("' ?")),
+        ("SELECT /* a /* ? */ ? */ 7", json!(7)),
+        (r#"SELECT '{"a": 1}'::jsonb ?| array['a', 'b']"#, json!(true)),
+        (r#"SELECT '{"a": 1}'::jsonb ?& array['a', 'b']"#, json!(false)),
+        (r#"SELECT '{"a": 1}'::jsonb ?? 'a'"#, json!(true)),
+    ] {
+        let response = run_sql(&ferry, "shop", statement, 2000).await;
+        assert_eq!(expect_success(&response)["rows"][0][0], answer, "{statement}");
+    }
 }
