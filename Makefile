@@ -11,7 +11,7 @@ PLUGINS := $(RUST_PLUGINS) hello-py hello-js
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
-.PHONY: run test plugins host toolchain bench wrk clean wit-reference
+.PHONY: run test plugins host toolchain bench wrk clean wit-reference fuzz
 
 ## Build the example plugins and serve them on the embedded defaults.
 run: plugins host
@@ -59,6 +59,17 @@ wit-reference:
 # The HTTP benchmark's load generator, from Debian's packages.
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+## Coverage-guided fuzzing of the host's parsers (frames, envelopes, JWT
+## headers, PostgreSQL placeholders): each target for FUZZ_SECONDS (60).
+## cargo-fuzz is installed into $(FERRY_TOOLS) on first use.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(FERRY_TOOLS)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+fuzz: $(CARGO_FUZZ)
+	PATH="$(dir $(CARGO_FUZZ)):$$PATH" host/fuzz/run.sh $(FUZZ_TARGETS)
+
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(FERRY_TOOLS)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

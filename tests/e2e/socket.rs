@@ -142,6 +142,13 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
     client.send_payload(b"").await;
     expect_error(&client.recv().await.unwrap(), "bad_request");
 
+    // A request is an object: an array of the fields in order is not one
+    // (serde would read it as one; fuzzing found that).
+    client.send_payload(br#"[44, "echo", "echo", {"a": 1}]"#).await;
+    let response = client.recv().await.unwrap();
+    assert_eq!(response["id"], Value::Null, "{response}");
+    assert!(expect_error(&response, "bad_request").contains("JSON object"));
+
     // A missing field: the id is still echoed so the client can match it.
     let response = client.request(&json!({"id": 41, "service": "echo"})).await;
     assert_eq!(response["id"], 41);

@@ -59,6 +59,12 @@ fn string_or_number(raw: &RawValue) -> bool {
 
 impl<'a> Request<'a> {
     pub fn parse(frame: &'a [u8]) -> Result<Request<'a>, BadRequest<'a>> {
+        if !is_object(frame) {
+            return Err(BadRequest {
+                id: NO_ID,
+                message: "invalid request: a request is a JSON object".into(),
+            });
+        }
         let request: Request = serde_json::from_slice(frame).map_err(|e| BadRequest {
             id: salvage_id(frame),
             message: format!("invalid request: {e}"),
@@ -127,6 +133,13 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Whether the frame's JSON is an object. Checked first because serde's
+/// derived structs also accept an array of their fields in order, which
+/// would make `[1, ...]` a request.
+fn is_object(frame: &[u8]) -> bool {
+    frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// Reads just the `id` out of a request that failed to parse, so the client
 /// can still match the error to what it sent.
 fn salvage_id(frame: &[u8]) -> &str {
@@ -134,6 +147,9 @@ fn salvage_id(frame: &[u8]) -> &str {
     struct IdOnly<'a> {
         #[serde(borrow)]
         id: Option<&'a RawValue>,
+    }
+    if !is_object(frame) {
+        return NO_ID;
     }
     match serde_json::from_slice::<IdOnly>(frame) {
         Ok(IdOnly { id: Some(id) }) if string_or_number(id) => id.get(),
@@ -212,6 +228,12 @@ mod tests {
         let e = Request::parse(br#"{"id": "x", "action": "a", "extra": 1}"#).unwrap_err();
         assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
         let e = Request::parse(br#"{"id": [1], "action": "a"}"#).unwrap_err();
+        assert_eq!(e.id, NO_ID);
+        // Found by fuzzing: serde's structs read arrays of their fields.
+        let e = Request::parse(br#"[7, "echo", "echo"]"#).unwrap_err();
+        assert_eq!(e.id, NO_ID);
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = Request::parse(br#" [7]"#).unwrap_err();
         assert_eq!(e.id, NO_ID);
     }
 
