@@ -149,6 +149,11 @@ fn main() {
         ferry_jwt.http.expect("ferry http address")
     );
 
+    let baseline = Ferry::baseline_echo();
+    let baseline_url = baseline
+        .as_ref()
+        .map(|b| format!("http://{}/v1/echo/params", b.http.expect("baseline http address")));
+
     println!(
         "http echo: wrk -t1 -c{CONNECTIONS}, {rounds} rounds of {seconds} s per server, interleaved; servers on CPU 0, wrk on CPU 1\n"
     );
@@ -157,12 +162,17 @@ fn main() {
         ("ferry", Vec::new()),
         ("ferry + JWT", Vec::new()),
     ];
+    let mut servers = vec![
+        ("native axum", &native_url, &script),
+        ("ferry", &ferry_url, &script),
+        ("ferry + JWT", &ferry_jwt_url, &jwt_script),
+    ];
+    if let Some(url) = &baseline_url {
+        results.push(("baseline", Vec::new()));
+        servers.push(("baseline", url, &script));
+    }
     for round in 0..rounds {
-        for (label, url, script) in [
-            ("native axum", &native_url, &script),
-            ("ferry", &ferry_url, &script),
-            ("ferry + JWT", &ferry_jwt_url, &jwt_script),
-        ] {
+        for &(label, url, script) in &servers {
             let run = wrk(url, seconds, script);
             eprintln!("round {round}: {label:<12} {:>9.0} req/s", run.rps);
             results
@@ -192,7 +202,11 @@ fn main() {
         );
     }
     println!();
-    for (i, label) in [(1, "ferry"), (2, "ferry + JWT")] {
+    let mut ratios_shown = vec![(1, "ferry"), (2, "ferry + JWT")];
+    if baseline.is_some() {
+        ratios_shown.push((3, "baseline"));
+    }
+    for (i, label) in ratios_shown {
         let mut ratios: Vec<f64> = results[i]
             .1
             .iter()
@@ -207,8 +221,18 @@ fn main() {
             shown.join(", ")
         );
     }
+    if baseline.is_some() {
+        let ratios: Vec<String> = results[1]
+            .1
+            .iter()
+            .zip(&results[3].1)
+            .map(|(f, b)| format!("{:.2}", f.rps / b.rps))
+            .collect();
+        println!("ferry / baseline, round by round: {}", ratios.join(", "));
+    }
     drop(ferry);
     drop(ferry_jwt);
+    drop(baseline);
     let _ = std::fs::remove_dir_all(dir);
     let errors: u64 = results
         .iter()

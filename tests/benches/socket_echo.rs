@@ -64,6 +64,10 @@ fn main() {
         "ferry, instance per request",
         fresh.socket.clone(),
     ));
+    let baseline = Ferry::baseline_echo();
+    if let Some(baseline) = &baseline {
+        cases.push(Case::new("ferry at FERRY_BASELINE, reuse", baseline.socket.clone()));
+    }
 
     let shape = shape();
     println!(
@@ -82,12 +86,15 @@ fn main() {
             print_ratio(ferry, native);
         }
     }
+    if baseline.is_some() {
+        print_ratio(&cases[2], &cases[4]);
+    }
 
     for mut native in natives {
         let _ = native.kill();
         let _ = native.wait();
     }
-    drop((reuse, fresh));
+    drop((reuse, fresh, baseline));
     let _ = std::fs::remove_dir_all(dir);
     fail_on_errors(&cases);
 }

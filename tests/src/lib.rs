@@ -117,6 +117,8 @@ pub struct Options {
     http: Option<String>,
     /// The host's limit on open file descriptors.
     fd_limit: Option<u64>,
+    /// Another `ferry` binary to run instead of the one under test.
+    binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -147,6 +149,14 @@ impl Options {
     }
 
     /// Starts the host with at most `n` open file descriptors.
+    /// Runs `path` instead of the binary under test: a previous build, to
+    /// compare with in the same benchmark run. Its config gets no `admin`
+    /// key, which builds from before the admin listener refuse.
+    pub fn binary(mut self, path: PathBuf) -> Self {
+        self.binary = Some(path);
+        self
+    }
+
     pub fn fd_limit(mut self, n: u64) -> Self {
         self.fd_limit = Some(n);
         self
@@ -189,6 +199,7 @@ impl Options {
             socket,
             http,
             fd_limit,
+            binary,
         } = self;
         let deploy = dir.join("deploy");
         fs::create_dir_all(&deploy).unwrap();
@@ -201,12 +212,14 @@ impl Options {
         prepare(&deploy);
         let config_path = dir.join("ferry.yaml");
         let head = format!(
-            "socket: {}\nplugins: deploy\ndata: data\nhttp: {}\nadmin: 127.0.0.1:0\n",
+            "socket: {}\nplugins: deploy\ndata: data\nhttp: {}\n{}",
             socket.as_deref().unwrap_or("run/ferry.sock"),
-            http.as_deref().unwrap_or("127.0.0.1:0")
+            http.as_deref().unwrap_or("127.0.0.1:0"),
+            if binary.is_some() { "" } else { "admin: 127.0.0.1:0\n" },
         );
         fs::write(&config_path, format!("{head}{config}")).unwrap();
-        let mut ferry = Ferry::spawn(dir, &config_path, cpu0, fd_limit, &env);
+        let binary = binary.unwrap_or_else(ferry_bin);
+        let mut ferry = Ferry::spawn(dir, &binary, &config_path, cpu0, fd_limit, &env);
         ferry.config_head = head;
         ferry
     }
@@ -246,7 +259,22 @@ impl Ferry {
             socket: None,
             http: None,
             fd_limit: None,
+            binary: None,
         }
+    }
+
+    /// For benchmarks: `echo` on the binary named by `FERRY_BASELINE` (a
+    /// previous build), on CPU 0, when that is set; run in the same rounds
+    /// as the build under test, it tells a regression from noise.
+    pub fn baseline_echo() -> Option<Ferry> {
+        let path = std::env::var_os("FERRY_BASELINE")?;
+        Some(
+            Ferry::options()
+                .binary(path.into())
+                .plugin("echo", "echo", None)
+                .cpu0()
+                .start(),
+        )
     }
 
     /// A host serving `echo` and `faulty` with default settings.
@@ -259,6 +287,7 @@ impl Ferry {
 
     fn spawn(
         dir: PathBuf,
+        binary: &Path,
         config: &Path,
         cpu0: bool,
         fd_limit: Option<u64>,
@@ -275,7 +304,7 @@ impl Ferry {
         let log = dir.join(format!("ferry-{runs}.log"));
         let log_file = fs::File::create(&log).unwrap();
         let started = Instant::now();
-        let mut command = Command::new(ferry_bin());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--config")
