@@ -678,7 +678,7 @@ async fn peer_uids_outside_the_allow_list_are_refused() {
         );
     }
     assert_eq!(refused.plugin_requests("echo").await, before);
-    assert!(refused.log().contains("refused a connection"));
+    assert!(refused.log_with("refused a connection").await.contains("refused a connection"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -133,7 +133,7 @@ async fn files_alone_deploy_replace_and_remove_services() {
     assert!(!ferry.service_socket("echo").exists());
     let status = ferry.status().await;
     assert_eq!(status["services"], json!([]), "{status}");
-    assert!(ferry.log().contains("service undeployed"));
+    assert!(ferry.log_with("service undeployed").await.contains("service undeployed"));
 
     // And it can come back under the same name, socket and all.
     ferry.place("echo.wasm", &echo);
@@ -159,7 +159,7 @@ async fn a_file_written_slowly_is_loaded_once_whole() {
     }
     drop(file);
     wait_for_version(&ferry, "1").await;
-    let log = ferry.log();
+    let log = ferry.log_with("service deployed").await;
     assert!(
         !log.contains("not loaded") && !log.contains("refused"),
         "a partial file was tried:\n{log}"
@@ -386,11 +386,11 @@ async fn time_from_a_rename_to_the_first_request_on_the_new_version() {
     let count = |what: &str| ferry.log().matches(what).count();
     let (misses, hits) = (count("cache=miss"), count("cache=hit"));
     let cold = serve(&fresh, "2").await;
-    assert_eq!(count("cache=miss"), misses + 1, "the new file was compiled");
+    assert_eq!(ferry.log_count("cache=miss", misses + 1).await, misses + 1, "the new file was compiled");
     let warm_back = serve(&plugin_bytes("echo"), "1").await;
     let warm = serve(&fresh, "2").await;
     assert_eq!(
-        count("cache=hit"),
+        ferry.log_count("cache=hit", hits + 2).await,
         hits + 2,
         "both swaps back came from the cache"
     );

@@ -407,6 +407,26 @@ impl Ferry {
             .expect("a request count")
     }
 
+    /// The log once it holds `what`: the host writes its log from a thread
+    /// of its own, so a line can land a moment after what it reports.
+    pub async fn log_with(&self, what: &str) -> String {
+        self.log_count(what, 1).await;
+        self.log()
+    }
+
+    /// How often `what` is in the log, once it is there at least `least`
+    /// times (or after 5 s, whatever the count).
+    pub async fn log_count(&self, what: &str, least: usize) -> usize {
+        let started = Instant::now();
+        loop {
+            let count = self.log().matches(what).count();
+            if count >= least || started.elapsed() > Duration::from_secs(5) {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Everything the host logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
