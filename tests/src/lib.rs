@@ -437,6 +437,11 @@ impl Ferry {
     }
 
     /// The socket of one service.
+    /// The events socket, beside the main socket by default.
+    pub fn events_socket(&self) -> PathBuf {
+        self.dir.join("run/events.sock")
+    }
+
     pub fn service_socket(&self, service: &str) -> PathBuf {
         self.dir.join(format!("run/services/{service}.sock"))
     }

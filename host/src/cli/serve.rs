@@ -54,6 +54,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     warn_about_apps(&pipeline);
 
     doors.open_main(config.socket.path.clone()).await?;
+    if let (Some(path), Some(events)) = (config.events_socket(), &config.events) {
+        doors
+            .open_events(path.clone(), events)
+            .await
+            .with_context(|| format!("cannot open the events socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "events socket listening");
+    }
     let control = Control::bind(control::path(&config)).await?;
     doors.spawn(control.serve(deployer.clone(), shutdown.clone()));
     let state = http::HttpState {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod apps;
 mod auth;
 mod database;
+mod events;
 mod limits;
 mod manifest;
 mod server;
@@ -18,6 +19,7 @@ mod server;
 pub use apps::AppConfig;
 pub use auth::{AuthConfig, JwtConfig};
 pub use database::DatabaseConfig;
+pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 pub use manifest::Manifest;
 pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
@@ -39,6 +41,9 @@ pub struct Config {
     /// they describe every application); `null` turns them off. The
     /// command line reads status through the control socket either way.
     pub admin: Option<SocketAddr>,
+    /// The socket outside programs consume (and publish) events on; `null`
+    /// turns it off.
+    pub events: Option<EventsConfig>,
     /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
     pub plugins: PathBuf,
     /// Folder for the host's own state, such as the compile cache.
@@ -74,6 +79,7 @@ impl Default for Config {
             socket: SocketConfig::at("run/ferry.sock"),
             http: Some(HttpConfig::at(SocketAddr::from(([127, 0, 0, 1], 8080)))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            events: Some(EventsConfig::default()),
             plugins: PathBuf::from("deploy"),
             data: PathBuf::from("data"),
             max_frame_bytes: 1 << 20,
@@ -108,11 +114,16 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
         let mut config = Config::parse(&text).map_err(error)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let events = config.events.as_mut().and_then(|e| e.path.as_mut());
         for p in [
-            &mut config.socket.path,
-            &mut config.plugins,
-            &mut config.data,
-        ] {
+            Some(&mut config.socket.path),
+            Some(&mut config.plugins),
+            Some(&mut config.data),
+            events,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -189,6 +200,9 @@ impl Config {
         if let Some(http) = &self.http {
             http.validate()?;
         }
+        if let Some(events) = &self.events {
+            events.validate()?;
+        }
         if self.socket.max_connections_per_uid == 0 {
             return Err("socket.max_connections_per_uid must be at least 1".into());
         }
@@ -263,6 +277,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where outside event consumers connect, if they may.
+    pub fn events_socket(&self) -> Option<PathBuf> {
+        let events = self.events.as_ref()?;
+        Some(events.path.clone().unwrap_or_else(|| {
+            self.socket
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("events.sock")
+        }))
     }
 
     /// Where per-service sockets live: `services/` beside the main socket.

@@ -25,9 +25,86 @@ pub fn valid_app_name(name: &str) -> bool {
     valid_service_name(name)
 }
 
+/// Longest event topic or subscription pattern.
+pub const MAX_TOPIC: usize = 256;
+
+/// Whether `token` may be one dot-separated part of a topic: the letters,
+/// digits, `-` and `_` that NATS subjects share with file names, so a topic
+/// maps one to one onto a subject.
+fn topic_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `topic` can be published to: dot-separated tokens such as
+/// `orders.created`, no wildcards.
+pub fn valid_topic(topic: &str) -> bool {
+    topic.len() <= MAX_TOPIC && topic.split('.').all(topic_token)
+}
+
+/// Whether `pattern` can be subscribed to: a topic whose tokens may be `*`
+/// (any one token), and whose last token may be `>` (one or more tokens).
+pub fn valid_topic_pattern(pattern: &str) -> bool {
+    if pattern.len() > MAX_TOPIC {
+        return false;
+    }
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    tokens.iter().enumerate().all(|(i, t)| {
+        topic_token(t) || *t == "*" || (*t == ">" && i == tokens.len() - 1)
+    })
+}
+
+/// Whether the valid `pattern` covers the valid `topic`.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    let mut topic = topic.split('.');
+    for want in pattern.split('.') {
+        match (want, topic.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (want, Some(got)) if want == got => {}
+            _ => return false,
+        }
+    }
+    topic.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::valid_service_name;
+    use super::{topic_matches, valid_service_name, valid_topic, valid_topic_pattern};
+
+    #[test]
+    fn topics_are_dotted_tokens_and_patterns_take_nats_wildcards() {
+        for ok in ["orders", "orders.created", "a-b.c_d.9"] {
+            assert!(valid_topic(ok), "{ok}");
+            assert!(valid_topic_pattern(ok), "{ok}");
+        }
+        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "ä", "a/b"] {
+            assert!(!valid_topic(bad), "{bad}");
+        }
+        for ok in ["*", ">", "orders.*", "orders.>", "*.created", "a.*.c.>"] {
+            assert!(valid_topic_pattern(ok), "{ok}");
+        }
+        for bad in ["", "a.>.b", ">.a", "a.**", "a.b*", "a..b"] {
+            assert!(!valid_topic_pattern(bad), "{bad}");
+        }
+        for (pattern, topic, matches) in [
+            ("orders.created", "orders.created", true),
+            ("orders.*", "orders.created", true),
+            ("orders.*", "orders.created.eu", false),
+            ("orders.>", "orders.created.eu", true),
+            ("orders.>", "orders", false),
+            ("*", "orders", true),
+            ("*", "orders.created", false),
+            (">", "orders.created", true),
+            ("*.created", "orders.created", true),
+            ("orders.created", "orders", false),
+            ("orders", "orders.created", false),
+        ] {
+            assert_eq!(topic_matches(pattern, topic), matches, "{pattern} ~ {topic}");
+        }
+    }
 
     #[test]
     fn service_names_are_plain() {

@@ -77,6 +77,7 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<&'static str> {
         socket,
         http,
         admin,
+        events,
         plugins,
         data,
         max_frame_bytes,

@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod control;
 pub mod envelope;
+pub mod events;
 pub mod framing;
 pub mod http;
 pub mod unix;
@@ -119,6 +120,31 @@ impl Doors {
             self.shutdown.clone(),
             stop,
         ));
+    }
+
+    /// Binds the events socket and serves its consumers.
+    pub async fn open_events(
+        &self,
+        path: PathBuf,
+        settings: &crate::config::EventsConfig,
+    ) -> std::io::Result<()> {
+        let listener = events::EventsListener::bind(path, self.mode).await?;
+        let settings = events::EventsSettings {
+            queue: settings.queue,
+            write_timeout: std::time::Duration::from_millis(settings.write_timeout_ms),
+            allow_uids: self.allow_uids.clone(),
+            default_app: self.app.clone(),
+            trusted: self.trusted,
+        };
+        self.spawn(events::serve(
+            listener,
+            self.pipeline.clone(),
+            settings,
+            self.connections.clone(),
+            self.peers.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(())
     }
 
     /// Opens `run/services/NAME.sock` for a newly deployed service. A

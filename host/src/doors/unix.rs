@@ -57,7 +57,7 @@ impl PeerConnections {
     }
 
     /// Counts one more connection of `uid`, or says why not.
-    fn enter(self: &Arc<Self>, uid: u32) -> Result<PeerSlot, String> {
+    pub(super) fn enter(self: &Arc<Self>, uid: u32) -> Result<PeerSlot, String> {
         let mut open = self.open.lock().expect("peer table lock");
         let count = open.entry(uid).or_default();
         if *count >= self.max {

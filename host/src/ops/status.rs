@@ -70,5 +70,6 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
         "services": services,
         "draining": draining,
         "apps": pipeline.apps().describe(),
+        "events": pipeline.bus().describe(),
     })
 }

@@ -19,10 +19,13 @@ pub use apps::{App, Apps, Auth};
 pub use table::{Rejection, Table};
 
 use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Route};
+use crate::resources::bus::Bus;
 use crate::runtime::{Call, Context, Plugin};
 
 pub struct Pipeline {
     table: Table,
+    /// Every application's topics and their subscribers.
+    bus: Arc<Bus>,
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
@@ -32,6 +35,7 @@ impl Pipeline {
     pub fn new(apps: Apps) -> Pipeline {
         Pipeline {
             table: Table::default(),
+            bus: Arc::default(),
             apps: ArcSwap::from_pointee(apps),
         }
     }
@@ -39,6 +43,40 @@ impl Pipeline {
     /// The services: serving, failed, refused and draining versions.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
+    /// The application an events door acts for, once `token` is checked:
+    /// publishing and consuming are protected like any action that is not
+    /// public, so an application with keys needs a valid token (a trusted
+    /// door excepted).
+    pub fn events_app(
+        &self,
+        to: Route<'_>,
+        token: Option<&str>,
+        trusted: bool,
+    ) -> Result<Arc<App>, ErrorBody> {
+        let apps = self.apps.load();
+        let app = route(&apps, to)?.clone();
+        if let Auth::Jwt(jwt) = &app.auth {
+            match token {
+                Some(token) => {
+                    jwt.verify(token)
+                        .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))?;
+                }
+                None if trusted => {}
+                None => {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Unauthorized,
+                        format!("application `{}` needs a token for its events", app.name),
+                    ));
+                }
+            }
+        }
+        Ok(app)
     }
 
     pub fn apps(&self) -> Arc<Apps> {

@@ -250,3 +250,45 @@ fn log_failure(path: &str, error: &ErrorBody) {
         tracing::debug!(path, status = status.as_u16(), code = error.code, "http request refused");
     }
 }
+
+/// `POST /v1/events/{topic}`: the body is the event's payload (empty means
+/// `{}`), published to the topic of the application the `Host` header
+/// picks; the answer is `{"event_id"}`. Protected like any action that is
+/// not public: an application with keys needs `Authorization: Bearer`.
+pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Response {
+    let state = &gateway.state;
+    let _counted = Counted::new(&state.tally);
+    let (parts, body) = request.into_parts();
+    let outcome = async {
+        let topic = parts
+            .uri
+            .path()
+            .strip_prefix("/v1/events/")
+            .ok_or_else(|| HttpError::new(ErrorCode::NotFound, "no such endpoint"))?;
+        let topic = decode(topic)?;
+        let body = read_body(&parts.headers, body, state.max_body, gateway.body_timeout).await?;
+        let payload = if body.iter().all(u8::is_ascii_whitespace) {
+            "{}"
+        } else {
+            std::str::from_utf8(&body)
+                .map_err(|_| HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8"))?
+        };
+        let route = Route::Host {
+            host: host(&parts.headers),
+            named: None,
+        };
+        let app = state
+            .pipeline
+            .events_app(route, bearer_token(&parts.headers)?, false)
+            .map_err(HttpError)?;
+        crate::doors::events::publish(&state.pipeline, &app.name, &topic, payload).map_err(HttpError)
+    }
+    .await;
+    match outcome {
+        Ok(id) => json_response(StatusCode::OK, serde_json::json!({ "event_id": id }).to_string()),
+        Err(error) => {
+            log_failure(parts.uri.path(), &error.0);
+            axum::response::IntoResponse::into_response(error)
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The events socket, `events.sock` beside the main socket: outside
+//! programs consume an application's events (and may publish) in
+//! newline-delimited JSON, one object per line with a `type`, the protocol
+//! of the event bus Ferry replaces (see PROTOCOL.md). Each connection says
+//! `hello` once (which application, which topics, under which key), then
+//! gets `event` lines with its own `seq`. Lines over 1 MiB are refused; a
+//! consumer whose socket does not drain within the write timeout is
+//! disconnected, and the bus drops its oldest events meanwhile, so no
+//! consumer can slow a publisher or another consumer.
+
+use std::borrow::Cow;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::unix::PeerConnections;
+use crate::core::names::{valid_topic, valid_topic_pattern};
+use crate::core::{ErrorBody, ErrorCode, Route};
+use crate::pipeline::Pipeline;
+use crate::resources::bus::{MAX_PAYLOAD, Subscriber};
+
+/// Longest line a client may send.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Version of this protocol, in `hello_ack`.
+const BUS_VERSION: u32 = 1;
+
+/// Longest consumer name or event key.
+const MAX_NAME: usize = 256;
+
+/// How the events socket serves.
+#[derive(Clone)]
+pub struct EventsSettings {
+    pub queue: usize,
+    pub write_timeout: Duration,
+    pub allow_uids: Option<Arc<[u32]>>,
+    /// The application of a `hello` that names none.
+    pub default_app: Option<Arc<str>>,
+    pub trusted: bool,
+}
+
+/// A line a client sends.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientLine {
+    Hello {
+        consumer: String,
+        event_key: String,
+        #[serde(default)]
+        topics: Vec<String>,
+        #[serde(default)]
+        app: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    PreShutdownCheck {
+        event_key: String,
+    },
+    // Empty structs rather than unit variants: only struct variants of an
+    // internally tagged enum refuse unknown fields.
+    StatusQuery {},
+    Publish {
+        topic: String,
+        // A `Value`, not a borrowed `RawValue`: serde buffers the fields of
+        // an internally tagged enum, which a `RawValue` cannot come from.
+        payload: serde_json::Value,
+    },
+    Bye {},
+}
+
+/// The bound events socket; removes its file when the host stops.
+pub struct EventsListener {
+    listener: UnixListener,
+    path: PathBuf,
+    file: Option<(u64, u64)>,
+}
+
+impl Drop for EventsListener {
+    fn drop(&mut self) {
+        // Only our own file: a newer host may have bound the path since.
+        if std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino())) == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl EventsListener {
+    pub async fn bind(path: PathBuf, mode: u32) -> std::io::Result<EventsListener> {
+        let listener = super::unix::bind(&path, mode).await?;
+        let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        Ok(EventsListener {
+            listener,
+            path,
+            file,
+        })
+    }
+}
+
+/// What a connection shares with the others.
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    settings: EventsSettings,
+    started: Instant,
+    shutdown: CancellationToken,
+}
+
+/// Accepts consumers until shutdown; each connection's task is tracked in
+/// `tasks`, so shutdown waits for every `shutdown` line to be sent.
+pub async fn serve(
+    listener: EventsListener,
+    pipeline: Arc<Pipeline>,
+    settings: EventsSettings,
+    connections: Arc<Semaphore>,
+    peers: Arc<PeerConnections>,
+    shutdown: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        pipeline,
+        settings,
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+    let tasks = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(path = %listener.path.display(), "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let uid = stream.peer_cred().map(|c| c.uid());
+        let refusal = match &uid {
+            Err(e) => Some((ErrorCode::Forbidden, format!("cannot read the peer's credentials: {e}"))),
+            Ok(uid) => match &shared.settings.allow_uids {
+                Some(allowed) if !allowed.contains(uid) => Some((
+                    ErrorCode::Forbidden,
+                    format!("uid {uid} is not in this socket's allow_uids"),
+                )),
+                _ => None,
+            },
+        };
+        let slot = match (refusal, uid) {
+            (Some(refusal), _) => Err(refusal),
+            (None, Ok(uid)) => peers.enter(uid).map_err(|e| (ErrorCode::Overloaded, e)),
+            (None, Err(_)) => unreachable!("a failed uid is refused above"),
+        };
+        match slot {
+            Ok(slot) => {
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    session(stream, &shared).await;
+                    drop((permit, slot));
+                });
+            }
+            Err((code, reason)) => {
+                tracing::warn!(path = %listener.path.display(), "refused a connection: {reason}");
+                tasks.spawn(async move {
+                    let mut stream = stream;
+                    let line = error_line(code.as_str(), &reason);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+}
+
+fn error_line(code: &str, message: &str) -> Vec<u8> {
+    let mut line = json!({"type": "error", "code": code, "message": message}).to_string();
+    line.push('\n');
+    line.into_bytes()
+}
+
+fn line(value: serde_json::Value) -> Vec<u8> {
+    let mut line = value.to_string();
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// Waits until the subscriber has events queued; without one, forever.
+async fn queued(subscriber: Option<&Arc<Subscriber>>) {
+    match subscriber {
+        Some(subscriber) => subscriber.ready.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one client line asks for.
+enum Step {
+    Reply(Vec<u8>),
+    Close(Vec<u8>),
+}
+
+async fn session(stream: UnixStream, shared: &Shared) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut subscriber: Option<Arc<Subscriber>> = None;
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                let bye = line(json!({"type": "shutdown"}));
+                let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&bye)).await;
+                break;
+            }
+            next = lines.next() => {
+                let step = match next {
+                    None => break,
+                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Step::Close(error_line(
+                        ErrorCode::TooLarge.as_str(),
+                        &format!("a line is over the limit of {MAX_LINE} bytes"),
+                    )),
+                    Some(Err(LinesCodecError::Io(_))) => break,
+                    Some(Ok(text)) => handle(&text, &mut subscriber, shared),
+                };
+                match step {
+                    Step::Reply(reply) => {
+                        if !send(&mut write, &reply, shared).await {
+                            break;
+                        }
+                    }
+                    Step::Close(reply) => {
+                        let _ = send(&mut write, &reply, shared).await;
+                        break;
+                    }
+                }
+            }
+            _ = queued(subscriber.as_ref()) => {
+                let subscriber = subscriber.as_ref().expect("woken only with a subscriber");
+                out.clear();
+                subscriber.drain_into(&mut out);
+                if !out.is_empty() && !send(&mut write, &out, shared).await {
+                    tracing::info!(
+                        consumer = subscriber.consumer,
+                        "events consumer disconnected: it did not read for {:?}",
+                        shared.settings.write_timeout
+                    );
+                    break;
+                }
+                if out.capacity() > 256 * 1024 {
+                    out = Vec::new();
+                }
+            }
+        }
+    }
+    if let Some(subscriber) = subscriber {
+        shared.pipeline.bus().unsubscribe(&subscriber);
+    }
+}
+
+/// Writes within the write timeout; `false` when the consumer is gone or
+/// stalled.
+async fn send(write: &mut OwnedWriteHalf, bytes: &[u8], shared: &Shared) -> bool {
+    matches!(
+        tokio::time::timeout(shared.settings.write_timeout, write.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared) -> Step {
+    let bad = |message: String| Step::Reply(error_line(ErrorCode::BadRequest.as_str(), &message));
+    let message = match serde_json::from_str::<ClientLine>(text) {
+        Ok(message) => message,
+        Err(e) => return bad(format!("invalid line: {e}")),
+    };
+    let bus = shared.pipeline.bus();
+    match message {
+        ClientLine::Hello {
+            consumer,
+            event_key,
+            topics,
+            app,
+            token,
+        } => {
+            if subscriber.is_some() {
+                return bad("this connection already said hello".into());
+            }
+            if consumer.is_empty() || consumer.len() > MAX_NAME || event_key.len() > MAX_NAME {
+                return bad(format!(
+                    "`consumer` must be 1 to {MAX_NAME} bytes and `event_key` at most {MAX_NAME}"
+                ));
+            }
+            if let Some(pattern) = topics.iter().find(|p| !valid_topic_pattern(p)) {
+                return bad(format!(
+                    "`{pattern}` is not a topic pattern: dot-separated tokens of letters, digits, `-` and `_`, where a token may be `*` and the last may be `>`"
+                ));
+            }
+            let route = Route::Named {
+                app: app.as_deref(),
+                default: shared.settings.default_app.as_deref(),
+            };
+            let app = match shared
+                .pipeline
+                .events_app(route, token.as_deref(), shared.settings.trusted)
+            {
+                Ok(app) => app,
+                Err(e) => return Step::Reply(error_line(&e.code, &e.message)),
+            };
+            let subscription = bus.subscribe(
+                app.name.clone(),
+                consumer,
+                event_key,
+                topics,
+                shared.settings.queue,
+            );
+            *subscriber = Some(subscription.subscriber);
+            Step::Reply(line(json!({
+                "type": "hello_ack",
+                "bus_version": BUS_VERSION,
+                "first_for_key": subscription.first_for_key,
+            })))
+        }
+        ClientLine::Bye {} => Step::Close(Vec::new()),
+        _ if subscriber.is_none() => bad("say `hello` first".into()),
+        ClientLine::PreShutdownCheck { event_key } => {
+            let subscriber = subscriber.as_ref().expect("checked above");
+            if event_key != subscriber.event_key {
+                return bad(format!(
+                    "this connection's event_key is `{}`, not `{event_key}`",
+                    subscriber.event_key
+                ));
+            }
+            Step::Reply(line(json!({
+                "type": "pre_shutdown_ack",
+                "event_key": event_key,
+                "last_for_key": bus.last_for_key(subscriber),
+            })))
+        }
+        ClientLine::StatusQuery {} => {
+            let subscriber = subscriber.as_ref().expect("checked above");
+            let consumers = bus.consumers(&subscriber.app);
+            Step::Reply(line(json!({
+                "type": "status_response",
+                "pid": std::process::id(),
+                "uptime_sec": shared.started.elapsed().as_secs(),
+                "active_conns": consumers.len(),
+                "app": &*subscriber.app,
+                "consumers": consumers,
+            })))
+        }
+        ClientLine::Publish { topic, payload } => {
+            let subscriber = subscriber.as_ref().expect("checked above");
+            match publish(&shared.pipeline, &subscriber.app, &topic, &payload.to_string()) {
+                Ok(id) => Step::Reply(line(json!({"type": "publish_ack", "event_id": id}))),
+                Err(e) => Step::Reply(error_line(&e.code, &e.message)),
+            }
+        }
+    }
+}
+
+/// Publishes JSON text `payload` to `topic` of `app`, after the checks
+/// every door makes; answers the event's id.
+pub fn publish(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Result<String, ErrorBody> {
+    if !valid_topic(topic) {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("`{topic}` is not a topic: dot-separated tokens of letters, digits, `-` and `_`"),
+        ));
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!("an event's payload is at most {MAX_PAYLOAD} bytes"),
+        ));
+    }
+    let payload = compact(payload)?;
+    Ok(pipeline.bus().publish(app, topic, &payload))
+}
+
+/// The payload as one line of JSON: a newline in JSON text can only be
+/// whitespace, which is then written out.
+fn compact(payload: &str) -> Result<Cow<'_, str>, ErrorBody> {
+    let not_json = |e: serde_json::Error| {
+        ErrorBody::new(ErrorCode::BadRequest, format!("the payload is not JSON: {e}"))
+    };
+    if payload.contains(['\n', '\r']) {
+        let value: serde_json::Value = serde_json::from_str(payload).map_err(not_json)?;
+        return Ok(Cow::Owned(value.to_string()));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(payload).map_err(not_json)?;
+    Ok(Cow::Borrowed(payload))
+}

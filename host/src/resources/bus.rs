@@ -1,0 +1,373 @@
+//! The event bus: what is published to an application's topics, and a
+//! bounded queue per subscriber. A publish copies the event into the queue
+//! of every subscriber whose pattern covers the topic and returns: it never
+//! waits for a subscriber. A full queue drops its oldest event and counts
+//! it, and the sequence number each subscriber gets with each event shows
+//! the gap. Applications have buses of their own; nothing crosses them.
+//!
+//! Hand-written rather than a `tokio::sync::broadcast`: a broadcast keeps
+//! one ring for all receivers and tells a lagging one only how many it
+//! missed, while here each subscriber has its own bound, its own drop
+//! counter and its own sequence, and keys shared between consumers.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::core::names::topic_matches;
+
+/// Largest payload an event may carry, so every event line stays far
+/// below the consumers' 1 MiB line limit.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// One published event, written once for every subscriber: the line up to
+/// its `seq`, and the rest; only the number between differs.
+pub struct Event {
+    head: String,
+    tail: String,
+}
+
+impl Event {
+    /// Appends this event as an event line with `seq`.
+    pub fn write_line(&self, seq: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(self.tail.as_bytes());
+    }
+}
+
+/// What a subscriber has waiting.
+struct Queue {
+    events: VecDeque<(u64, Arc<Event>)>,
+    /// The `seq` of the last event given to this subscriber.
+    seq: u64,
+    dropped: u64,
+    delivered: u64,
+    closed: bool,
+}
+
+/// One subscriber: an outside consumer's connection.
+pub struct Subscriber {
+    pub id: u64,
+    pub app: Arc<str>,
+    pub consumer: String,
+    pub event_key: String,
+    pub topics: Vec<String>,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    /// Wakes the subscriber's writer when an event is queued.
+    pub ready: Notify,
+}
+
+/// A subscriber's counters, for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberStatus {
+    pub consumer: String,
+    pub event_key: String,
+    pub topics: Vec<String>,
+    pub seq: u64,
+    pub queued: usize,
+    pub dropped: u64,
+    pub delivered: u64,
+}
+
+impl Subscriber {
+    fn push(&self, event: &Arc<Event>) -> Pushed {
+        let mut queue = self.queue.lock().expect("subscriber queue lock");
+        if queue.closed {
+            return Pushed::Closed;
+        }
+        queue.seq += 1;
+        let seq = queue.seq;
+        let mut outcome = Pushed::Queued;
+        if queue.events.len() >= self.capacity {
+            queue.events.pop_front();
+            queue.dropped += 1;
+            outcome = Pushed::DroppedOldest;
+        }
+        queue.events.push_back((seq, event.clone()));
+        drop(queue);
+        self.ready.notify_one();
+        outcome
+    }
+
+    /// Takes everything waiting, written as event lines into `out`;
+    /// answers how many.
+    pub fn drain_into(&self, out: &mut Vec<u8>) -> usize {
+        let mut queue = self.queue.lock().expect("subscriber queue lock");
+        let n = queue.events.len();
+        for (seq, event) in queue.events.drain(..) {
+            event.write_line(seq, out);
+        }
+        queue.delivered += n as u64;
+        n
+    }
+
+    pub fn status(&self) -> SubscriberStatus {
+        let queue = self.queue.lock().expect("subscriber queue lock");
+        SubscriberStatus {
+            consumer: self.consumer.clone(),
+            event_key: self.event_key.clone(),
+            topics: self.topics.clone(),
+            seq: queue.seq,
+            queued: queue.events.len(),
+            dropped: queue.dropped,
+            delivered: queue.delivered,
+        }
+    }
+}
+
+enum Pushed {
+    Queued,
+    DroppedOldest,
+    Closed,
+}
+
+/// Consumers sharing one `event_key`, for `first_for_key` and
+/// `pre_shutdown_check`.
+#[derive(Default)]
+struct Key {
+    live: HashSet<u64>,
+    leaving: HashSet<u64>,
+    /// Someone was told it is the last: nobody else will be.
+    reserved: bool,
+}
+
+/// Per topic, over the host's life.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct TopicCounts {
+    pub published: u64,
+    /// Copies queued for a subscriber.
+    pub queued: u64,
+    /// Copies dropped because a subscriber's queue was full.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct AppBus {
+    subscribers: Vec<Arc<Subscriber>>,
+    keys: HashMap<String, Key>,
+    topics: BTreeMap<String, TopicCounts>,
+}
+
+#[derive(Default)]
+pub struct Bus {
+    apps: Mutex<HashMap<Arc<str>, AppBus>>,
+    next_subscriber: AtomicU64,
+    next_event: AtomicU64,
+}
+
+/// What `subscribe` answers.
+pub struct Subscription {
+    pub subscriber: Arc<Subscriber>,
+    /// No other live consumer of the application holds the key.
+    pub first_for_key: bool,
+}
+
+impl Bus {
+    /// Publishes `payload` (JSON text, already checked) to `topic` (already
+    /// valid) of `app`; answers the event's id.
+    pub fn publish(&self, app: &str, topic: &str, payload: &str) -> String {
+        let number = self.next_event.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        // Unique over restarts too: the start of the millisecond and a count.
+        let id = format!("{now:x}-{number}");
+        let topic_json = serde_json::to_string(topic).expect("a string serializes");
+        let event = Arc::new(Event {
+            head: format!(
+                r#"{{"type":"event","event_type":{topic_json},"event_id":"{id}","source_time":"{now}","seq":"#
+            ),
+            tail: format!(r#","payload":{payload}}}"#) + "\n",
+        });
+        let subscribers: Vec<Arc<Subscriber>> = {
+            let mut apps = self.apps.lock().expect("bus lock");
+            let bus = apps.entry(Arc::from(app)).or_default();
+            bus.topics.entry(topic.to_owned()).or_default().published += 1;
+            bus.subscribers
+                .iter()
+                .filter(|s| s.topics.iter().any(|p| topic_matches(p, topic)))
+                .cloned()
+                .collect()
+        };
+        let (mut queued, mut dropped) = (0, 0);
+        for subscriber in &subscribers {
+            match subscriber.push(&event) {
+                Pushed::Queued => queued += 1,
+                Pushed::DroppedOldest => {
+                    queued += 1;
+                    dropped += 1;
+                }
+                Pushed::Closed => {}
+            }
+        }
+        if queued > 0 {
+            let mut apps = self.apps.lock().expect("bus lock");
+            if let Some(counts) = apps.get_mut(app).and_then(|b| b.topics.get_mut(topic)) {
+                counts.queued += queued;
+                counts.dropped += dropped;
+            }
+        }
+        id
+    }
+
+    /// Adds a subscriber to `app`'s topics (patterns already valid).
+    pub fn subscribe(
+        &self,
+        app: Arc<str>,
+        consumer: String,
+        event_key: String,
+        topics: Vec<String>,
+        capacity: usize,
+    ) -> Subscription {
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed) + 1;
+        let subscriber = Arc::new(Subscriber {
+            id,
+            app: app.clone(),
+            consumer,
+            event_key: event_key.clone(),
+            topics,
+            capacity,
+            queue: Mutex::new(Queue {
+                events: VecDeque::new(),
+                seq: 0,
+                dropped: 0,
+                delivered: 0,
+                closed: false,
+            }),
+            ready: Notify::new(),
+        });
+        let mut apps = self.apps.lock().expect("bus lock");
+        let bus = apps.entry(app).or_default();
+        let key = bus.keys.entry(event_key).or_default();
+        let first_for_key = key.live.is_empty();
+        if first_for_key {
+            key.reserved = false;
+        }
+        key.live.insert(id);
+        bus.subscribers.push(subscriber.clone());
+        Subscription {
+            subscriber,
+            first_for_key,
+        }
+    }
+
+    /// `pre_shutdown_check`: whether `subscriber` is the last of its key's
+    /// live consumers to leave. Of consumers that all ask, exactly one is
+    /// told yes; the answer is reserved for it.
+    pub fn last_for_key(&self, subscriber: &Subscriber) -> bool {
+        let mut apps = self.apps.lock().expect("bus lock");
+        let Some(key) = apps
+            .get_mut(&subscriber.app)
+            .and_then(|b| b.keys.get_mut(&subscriber.event_key))
+        else {
+            return false;
+        };
+        key.leaving.insert(subscriber.id);
+        let last = !key.reserved && key.leaving.len() >= key.live.len();
+        if last {
+            key.reserved = true;
+        }
+        last
+    }
+
+    /// Removes a subscriber whose connection ended; what it had waiting
+    /// goes with it.
+    pub fn unsubscribe(&self, subscriber: &Subscriber) {
+        subscriber.queue.lock().expect("subscriber queue lock").closed = true;
+        let mut apps = self.apps.lock().expect("bus lock");
+        if let Some(bus) = apps.get_mut(&subscriber.app) {
+            bus.subscribers.retain(|s| s.id != subscriber.id);
+            if let Some(key) = bus.keys.get_mut(&subscriber.event_key) {
+                key.live.remove(&subscriber.id);
+                key.leaving.remove(&subscriber.id);
+                if key.live.is_empty() {
+                    bus.keys.remove(&subscriber.event_key);
+                }
+            }
+        }
+    }
+
+    /// `app`'s consumers, for `status_response`.
+    pub fn consumers(&self, app: &str) -> Vec<SubscriberStatus> {
+        let subscribers: Vec<Arc<Subscriber>> = {
+            let apps = self.apps.lock().expect("bus lock");
+            apps.get(app).map(|b| b.subscribers.clone()).unwrap_or_default()
+        };
+        subscribers.iter().map(|s| s.status()).collect()
+    }
+
+    /// Per application: its topics' counters and its consumers, for the
+    /// host's status document.
+    pub fn describe(&self) -> serde_json::Value {
+        let apps: Vec<(Arc<str>, BTreeMap<String, TopicCounts>, Vec<Arc<Subscriber>>)> = {
+            let apps = self.apps.lock().expect("bus lock");
+            apps.iter()
+                .map(|(name, b)| (name.clone(), b.topics.clone(), b.subscribers.clone()))
+                .collect()
+        };
+        let mut out = serde_json::Map::new();
+        for (name, topics, subscribers) in apps {
+            let consumers: Vec<SubscriberStatus> = subscribers.iter().map(|s| s.status()).collect();
+            out.insert(
+                name.to_string(),
+                serde_json::json!({ "topics": topics, "consumers": consumers }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(subscriber: &Subscriber) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        subscriber.drain_into(&mut out);
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_the_seq_shows_the_gap() {
+        let bus = Bus::default();
+        let sub = bus.subscribe("shop".into(), "c".into(), "k".into(), vec!["orders.>".into()], 3);
+        for n in 1..=5 {
+            bus.publish("shop", "orders.created", &n.to_string());
+        }
+        bus.publish("shop", "other", "0");
+        bus.publish("blog", "orders.created", "0");
+        let got = lines(&sub.subscriber);
+        let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(got[2]["payload"], 5);
+        assert_eq!(got[0]["event_type"], "orders.created");
+        assert_eq!(sub.subscriber.status().dropped, 2);
+    }
+
+    #[test]
+    fn of_consumers_leaving_together_exactly_one_is_last() {
+        let bus = Bus::default();
+        let subs: Vec<Subscription> = (0..4)
+            .map(|i| bus.subscribe("shop".into(), format!("c{i}"), "k".into(), vec![">".into()], 10))
+            .collect();
+        assert!(subs[0].first_for_key);
+        assert!(subs[1..].iter().all(|s| !s.first_for_key));
+        let last: Vec<bool> = subs.iter().map(|s| bus.last_for_key(&s.subscriber)).collect();
+        assert_eq!(last.iter().filter(|l| **l).count(), 1);
+        for s in &subs {
+            bus.unsubscribe(&s.subscriber);
+        }
+        let again = bus.subscribe("shop".into(), "c".into(), "k".into(), vec![">".into()], 10);
+        assert!(again.first_for_key);
+    }
+}
