@@ -109,6 +109,17 @@ async fn consumers_say_hello_and_get_their_topics_in_seq_order() {
     let event = other.recv().await.unwrap();
     assert_eq!((event["event_type"].clone(), event["seq"].clone()), (json!("audit.login.failed"), json!(1)));
 
+    let metrics = ferry.admin_http("GET", "/metrics").await.text();
+    for line in [
+        r#"ferry_events_published_total{app="default",topic="orders.created"} 3"#,
+        r#"ferry_events_queued_total{app="default",topic="orders.created"} 6"#,
+        r#"ferry_events_dropped_total{app="default",topic="orders.created"} 0"#,
+        r#"ferry_events_published_total{app="default",topic="orders.created.eu"} 1"#,
+        r#"ferry_event_consumers{app="default"} 3"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+
     first.send(&json!({"type": "status_query"})).await;
     let status = first.recv_type("status_response").await;
     assert_eq!(status["pid"], ferry.pid());

@@ -1,5 +1,6 @@
 //! `/metrics`: every loaded plugin's counters, in-flight gauge and latency
-//! histogram in the OpenMetrics text format, through `prometheus-client`.
+//! histogram, and every application's event topics and consumers, in the
+//! OpenMetrics text format, through `prometheus-client`.
 //! The numbers live in each plugin's own atomics (one add per request on
 //! the hot path); a collector reads them at scrape time.
 
@@ -10,7 +11,10 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use std::collections::BTreeMap;
+
 use crate::pipeline::Pipeline;
+use crate::resources::bus::TopicCounts;
 use crate::runtime::{Plugin, StatsSnapshot};
 
 /// The media type of the exposition.
@@ -118,10 +122,61 @@ impl Collector for Plugins {
     }
 }
 
+/// A topic counter's name, help, and its reading.
+type TopicCounter = (&'static str, &'static str, fn(&TopicCounts) -> u64);
+
+const TOPIC_COUNTERS: [TopicCounter; 3] = [
+    ("ferry_events_published", "Events published to the topic.", |c| c.published),
+    (
+        "ferry_events_queued",
+        "Copies of the topic's events queued for a consumer.",
+        |c| c.queued,
+    ),
+    (
+        "ferry_events_dropped",
+        "Copies dropped, the oldest first, because a consumer's queue was full.",
+        |c| c.dropped,
+    ),
+];
+
+/// Reads the bus at scrape time.
+#[derive(Debug)]
+struct Topics(Vec<(Arc<str>, BTreeMap<String, TopicCounts>, usize)>);
+
+impl Collector for Topics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in TOPIC_COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (app, topics, _) in &self.0 {
+                for (topic, counts) in topics {
+                    let labels = [("app", &**app), ("topic", topic.as_str())];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&value(counts), None)?;
+                }
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "ferry_event_consumers",
+            "Consumers connected to the events socket.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (app, _, consumers) in &self.0 {
+            let labels = [("app", &**app)];
+            metric
+                .encode_family(&labels)?
+                .encode_gauge(&(*consumers as i64))?;
+        }
+        Ok(())
+    }
+}
+
 /// The exposition of every loaded plugin's metrics.
 pub fn render(pipeline: &Pipeline) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Plugins(pipeline.table().plugins())));
+    registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

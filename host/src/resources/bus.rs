@@ -302,6 +302,15 @@ impl Bus {
         subscribers.iter().map(|s| s.status()).collect()
     }
 
+    /// Every application's topics with their counters, and its number of
+    /// consumers, for the metrics.
+    pub fn counts(&self) -> Vec<(Arc<str>, BTreeMap<String, TopicCounts>, usize)> {
+        let apps = self.apps.lock().expect("bus lock");
+        apps.iter()
+            .map(|(name, b)| (name.clone(), b.topics.clone(), b.subscribers.len()))
+            .collect()
+    }
+
     /// Per application: its topics' counters and its consumers, for the
     /// host's status document.
     pub fn describe(&self) -> serde_json::Value {
