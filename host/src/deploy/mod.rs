@@ -198,10 +198,12 @@ impl Deployer {
         match self.build(name, bytes, &source, &id).await {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
+                // The service's own socket first (or again, if it could not
+                // be opened before): once the new version answers on the
+                // main socket, its socket is there too.
+                self.doors.open_service(name).await;
                 let previous = table.insert(plugin.clone());
                 tokio::spawn(plugin.clone().supervise());
-                // A socket that could not be opened before gets another try.
-                self.doors.open_service(name).await;
                 match &previous {
                     Some(previous) => tracing::info!(
                         version = plugin.version(),
