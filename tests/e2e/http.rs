@@ -352,3 +352,26 @@ async fn stalled_http_connections_do_not_lock_out_good_clients() {
     assert!(ferry.open_fds() < 700, "the host holds {} files", ferry.open_fds());
     drop(stalled);
 }
+
+/// An HTTP client that goes away mid-request has its request cancelled, as
+/// on the socket: the plugin's instance is free long before the deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_mid_request_has_it_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let ferry = Ferry::start_default();
+    let addr = ferry.http.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/faulty/slow HTTP/1.1\r\nHost: {addr}\r\nX-Timeout-Ms: 3000\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let in_flight = async |n: u64| {
+        let status = ferry.status().await;
+        (service_status(&status, "faulty")["stats"]["in_flight"] == n).then_some(())
+    };
+    ferry_tests::eventually("the slow request runs", Duration::from_secs(5), async || in_flight(1).await).await;
+    drop(stream);
+    let gone = Instant::now();
+    ferry_tests::eventually("the request is cancelled", Duration::from_secs(5), async || in_flight(0).await).await;
+    assert!(gone.elapsed() < Duration::from_secs(1), "cancelled after {:?}", gone.elapsed());
+}
