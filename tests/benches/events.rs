@@ -35,6 +35,24 @@ async fn hello(path: &Path, name: &str, topics: &[&str]) -> (BufReader<tokio::ne
     (read, write)
 }
 
+/// Hands every line to `each` until `stop` is set or the server closes;
+/// looks at `stop` at least every 200 ms.
+async fn read_lines(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    stop: &AtomicBool,
+    mut each: impl FnMut(&str),
+) {
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match tokio::time::timeout(Duration::from_millis(200), read.read_line(&mut line)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Err(_) => continue,
+            Ok(Ok(_)) => each(&line),
+        }
+    }
+}
+
 /// The publish time the payload carries, from an event line.
 fn sent_at(line: &str) -> Option<u64> {
     let at = line.find("\"t\":")? + 4;
@@ -54,21 +72,15 @@ async fn round(path: &Path, consumers: usize, seconds: u64) -> Round {
         readers.push(tokio::spawn(async move {
             let _keep = write;
             let mut latencies = Vec::new();
-            let mut line = String::new();
-            while !stop.load(Ordering::Relaxed) {
-                line.clear();
-                match tokio::time::timeout(Duration::from_millis(200), read.read_line(&mut line)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Err(_) => continue,
-                    Ok(Ok(_)) => {}
-                }
+            read_lines(&mut read, &stop, |line| {
                 if measuring.load(Ordering::Relaxed) && line.contains("\"event\"") {
                     delivered.fetch_add(1, Ordering::Relaxed);
-                    if i == 0 && let Some(t) = sent_at(&line) {
+                    if i == 0 && let Some(t) = sent_at(line) {
                         latencies.push((clock.elapsed().as_micros() as u64).saturating_sub(t));
                     }
                 }
-            }
+            })
+            .await;
             latencies
         }));
     }
@@ -78,19 +90,12 @@ async fn round(path: &Path, consumers: usize, seconds: u64) -> Round {
     let ack_reader = {
         let (acked, stop) = (acked.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut line = String::new();
-            while !stop.load(Ordering::Relaxed) {
-                line.clear();
-                match tokio::time::timeout(Duration::from_millis(200), acks.read_line(&mut line)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Err(_) => continue,
-                    Ok(Ok(_)) => {
-                        if line.contains("publish_ack") {
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            read_lines(&mut acks, &stop, |line| {
+                if line.contains("publish_ack") {
+                    acked.fetch_add(1, Ordering::Relaxed);
                 }
-            }
+            })
+            .await;
         })
     };
     let pad = "x".repeat(100);

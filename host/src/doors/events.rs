@@ -9,8 +9,6 @@
 //! consumer can slow a publisher or another consumer.
 
 use std::borrow::Cow;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::unix::PeerConnections;
+use super::unix::{Admission, Listener, Listening, PeerConnections, turn_away};
 use crate::core::names::{valid_topic, valid_topic_pattern};
 use crate::core::{ErrorBody, ErrorCode, Route};
 use crate::pipeline::Pipeline;
@@ -40,15 +38,12 @@ const BUS_VERSION: u32 = 1;
 /// Longest consumer name or event key.
 const MAX_NAME: usize = 256;
 
-/// How the events socket serves.
-#[derive(Clone)]
+/// How the events socket serves its consumers (who may connect, the
+/// default application and trust are its `Listener`'s, as on every socket).
+#[derive(Clone, Copy)]
 pub struct EventsSettings {
     pub queue: usize,
     pub write_timeout: Duration,
-    pub allow_uids: Option<Arc<[u32]>>,
-    /// The application of a `hello` that names none.
-    pub default_app: Option<Arc<str>>,
-    pub trusted: bool,
 }
 
 /// A line a client sends.
@@ -80,38 +75,11 @@ enum ClientLine {
     Bye {},
 }
 
-/// The bound events socket; removes its file when the host stops.
-pub struct EventsListener {
-    listener: UnixListener,
-    path: PathBuf,
-    file: Option<(u64, u64)>,
-}
-
-impl Drop for EventsListener {
-    fn drop(&mut self) {
-        // Only our own file: a newer host may have bound the path since.
-        if std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino())) == self.file {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-impl EventsListener {
-    pub async fn bind(path: PathBuf, mode: u32) -> std::io::Result<EventsListener> {
-        let listener = super::unix::bind(&path, mode).await?;
-        let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
-        Ok(EventsListener {
-            listener,
-            path,
-            file,
-        })
-    }
-}
-
 /// What a connection shares with the others.
 struct Shared {
     pipeline: Arc<Pipeline>,
     settings: EventsSettings,
+    listening: Arc<Listening>,
     started: Instant,
     shutdown: CancellationToken,
 }
@@ -119,7 +87,7 @@ struct Shared {
 /// Accepts consumers until shutdown; each connection's task is tracked in
 /// `tasks`, so shutdown waits for every `shutdown` line to be sent.
 pub async fn serve(
-    listener: EventsListener,
+    listener: Listener,
     pipeline: Arc<Pipeline>,
     settings: EventsSettings,
     connections: Arc<Semaphore>,
@@ -129,58 +97,31 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         pipeline,
         settings,
+        listening: listener.listening.clone(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
     });
     let tasks = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(path = %listener.path.display(), "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let uid = stream.peer_cred().map(|c| c.uid());
-        let refusal = match &uid {
-            Err(e) => Some((ErrorCode::Forbidden, format!("cannot read the peer's credentials: {e}"))),
-            Ok(uid) => match &shared.settings.allow_uids {
-                Some(allowed) if !allowed.contains(uid) => Some((
-                    ErrorCode::Forbidden,
-                    format!("uid {uid} is not in this socket's allow_uids"),
-                )),
-                _ => None,
-            },
-        };
-        let slot = match (refusal, uid) {
-            (Some(refusal), _) => Err(refusal),
-            (None, Ok(uid)) => peers.enter(uid).map_err(|e| (ErrorCode::Overloaded, e)),
-            (None, Err(_)) => unreachable!("a failed uid is refused above"),
-        };
-        match slot {
-            Ok(slot) => {
+    while let Some(admission) = listener.admit(&connections, &peers, &shutdown).await {
+        match admission {
+            Admission::Admitted {
+                stream,
+                permit,
+                peer,
+            } => {
                 let shared = shared.clone();
                 tasks.spawn(async move {
                     session(stream, &shared).await;
-                    drop((permit, slot));
+                    drop((permit, peer));
                 });
             }
-            Err((code, reason)) => {
-                tracing::warn!(path = %listener.path.display(), "refused a connection: {reason}");
-                tasks.spawn(async move {
-                    let mut stream = stream;
-                    let line = error_line(code.as_str(), &reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
-                    drop(permit);
-                });
+            Admission::Refused {
+                stream,
+                permit,
+                code,
+                reason,
+            } => {
+                tasks.spawn(turn_away(stream, error_line(code.as_str(), &reason), permit));
             }
         }
     }
@@ -312,11 +253,11 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
             }
             let route = Route::Named {
                 app: app.as_deref(),
-                default: shared.settings.default_app.as_deref(),
+                default: shared.listening.app.as_deref(),
             };
             let app = match shared
                 .pipeline
-                .events_app(route, token.as_deref(), shared.settings.trusted)
+                .events_app(route, token.as_deref(), shared.listening.trusted)
             {
                 Ok(app) => app,
                 Err(e) => return Step::Reply(error_line(&e.code, &e.message)),
@@ -365,7 +306,9 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
         }
         ClientLine::Publish { topic, payload } => {
             let subscriber = subscriber.as_ref().expect("checked above");
-            match publish(&shared.pipeline, &subscriber.app, &topic, &payload.to_string()) {
+            // Written out by serde_json: one line, valid JSON already.
+            let payload = payload.to_string();
+            match publish_line(&shared.pipeline, &subscriber.app, &topic, &payload) {
                 Ok(id) => Step::Reply(line(json!({"type": "publish_ack", "event_id": id}))),
                 Err(e) => Step::Reply(error_line(&e.code, &e.message)),
             }
@@ -376,6 +319,11 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
 /// Publishes JSON text `payload` to `topic` of `app`, after the checks
 /// every door makes; answers the event's id.
 pub fn publish(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Result<String, ErrorBody> {
+    publish_line(pipeline, app, topic, &compact(payload)?)
+}
+
+/// [`publish`] for a payload already known to be one line of JSON.
+fn publish_line(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Result<String, ErrorBody> {
     if !valid_topic(topic) {
         return Err(ErrorBody::new(
             ErrorCode::BadRequest,
@@ -388,8 +336,7 @@ pub fn publish(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Re
             format!("an event's payload is at most {MAX_PAYLOAD} bytes"),
         ));
     }
-    let payload = compact(payload)?;
-    Ok(pipeline.bus().publish(app, topic, &payload))
+    Ok(pipeline.bus().publish(app, topic, payload))
 }
 
 /// The payload as one line of JSON: a newline in JSON text can only be

@@ -128,13 +128,16 @@ impl Doors {
         path: PathBuf,
         settings: &crate::config::EventsConfig,
     ) -> std::io::Result<()> {
-        let listener = events::EventsListener::bind(path, self.mode).await?;
+        let listener = Listener::bind(
+            path,
+            self.mode,
+            self.listening(None),
+            self.allow_uids.clone(),
+        )
+        .await?;
         let settings = events::EventsSettings {
             queue: settings.queue,
             write_timeout: std::time::Duration::from_millis(settings.write_timeout_ms),
-            allow_uids: self.allow_uids.clone(),
-            default_app: self.app.clone(),
-            trusted: self.trusted,
         };
         self.spawn(events::serve(
             listener,

@@ -194,6 +194,83 @@ impl Drop for Listener {
     }
 }
 
+/// A connection the accept loop took, holding its places in the connection
+/// limits, or one it turns away, with the reason.
+pub(super) enum Admission {
+    Admitted {
+        stream: UnixStream,
+        permit: OwnedSemaphorePermit,
+        peer: PeerSlot,
+    },
+    Refused {
+        stream: UnixStream,
+        permit: OwnedSemaphorePermit,
+        code: ErrorCode,
+        reason: String,
+    },
+}
+
+impl Listener {
+    /// The next connection, once one of `connections` is free, checked as
+    /// every socket checks its peers: readable credentials, `allow_uids`,
+    /// the per-uid cap. `None` once `stop` fires.
+    pub(super) async fn admit(
+        &self,
+        connections: &Arc<Semaphore>,
+        peers: &Arc<PeerConnections>,
+        stop: &CancellationToken,
+    ) -> Option<Admission> {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
+            _ = stop.cancelled() => return None,
+        };
+        let stream = loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => break stream,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(path = %self.path.display(), "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.cancelled() => return None,
+            }
+        };
+        let checked = match stream.peer_cred() {
+            Err(e) => Err((
+                ErrorCode::Forbidden,
+                format!("cannot read the peer's credentials: {e}"),
+            )),
+            Ok(cred) => match &self.allow_uids {
+                Some(allowed) if !allowed.contains(&cred.uid()) => Err((
+                    ErrorCode::Forbidden,
+                    format!("uid {} is not in this socket's allow_uids", cred.uid()),
+                )),
+                _ => peers
+                    .enter(cred.uid())
+                    .map_err(|reason| (ErrorCode::Overloaded, reason)),
+            },
+        };
+        Some(match checked {
+            Ok(peer) => Admission::Admitted {
+                stream,
+                permit,
+                peer,
+            },
+            Err((code, reason)) => {
+                tracing::warn!(path = %self.path.display(), "refused a connection: {reason}");
+                Admission::Refused {
+                    stream,
+                    permit,
+                    code,
+                    reason,
+                }
+            }
+        })
+    }
+}
+
 /// Accepts connections until `stop` (the host's shutdown, or this door's
 /// own close), then waits for the connections it started to finish their
 /// in-flight requests. A closed door's connections stay until the host
@@ -209,44 +286,21 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
-            _ = stop.cancelled() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(path = %listener.path.display(), "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
-        let uid = match stream.peer_cred() {
-            Ok(cred) => cred.uid(),
-            Err(e) => {
-                let refusal = format!("cannot read the peer's credentials: {e}");
-                tasks.spawn(refuse(stream, ErrorCode::Forbidden, refusal, permit));
-                continue;
-            }
-        };
-        if let Some(allowed) = &listener.allow_uids
-            && !allowed.contains(&uid)
-        {
-            let refusal = format!("uid {uid} is not in this socket's allow_uids");
-            tracing::warn!(path = %listener.path.display(), "refused a connection: {refusal}");
-            tasks.spawn(refuse(stream, ErrorCode::Forbidden, refusal, permit));
-            continue;
-        }
-        let peer = match peers.enter(uid) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                tracing::warn!(path = %listener.path.display(), "refused a connection: {refusal}");
-                tasks.spawn(refuse(stream, ErrorCode::Overloaded, refusal, permit));
+    while let Some(admission) = listener.admit(&connections, &peers, &stop).await {
+        let (stream, permit, peer) = match admission {
+            Admission::Admitted {
+                stream,
+                permit,
+                peer,
+            } => (stream, permit, peer),
+            Admission::Refused {
+                stream,
+                permit,
+                code,
+                reason,
+            } => {
+                let frame = envelope::error_frame(envelope::NO_ID, &ErrorBody::new(code, reason));
+                tasks.spawn(turn_away(stream, frame, permit));
                 continue;
             }
         };
@@ -266,16 +320,15 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-/// Tells a refused peer why (one error frame), then closes.
-async fn refuse(
+/// Tells a refused peer why (`message`, in its door's own format), then
+/// closes.
+pub(super) async fn turn_away(
     mut stream: UnixStream,
-    code: ErrorCode,
-    reason: String,
+    message: Vec<u8>,
     permit: OwnedSemaphorePermit,
 ) {
-    let frame = envelope::error_frame(envelope::NO_ID, &ErrorBody::new(code, reason));
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(&frame).await?;
+        stream.write_all(&message).await?;
         stream.shutdown().await
     })
     .await;

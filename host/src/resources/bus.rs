@@ -147,11 +147,38 @@ pub struct TopicCounts {
     pub dropped: u64,
 }
 
+/// A topic's counters, updated outside the bus lock.
+#[derive(Default)]
+struct TopicCounters {
+    published: AtomicU64,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl TopicCounters {
+    fn snapshot(&self) -> TopicCounts {
+        TopicCounts {
+            published: self.published.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[derive(Default)]
 struct AppBus {
     subscribers: Vec<Arc<Subscriber>>,
     keys: HashMap<String, Key>,
-    topics: BTreeMap<String, TopicCounts>,
+    topics: BTreeMap<String, Arc<TopicCounters>>,
+}
+
+impl AppBus {
+    fn topic_counts(&self) -> BTreeMap<String, TopicCounts> {
+        self.topics
+            .iter()
+            .map(|(topic, counters)| (topic.clone(), counters.snapshot()))
+            .collect()
+    }
 }
 
 #[derive(Default)]
@@ -185,16 +212,25 @@ impl Bus {
             ),
             tail: format!(r#","payload":{payload}}}"#) + "\n",
         });
-        let subscribers: Vec<Arc<Subscriber>> = {
+        let (counters, subscribers) = {
             let mut apps = self.apps.lock().expect("bus lock");
-            let bus = apps.entry(Arc::from(app)).or_default();
-            bus.topics.entry(topic.to_owned()).or_default().published += 1;
-            bus.subscribers
+            let bus = match apps.get_mut(app) {
+                Some(bus) => bus,
+                None => apps.entry(Arc::from(app)).or_default(),
+            };
+            let counters = match bus.topics.get(topic) {
+                Some(counters) => counters.clone(),
+                None => bus.topics.entry(topic.to_owned()).or_default().clone(),
+            };
+            let subscribers: Vec<Arc<Subscriber>> = bus
+                .subscribers
                 .iter()
                 .filter(|s| s.topics.iter().any(|p| topic_matches(p, topic)))
                 .cloned()
-                .collect()
+                .collect();
+            (counters, subscribers)
         };
+        counters.published.fetch_add(1, Ordering::Relaxed);
         let (mut queued, mut dropped) = (0, 0);
         for subscriber in &subscribers {
             match subscriber.push(&event) {
@@ -206,13 +242,8 @@ impl Bus {
                 Pushed::Closed => {}
             }
         }
-        if queued > 0 {
-            let mut apps = self.apps.lock().expect("bus lock");
-            if let Some(counts) = apps.get_mut(app).and_then(|b| b.topics.get_mut(topic)) {
-                counts.queued += queued;
-                counts.dropped += dropped;
-            }
-        }
+        counters.queued.fetch_add(queued, Ordering::Relaxed);
+        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         id
     }
 
@@ -307,7 +338,7 @@ impl Bus {
     pub fn counts(&self) -> Vec<(Arc<str>, BTreeMap<String, TopicCounts>, usize)> {
         let apps = self.apps.lock().expect("bus lock");
         apps.iter()
-            .map(|(name, b)| (name.clone(), b.topics.clone(), b.subscribers.len()))
+            .map(|(name, b)| (name.clone(), b.topic_counts(), b.subscribers.len()))
             .collect()
     }
 
@@ -317,7 +348,7 @@ impl Bus {
         let apps: Vec<(Arc<str>, BTreeMap<String, TopicCounts>, Vec<Arc<Subscriber>>)> = {
             let apps = self.apps.lock().expect("bus lock");
             apps.iter()
-                .map(|(name, b)| (name.clone(), b.topics.clone(), b.subscribers.clone()))
+                .map(|(name, b)| (name.clone(), b.topic_counts(), b.subscribers.clone()))
                 .collect()
         };
         let mut out = serde_json::Map::new();
