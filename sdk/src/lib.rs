@@ -49,8 +49,8 @@ pub mod config;
 pub mod sql;
 
 use __bindings::ferry::plugin::invocation::Call;
-use __bindings::ferry::plugin::types::Error as WitError;
 use __bindings::ferry::plugin::log as wit_log;
+use __bindings::ferry::plugin::types::Error as WitError;
 
 /// An error an action answers with. Its `code` reaches the caller unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,9 +24,19 @@ struct Round {
     latencies_us: Vec<u64>,
 }
 
-async fn hello(path: &Path, name: &str, topics: &[&str]) -> (BufReader<tokio::net::unix::OwnedReadHalf>, tokio::net::unix::OwnedWriteHalf) {
+async fn hello(
+    path: &Path,
+    name: &str,
+    topics: &[&str],
+) -> (
+    BufReader<tokio::net::unix::OwnedReadHalf>,
+    tokio::net::unix::OwnedWriteHalf,
+) {
     let (read, mut write) = UnixStream::connect(path).await.unwrap().into_split();
-    let line = serde_json::json!({"type": "hello", "consumer": name, "event_key": name, "topics": topics}).to_string() + "\n";
+    let line =
+        serde_json::json!({"type": "hello", "consumer": name, "event_key": name, "topics": topics})
+            .to_string()
+            + "\n";
     write.write_all(line.as_bytes()).await.unwrap();
     let mut read = BufReader::new(read);
     let mut ack = String::new();
@@ -56,7 +66,10 @@ async fn read_lines(
 /// The publish time the payload carries, from an event line.
 fn sent_at(line: &str) -> Option<u64> {
     let at = line.find("\"t\":")? + 4;
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -75,7 +88,9 @@ async fn round(path: &Path, consumers: usize, seconds: u64) -> Round {
             read_lines(&mut read, &stop, |line| {
                 if measuring.load(Ordering::Relaxed) && line.contains("\"event\"") {
                     delivered.fetch_add(1, Ordering::Relaxed);
-                    if i == 0 && let Some(t) = sent_at(line) {
+                    if i == 0
+                        && let Some(t) = sent_at(line)
+                    {
                         latencies.push((clock.elapsed().as_micros() as u64).saturating_sub(t));
                     }
                 }
@@ -146,15 +161,23 @@ fn main() {
     let seconds = env_u64("BENCH_SECS", 5);
     let rounds = env_u64("BENCH_ROUNDS", 3);
     pin_to_cpu(1).expect("pin the load to CPU 1");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = scratch_dir();
     let native_path = dir.join("native-events.sock");
     let mut command = Command::new(env!("CARGO_BIN_EXE_native-events"));
     command.arg(&native_path).stdout(Stdio::null());
-    let mut native = run_on_cpu(&mut command, 0).spawn().expect("start native-events");
+    let mut native = run_on_cpu(&mut command, 0)
+        .spawn()
+        .expect("start native-events");
     wait_for_socket(&native_path);
     let ferry = Ferry::options().cpu0().start();
-    let servers: [(&str, PathBuf); 2] = [("native bus", native_path.clone()), ("ferry", ferry.events_socket())];
+    let servers: [(&str, PathBuf); 2] = [
+        ("native bus", native_path.clone()),
+        ("ferry", ferry.events_socket()),
+    ];
 
     println!(
         "events: one publisher ({WINDOW} publishes awaiting their ack), {rounds} rounds of {seconds} s per case, interleaved; servers on CPU 0, load on CPU 1\n"
@@ -165,11 +188,18 @@ fn main() {
         for r in 0..rounds {
             for (i, (label, path)) in servers.iter().enumerate() {
                 let result = runtime.block_on(round(path, consumers, seconds));
-                eprintln!("round {r}: {consumers:>3} consumer(s), {label:<10} {:>10.0} events/s delivered", result.delivered_per_s);
+                eprintln!(
+                    "round {r}: {consumers:>3} consumer(s), {label:<10} {:>10.0} events/s delivered",
+                    result.delivered_per_s
+                );
                 results[i].push(result);
             }
         }
-        let mut ratios: Vec<f64> = results[1].iter().zip(&results[0]).map(|(f, n)| f.delivered_per_s / n.delivered_per_s).collect();
+        let mut ratios: Vec<f64> = results[1]
+            .iter()
+            .zip(&results[0])
+            .map(|(f, n)| f.delivered_per_s / n.delivered_per_s)
+            .collect();
         ratios.sort_by(f64::total_cmp);
         for (i, (label, _)) in servers.iter().enumerate() {
             let mut order: Vec<&Round> = results[i].iter().collect();

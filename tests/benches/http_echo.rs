@@ -150,9 +150,12 @@ fn main() {
     );
 
     let baseline = Ferry::baseline_echo();
-    let baseline_url = baseline
-        .as_ref()
-        .map(|b| format!("http://{}/v1/echo/params", b.http.expect("baseline http address")));
+    let baseline_url = baseline.as_ref().map(|b| {
+        format!(
+            "http://{}/v1/echo/params",
+            b.http.expect("baseline http address")
+        )
+    });
 
     println!(
         "http echo: wrk -t1 -c{CONNECTIONS}, {rounds} rounds of {seconds} s per server, interleaved; servers on CPU 0, wrk on CPU 1\n"

@@ -66,7 +66,10 @@ fn main() {
     ));
     let baseline = Ferry::baseline_echo();
     if let Some(baseline) = &baseline {
-        cases.push(Case::new("ferry at FERRY_BASELINE, reuse", baseline.socket.clone()));
+        cases.push(Case::new(
+            "ferry at FERRY_BASELINE, reuse",
+            baseline.socket.clone(),
+        ));
     }
 
     let shape = shape();

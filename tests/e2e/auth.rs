@@ -678,7 +678,12 @@ async fn peer_uids_outside_the_allow_list_are_refused() {
         );
     }
     assert_eq!(refused.plugin_requests("echo").await, before);
-    assert!(refused.log_with("refused a connection").await.contains("refused a connection"));
+    assert!(
+        refused
+            .log_with("refused a connection")
+            .await
+            .contains("refused a connection")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -850,7 +855,13 @@ async fn an_allow_list_of_several_families_accepts_each() {
     let claims = claims(SHOP_ISS, "mixed", "alice");
     for token in [hs256(&claims, SHOP_SECRET.as_bytes()), rs256(&claims, None)] {
         let auth = bearer(&token);
-        let reply = echo(&ferry, "mixed.localhost", "echo", &[("Authorization", &auth)]).await;
+        let reply = echo(
+            &ferry,
+            "mixed.localhost",
+            "echo",
+            &[("Authorization", &auth)],
+        )
+        .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.json()["ctx"]["subject"], "alice");
     }
@@ -865,11 +876,23 @@ async fn a_kid_the_jwk_set_does_not_hold_is_refused() {
     );
     let claims = claims(BLOG_ISS, "wiki", "bob");
     let auth = bearer(&rs256(&claims, Some("rotated-away")));
-    let reply = echo(&ferry, "wiki.localhost", "echo", &[("Authorization", &auth)]).await;
+    let reply = echo(
+        &ferry,
+        "wiki.localhost",
+        "echo",
+        &[("Authorization", &auth)],
+    )
+    .await;
     let message = assert_error(&reply, 401, "unauthorized");
     assert!(message.contains("unknown key id"), "{message}");
     let auth = bearer(&rs256(&claims, Some("wiki-1")));
-    let reply = echo(&ferry, "wiki.localhost", "echo", &[("Authorization", &auth)]).await;
+    let reply = echo(
+        &ferry,
+        "wiki.localhost",
+        "echo",
+        &[("Authorization", &auth)],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
@@ -883,10 +906,25 @@ async fn applications_sharing_an_issuer_do_not_take_each_others_tokens() {
         )
     };
     let ferry = host_with(&format!("apps:\n{}{}", app("north"), app("south")));
-    let north = bearer(&hs256(&claims(SHOP_ISS, "north", "carol"), SHOP_SECRET.as_bytes()));
-    let reply = echo(&ferry, "north.localhost", "echo", &[("Authorization", &north)]).await;
+    let north = bearer(&hs256(
+        &claims(SHOP_ISS, "north", "carol"),
+        SHOP_SECRET.as_bytes(),
+    ));
+    let reply = echo(
+        &ferry,
+        "north.localhost",
+        "echo",
+        &[("Authorization", &north)],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let reply = echo(&ferry, "south.localhost", "echo", &[("Authorization", &north)]).await;
+    let reply = echo(
+        &ferry,
+        "south.localhost",
+        "echo",
+        &[("Authorization", &north)],
+    )
+    .await;
     let message = assert_error(&reply, 401, "unauthorized");
     assert!(message.contains("audience"), "{message}");
     // A token that names no audience at all is refused by both.

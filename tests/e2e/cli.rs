@@ -234,10 +234,15 @@ async fn sigterm_finishes_requests_in_flight_and_exits_cleanly() {
         .send(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 300}))
         .await;
     // The slow request holds the plugin's instance once the host counts it.
-    ferry_tests::eventually("the slow request is running", std::time::Duration::from_secs(5), async || {
-        let status = ferry.status().await;
-        (ferry_tests::service_status(&status, "faulty")["stats"]["in_flight"] == 1).then_some(())
-    })
+    ferry_tests::eventually(
+        "the slow request is running",
+        std::time::Duration::from_secs(5),
+        async || {
+            let status = ferry.status().await;
+            (ferry_tests::service_status(&status, "faulty")["stats"]["in_flight"] == 1)
+                .then_some(())
+        },
+    )
     .await;
     let status = tokio::task::block_in_place(|| ferry.terminate());
     let response = client

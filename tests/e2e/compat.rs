@@ -10,7 +10,9 @@ use ferry_tests::{Ferry, expect_success, ferry_bin};
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 #[tokio::test(flavor = "multi_thread")]

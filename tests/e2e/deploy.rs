@@ -133,7 +133,12 @@ async fn files_alone_deploy_replace_and_remove_services() {
     assert!(!ferry.service_socket("echo").exists());
     let status = ferry.status().await;
     assert_eq!(status["services"], json!([]), "{status}");
-    assert!(ferry.log_with("service undeployed").await.contains("service undeployed"));
+    assert!(
+        ferry
+            .log_with("service undeployed")
+            .await
+            .contains("service undeployed")
+    );
 
     // And it can come back under the same name, socket and all.
     ferry.place("echo.wasm", &echo);
@@ -386,7 +391,11 @@ async fn time_from_a_rename_to_the_first_request_on_the_new_version() {
     let count = |what: &str| ferry.log().matches(what).count();
     let (misses, hits) = (count("cache=miss"), count("cache=hit"));
     let cold = serve(&fresh, "2").await;
-    assert_eq!(ferry.log_count("cache=miss", misses + 1).await, misses + 1, "the new file was compiled");
+    assert_eq!(
+        ferry.log_count("cache=miss", misses + 1).await,
+        misses + 1,
+        "the new file was compiled"
+    );
     let warm_back = serve(&plugin_bytes("echo"), "1").await;
     let warm = serve(&fresh, "2").await;
     assert_eq!(

@@ -70,10 +70,18 @@ impl Consumer {
 
 async fn publish(ferry: &Ferry, topic: &str, payload: &Value) -> String {
     let reply = ferry
-        .http("POST", &format!("/v1/events/{topic}"), &[], payload.to_string().as_bytes())
+        .http(
+            "POST",
+            &format!("/v1/events/{topic}"),
+            &[],
+            payload.to_string().as_bytes(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["event_id"].as_str().expect("an event id").to_owned()
+    reply.json()["event_id"]
+        .as_str()
+        .expect("an event id")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,14 +108,22 @@ async fn consumers_say_hello_and_get_their_topics_in_seq_order() {
         assert_eq!(event["seq"], n);
         assert_eq!(event["payload"], json!({"n": n}));
         assert_eq!(&event["event_id"], id);
-        let time = event["source_time"].as_str().expect("source_time is a string");
-        assert!(time.len() >= 13 && time.bytes().all(|b| b.is_ascii_digit()), "{time}");
+        let time = event["source_time"]
+            .as_str()
+            .expect("source_time is a string");
+        assert!(
+            time.len() >= 13 && time.bytes().all(|b| b.is_ascii_digit()),
+            "{time}"
+        );
     }
     // `orders.*` does not cover `orders.created.eu`; `audit.>` covers
     // `audit.login.failed`, and it is that consumer's first event.
     publish(&ferry, "audit.login.failed", &json!("x")).await;
     let event = other.recv().await.unwrap();
-    assert_eq!((event["event_type"].clone(), event["seq"].clone()), (json!("audit.login.failed"), json!(1)));
+    assert_eq!(
+        (event["event_type"].clone(), event["seq"].clone()),
+        (json!("audit.login.failed"), json!(1))
+    );
 
     let metrics = ferry.admin_http("GET", "/metrics").await.text();
     for line in [
@@ -117,7 +133,10 @@ async fn consumers_say_hello_and_get_their_topics_in_seq_order() {
         r#"ferry_events_published_total{app="default",topic="orders.created.eu"} 1"#,
         r#"ferry_event_consumers{app="default"} 3"#,
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
     }
 
     first.send(&json!({"type": "status_query"})).await;
@@ -126,7 +145,10 @@ async fn consumers_say_hello_and_get_their_topics_in_seq_order() {
     assert!(status["uptime_sec"].is_number());
     assert_eq!(status["active_conns"], 3);
     let consumers = status["consumers"].as_array().unwrap();
-    let billing = consumers.iter().find(|c| c["consumer"] == "billing-1").expect("listed");
+    let billing = consumers
+        .iter()
+        .find(|c| c["consumer"] == "billing-1")
+        .expect("listed");
     assert_eq!(billing["event_key"], "billing");
     assert_eq!(billing["topics"], json!(["orders.*"]));
     assert_eq!(billing["seq"], 3);
@@ -136,7 +158,9 @@ async fn consumers_say_hello_and_get_their_topics_in_seq_order() {
     // Bad lines are answered and the connection stays.
     first.send(&json!({"type": "subscribe_all"})).await;
     assert_eq!(first.recv_type("error").await["code"], "bad_request");
-    first.send(&json!({"type": "status_query", "extra": 1})).await;
+    first
+        .send(&json!({"type": "status_query", "extra": 1}))
+        .await;
     assert_eq!(first.recv_type("error").await["code"], "bad_request");
     first.write.write_all(b"not json\n").await.unwrap();
     assert_eq!(first.recv_type("error").await["code"], "bad_request");
@@ -170,13 +194,20 @@ async fn a_consumer_that_stops_reading_sees_a_gap_then_its_newest_events() {
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq only grows");
     let received = seqs.len() as u64;
-    assert!(received < total, "nothing was dropped: {received} of {total}");
+    assert!(
+        received < total,
+        "nothing was dropped: {received} of {total}"
+    );
     // The newest five (the queue) all arrived after the gap.
     assert_eq!(&seqs[seqs.len() - 5..], &[196, 197, 198, 199, 200]);
     slow.send(&json!({"type": "status_query"})).await;
     let status = slow.recv_type("status_response").await;
     let me = &status["consumers"][0];
-    assert_eq!(me["dropped"], total - received, "the drop counter is the gap: {me}");
+    assert_eq!(
+        me["dropped"],
+        total - received,
+        "the drop counter is the gap: {me}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,7 +242,10 @@ async fn a_consumer_that_does_not_drain_is_dropped_while_the_rest_carry_on() {
         published += 1;
         if published % 50 == 0 && gone_after.is_none() {
             let status = ferry.status().await;
-            let consumers = status["events"]["default"]["consumers"].as_array().unwrap().clone();
+            let consumers = status["events"]["default"]["consumers"]
+                .as_array()
+                .unwrap()
+                .clone();
             if !consumers.iter().any(|c| c["consumer"] == "stalled") {
                 gone_after = Some(started.elapsed());
             }
@@ -220,13 +254,20 @@ async fn a_consumer_that_does_not_drain_is_dropped_while_the_rest_carry_on() {
     }
     publish(&ferry, "tick", &json!({"pad": "", "last": true})).await;
     let delivered = reader.await.unwrap();
-    assert_eq!(delivered, published + 1, "the live consumer got every event");
+    assert_eq!(
+        delivered,
+        published + 1,
+        "the live consumer got every event"
+    );
     let gone_after = gone_after.expect("the stalled consumer was never disconnected");
     assert!(
         gone_after > Duration::from_secs(4) && gone_after < Duration::from_secs(7),
         "disconnected after {gone_after:?}; the write timeout is 5 s"
     );
-    assert!(slowest < Duration::from_millis(500), "a publish waited {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a publish waited {slowest:?}"
+    );
     drop(stalled);
 }
 
@@ -255,11 +296,16 @@ async fn of_ten_consumers_leaving_at_once_exactly_one_is_last() {
     let path = ferry.events_socket();
     let mut consumers = Vec::new();
     for i in 0..10 {
-        consumers.push(Consumer::hello(&path, &format!("worker-{i}"), "cleanup", &[]).await.0);
+        consumers.push(
+            Consumer::hello(&path, &format!("worker-{i}"), "cleanup", &[])
+                .await
+                .0,
+        );
     }
     let asks = consumers.into_iter().map(|mut c| {
         tokio::spawn(async move {
-            c.send(&json!({"type": "pre_shutdown_check", "event_key": "cleanup"})).await;
+            c.send(&json!({"type": "pre_shutdown_check", "event_key": "cleanup"}))
+                .await;
             let ack = c.recv_type("pre_shutdown_ack").await;
             (ack["last_for_key"].as_bool().expect("a boolean"), c)
         })
@@ -268,7 +314,11 @@ async fn of_ten_consumers_leaving_at_once_exactly_one_is_last() {
     for ask in asks.collect::<Vec<_>>() {
         answers.push(ask.await.unwrap());
     }
-    assert_eq!(answers.iter().filter(|(last, _)| *last).count(), 1, "exactly one is last");
+    assert_eq!(
+        answers.iter().filter(|(last, _)| *last).count(),
+        1,
+        "exactly one is last"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -310,7 +360,10 @@ async fn applications_have_buses_of_their_own_and_keys_guard_them() {
     let (mut blog, ack) = hello("blog", None).await;
     assert_eq!(ack["first_for_key"], true, "keys are per application too");
     let (_, refused) = hello("vault", None).await;
-    assert_eq!((refused["type"].clone(), refused["code"].clone()), (json!("error"), json!("unauthorized")));
+    assert_eq!(
+        (refused["type"].clone(), refused["code"].clone()),
+        (json!("error"), json!("unauthorized"))
+    );
     let (_, refused) = hello("vault", Some("not.a.token")).await;
     assert_eq!(refused["code"], "unauthorized");
 
@@ -321,22 +374,42 @@ async fn applications_have_buses_of_their_own_and_keys_guard_them() {
             bearer = format!("Bearer {token}");
             headers.push(("Authorization", &bearer));
         }
-        ferry.http("POST", "/v1/events/news", &headers, br#"{"for": "shop"}"#).await
+        ferry
+            .http("POST", "/v1/events/news", &headers, br#"{"for": "shop"}"#)
+            .await
     };
     assert_eq!(post("shop.localhost", None).await.status, 200);
     assert_error(&post("vault.localhost", None).await, 401, "unauthorized");
     assert_error(&post("nobody.localhost", None).await, 404, "not_found");
-    let reply = ferry.http("POST", "/v1/events/bad..topic", &[("Host", "shop.localhost")], b"{}").await;
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/events/bad..topic",
+            &[("Host", "shop.localhost")],
+            b"{}",
+        )
+        .await;
     assert_error(&reply, 400, "bad_request");
-    let reply = ferry.http("POST", "/v1/events/news", &[("Host", "shop.localhost")], b"{nope").await;
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/events/news",
+            &[("Host", "shop.localhost")],
+            b"{nope",
+        )
+        .await;
     assert_error(&reply, 400, "bad_request");
 
     let event = shop.recv().await.unwrap();
     assert_eq!(event["payload"], json!({"for": "shop"}));
     // Blog sees nothing of shop's: its first event is its own.
-    blog.send(&json!({"type": "publish", "topic": "news", "payload": {"for": "blog"}})).await;
+    blog.send(&json!({"type": "publish", "topic": "news", "payload": {"for": "blog"}}))
+        .await;
     let ack = blog.recv_type("publish_ack").await;
     assert!(ack["event_id"].is_string());
     let event = blog.recv_type("event").await;
-    assert_eq!((event["payload"].clone(), event["seq"].clone()), (json!({"for": "blog"}), json!(1)));
+    assert_eq!(
+        (event["payload"].clone(), event["seq"].clone()),
+        (json!({"for": "blog"}), json!(1))
+    );
 }

@@ -24,7 +24,12 @@ async fn a_trap_answers_plugin_trap_and_the_next_request_succeeds() {
     );
     let response = client.request(&faulty(2, "ok")).await;
     assert_eq!(expect_success(&response)["ok"], true);
-    assert!(ferry.log_with("instance discarded").await.contains("instance discarded"));
+    assert!(
+        ferry
+            .log_with("instance discarded")
+            .await
+            .contains("instance discarded")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -156,10 +156,15 @@ async fn every_error_code_maps_to_its_documented_status() {
         .send(&json!({"id": 1, "service": "faulty", "action": "slow", "timeout_ms": 1500}))
         .await;
     // The slow request holds the plugin's instance once the host counts it.
-    ferry_tests::eventually("the slow request is running", std::time::Duration::from_secs(5), async || {
-        let status = ferry.status().await;
-        (ferry_tests::service_status(&status, "faulty")["stats"]["in_flight"] == 1).then_some(())
-    })
+    ferry_tests::eventually(
+        "the slow request is running",
+        std::time::Duration::from_secs(5),
+        async || {
+            let status = ferry.status().await;
+            (ferry_tests::service_status(&status, "faulty")["stats"]["in_flight"] == 1)
+                .then_some(())
+        },
+    )
     .await;
     let reply = ferry.http("POST", "/v1/faulty/ok", &[], b"{}").await;
     assert_error(&reply, 429, "overloaded");
@@ -313,11 +318,9 @@ async fn stalled_http_connections_do_not_lock_out_good_clients() {
     let addr = ferry.http.unwrap();
     let mut stalled = Vec::new();
     for i in 0..2000 {
-        let Ok(Ok(mut stream)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
+        let Ok(Ok(mut stream)) =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
         else {
             continue;
         };
@@ -334,7 +337,13 @@ async fn stalled_http_connections_do_not_lock_out_good_clients() {
         let began = Instant::now();
         let reply = tokio::time::timeout(
             Duration::from_secs(5),
-            ferry_tests::try_http_request(addr, "POST", "/v1/echo/params", &[], format!("{{\"n\":{i}}}").as_bytes()),
+            ferry_tests::try_http_request(
+                addr,
+                "POST",
+                "/v1/echo/params",
+                &[],
+                format!("{{\"n\":{i}}}").as_bytes(),
+            ),
         )
         .await
         .expect("a good HTTP client waited over 5 s")
@@ -349,7 +358,11 @@ async fn stalled_http_connections_do_not_lock_out_good_clients() {
         slowest = slowest.max(began.elapsed());
     }
     eprintln!("slowest good round trip beside 2000 stalled connections: {slowest:?}");
-    assert!(ferry.open_fds() < 700, "the host holds {} files", ferry.open_fds());
+    assert!(
+        ferry.open_fds() < 700,
+        "the host holds {} files",
+        ferry.open_fds()
+    );
     drop(stalled);
 }
 
@@ -369,9 +382,23 @@ async fn a_client_that_hangs_up_mid_request_has_it_cancelled() {
         let status = ferry.status().await;
         (service_status(&status, "faulty")["stats"]["in_flight"] == n).then_some(())
     };
-    ferry_tests::eventually("the slow request runs", Duration::from_secs(5), async || in_flight(1).await).await;
+    ferry_tests::eventually(
+        "the slow request runs",
+        Duration::from_secs(5),
+        async || in_flight(1).await,
+    )
+    .await;
     drop(stream);
     let gone = Instant::now();
-    ferry_tests::eventually("the request is cancelled", Duration::from_secs(5), async || in_flight(0).await).await;
-    assert!(gone.elapsed() < Duration::from_secs(1), "cancelled after {:?}", gone.elapsed());
+    ferry_tests::eventually(
+        "the request is cancelled",
+        Duration::from_secs(5),
+        async || in_flight(0).await,
+    )
+    .await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(1),
+        "cancelled after {:?}",
+        gone.elapsed()
+    );
 }

@@ -15,7 +15,9 @@ async fn busy(ferry: &Ferry, n: u64, ms: u64) {
         tasks.push(tokio::spawn(async move {
             let mut client = ferry_tests::Client::connect(&socket).await;
             let response = client
-                .request(&json!({"id": i, "service": "faulty", "action": "nap", "params": {"ms": ms}}))
+                .request(
+                    &json!({"id": i, "service": "faulty", "action": "nap", "params": {"ms": ms}}),
+                )
                 .await;
             expect_success(&response);
         }));
@@ -44,20 +46,24 @@ async fn idle_instances_give_their_slots_to_deploys_and_restarts() {
     for name in ["one", "two", "three"] {
         ferry.place(&format!("{name}.wasm"), &plugin_bytes("echo"));
     }
-    let status = eventually("three more services serve", Duration::from_secs(30), async || {
-        let status = ferry.status().await;
-        let ready = |name: &str| {
-            status["services"]
-                .as_array()
-                .unwrap()
+    let status = eventually(
+        "three more services serve",
+        Duration::from_secs(30),
+        async || {
+            let status = ferry.status().await;
+            let ready = |name: &str| {
+                status["services"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["name"] == name && s["state"] == "ready")
+            };
+            ["one", "two", "three"]
                 .iter()
-                .any(|s| s["name"] == name && s["state"] == "ready")
-        };
-        ["one", "two", "three"]
-            .iter()
-            .all(|n| ready(n))
-            .then_some(status.clone())
-    })
+                .all(|n| ready(n))
+                .then_some(status.clone())
+        },
+    )
     .await;
     assert!(idle(&ferry, "faulty").await < 10, "{status}");
     let mut client = ferry.connect().await;
@@ -87,11 +93,17 @@ async fn idle_instances_expire() {
     busy(&ferry, 8, 200).await;
     assert!(idle(&ferry, "faulty").await >= 7);
     let began = Instant::now();
-    eventually("idle instances expire", Duration::from_secs(5), async || {
-        (idle(&ferry, "faulty").await == 0).then_some(())
-    })
+    eventually(
+        "idle instances expire",
+        Duration::from_secs(5),
+        async || (idle(&ferry, "faulty").await == 0).then_some(()),
+    )
     .await;
-    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -225,7 +225,15 @@ fn every_module_imports_only_from_layers_below_its_own() {
         violations.join("\n")
     );
     // The check itself must see the layers it names.
-    for layer in ["cli", "doors", "pipeline", "runtime", "capabilities", "config", "core"] {
+    for layer in [
+        "cli",
+        "doors",
+        "pipeline",
+        "runtime",
+        "capabilities",
+        "config",
+        "core",
+    ] {
         assert!(tops.contains(layer), "no `{layer}` folder in host/src");
     }
 }

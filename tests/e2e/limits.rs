@@ -27,7 +27,9 @@ async fn responses_a_client_does_not_read_are_bounded() {
         .start();
     let baseline = ferry.rss_kib();
     // 300 requests for 300 KiB each (90 MiB of answers), none read.
-    let stream = tokio::net::UnixStream::connect(&ferry.socket).await.unwrap();
+    let stream = tokio::net::UnixStream::connect(&ferry.socket)
+        .await
+        .unwrap();
     let (_read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
         let mut sent = 0;
@@ -53,7 +55,11 @@ async fn responses_a_client_does_not_read_are_bounded() {
     );
     // Others are served meanwhile.
     let mut other = ferry.connect().await;
-    expect_success(&other.request(&json!({"id": 1, "service": "echo", "action": "params"})).await);
+    expect_success(
+        &other
+            .request(&json!({"id": 1, "service": "echo", "action": "params"}))
+            .await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +86,10 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     while client.recv().await.is_some() {
         answers += 1;
     }
-    assert!(answers < 40, "all {answers} answers arrived: nothing was given up");
+    assert!(
+        answers < 40,
+        "all {answers} answers arrived: nothing was given up"
+    );
     assert!(began.elapsed() < Duration::from_secs(10));
 }
 
@@ -124,7 +133,10 @@ async fn a_frame_that_trickles_in_is_cut_off_at_its_deadline() {
         }
     }
     if !closed {
-        assert!(client.recv().await.is_none(), "the host answered a trickled frame");
+        assert!(
+            client.recv().await.is_none(),
+            "the host answered a trickled frame"
+        );
     }
     assert!(
         began.elapsed() < Duration::from_secs(3),
@@ -144,7 +156,11 @@ async fn one_user_cannot_hold_every_connection() {
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut client = ferry.connect().await;
-        expect_success(&client.request(&json!({"id": 1, "service": "echo", "action": "params"})).await);
+        expect_success(
+            &client
+                .request(&json!({"id": 1, "service": "echo", "action": "params"}))
+                .await,
+        );
         held.push(client);
     }
     let mut sixth = ferry.connect().await;
@@ -170,12 +186,20 @@ print(s.recv(n, socket.MSG_WAITALL).decode())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answer: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(expect_success(&answer)["who"], "nobody");
     // A connection given back makes room again.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = Client::connect(&ferry.socket).await;
-    expect_success(&again.request(&json!({"id": 2, "service": "echo", "action": "params"})).await);
+    expect_success(
+        &again
+            .request(&json!({"id": 2, "service": "echo", "action": "params"}))
+            .await,
+    );
 }

@@ -5,13 +5,17 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{Client, Ferry, eventually, expect_error, expect_success, ferry_bin, plugin_wasm, scratch_dir, service_status};
+use ferry_tests::{
+    Client, Ferry, eventually, expect_error, expect_success, ferry_bin, plugin_wasm, scratch_dir,
+    service_status,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_text_cannot_forge_host_lines() {
     let ferry = Ferry::start_default();
-    let forged = "hello\n2026-12-01T00:00:00.000000Z  INFO ferry::cli::serve: forged line\rmore\u{1b}[31m";
+    let forged =
+        "hello\n2026-12-01T00:00:00.000000Z  INFO ferry::cli::serve: forged line\rmore\u{1b}[31m";
     let mut client = ferry.connect().await;
     for stdout in [false, true] {
         let response = client
@@ -19,14 +23,24 @@ async fn plugin_text_cannot_forge_host_lines() {
             .await;
         expect_success(&response);
     }
-    let log = eventually("both lines are logged", Duration::from_secs(5), async || {
-        let log = ferry.log();
-        (log.matches("forged line").count() >= 2).then_some(log)
-    })
+    let log = eventually(
+        "both lines are logged",
+        Duration::from_secs(5),
+        async || {
+            let log = ferry.log();
+            (log.matches("forged line").count() >= 2).then_some(log)
+        },
+    )
     .await;
     for line in log.lines() {
-        assert!(!line.starts_with("2026-12-01T00:00:00"), "a forged line: {line}");
-        assert!(!line.contains('\r') && !line.contains('\u{1b}'), "raw control characters: {line:?}");
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00"),
+            "a forged line: {line}"
+        );
+        assert!(
+            !line.contains('\r') && !line.contains('\u{1b}'),
+            "raw control characters: {line:?}"
+        );
     }
     assert!(log.contains("hello\\n2026-12-01T00:00:00"), "{log}");
 }
@@ -53,7 +67,10 @@ async fn a_chatty_plugin_is_held_to_its_log_budget() {
     })
     .await;
     let written = log.matches("chatter chatter").count();
-    assert!(written <= 600, "{written} lines of 5000 written at 100 a second");
+    assert!(
+        written <= 600,
+        "{written} lines of 5000 written at 100 a second"
+    );
     let dropped = service_status(&ferry.status().await, "faulty")["log_lines_dropped"]
         .as_u64()
         .unwrap();
@@ -66,7 +83,11 @@ async fn a_log_reader_that_does_not_read_cannot_stall_the_host() {
     std::fs::create_dir_all(dir.join("deploy")).unwrap();
     std::fs::copy(plugin_wasm("faulty"), dir.join("deploy/faulty.wasm")).unwrap();
     // Traps are the point here: the circuit must not stop them.
-    std::fs::write(dir.join("deploy/faulty.yaml"), "circuit: {failures: 100000}\n").unwrap();
+    std::fs::write(
+        dir.join("deploy/faulty.yaml"),
+        "circuit: {failures: 100000}\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("ferry.yaml"),
         "socket: run/ferry.sock\nplugins: deploy\ndata: data\nhttp: null\nadmin: null\n",
@@ -99,7 +120,10 @@ async fn a_log_reader_that_does_not_read_cannot_stall_the_host() {
             .request(&json!({"id": id, "service": "faulty", "action": "trap"}))
             .await;
         expect_error(&response, "plugin_trap");
-        assert!(began.elapsed() < Duration::from_secs(60), "stalled at request {id}");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "stalled at request {id}"
+        );
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -46,7 +46,12 @@ async fn the_params_action_answers_exactly_its_params() {
         .await;
     assert_eq!(expect_success(&response), &params);
     let reply = ferry
-        .http("POST", "/v1/echo/params", &[], params.to_string().as_bytes())
+        .http(
+            "POST",
+            "/v1/echo/params",
+            &[],
+            params.to_string().as_bytes(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json(), params);
@@ -144,7 +149,9 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
 
     // A request is an object: an array of the fields in order is not one
     // (serde would read it as one; fuzzing found that).
-    client.send_payload(br#"[44, "echo", "echo", {"a": 1}]"#).await;
+    client
+        .send_payload(br#"[44, "echo", "echo", {"a": 1}]"#)
+        .await;
     let response = client.recv().await.unwrap();
     assert_eq!(response["id"], Value::Null, "{response}");
     assert!(expect_error(&response, "bad_request").contains("JSON object"));
@@ -349,7 +356,11 @@ async fn clients_that_vanish_mid_request_leak_nothing() {
             let status = ferry.status().await;
             let running: Vec<u64> = ["faulty", "echo"]
                 .iter()
-                .map(|s| service_status(&status, s)["stats"]["in_flight"].as_u64().unwrap())
+                .map(|s| {
+                    service_status(&status, s)["stats"]["in_flight"]
+                        .as_u64()
+                        .unwrap()
+                })
                 .collect();
             (running == [0, 0]).then_some(())
         },

@@ -37,7 +37,15 @@ async fn sqlite_statements_cannot_reach_past_their_own_file() {
     let ferry = start("");
     // Both files exist: blog writes to its own.
     expect_success(&run_sql(&ferry, "blog", "CREATE TABLE secrets (s TEXT)", 2000).await);
-    expect_success(&run_sql(&ferry, "blog", "INSERT INTO secrets VALUES ('blog only') RETURNING s", 2000).await);
+    expect_success(
+        &run_sql(
+            &ferry,
+            "blog",
+            "INSERT INTO secrets VALUES ('blog only') RETURNING s",
+            2000,
+        )
+        .await,
+    );
     let blog = ferry.dir.join("data/db/blog.sqlite");
     assert!(blog.exists());
     let outside = ferry.dir.join("copied.sqlite");
@@ -69,7 +77,12 @@ async fn sqlite_statements_cannot_reach_past_their_own_file() {
 /// CPU time the host process used, from /proc.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 1000 / 100)
 }
@@ -78,19 +91,26 @@ fn cpu_time(pid: u32) -> Duration {
 async fn a_sqlite_statement_stops_at_its_deadline() {
     let ferry = start("");
     // Counts without end: only an interrupt stops it.
-    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
     let began = Instant::now();
     let response = run_sql(&ferry, "shop", endless, 300).await;
     expect_error(&response, "timeout");
     let answered = began.elapsed();
-    assert!(answered < Duration::from_millis(600), "answered after {answered:?}");
+    assert!(
+        answered < Duration::from_millis(600),
+        "answered after {answered:?}"
+    );
     // Right after the answer the host is idle: the statement is not still
     // running on a database thread.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = cpu_time(ferry.pid());
     tokio::time::sleep(Duration::from_millis(700)).await;
     let used = cpu_time(ferry.pid()) - before;
-    assert!(used < Duration::from_millis(150), "the host used {used:?} of CPU after the timeout");
+    assert!(
+        used < Duration::from_millis(150),
+        "the host used {used:?} of CPU after the timeout"
+    );
     // The pool has nothing busy: every open connection is idle.
     let status = ferry.status().await;
     let shop = status["apps"]
@@ -109,7 +129,8 @@ async fn a_sqlite_statement_stops_at_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_over_max_result_bytes_answer_too_large_and_transactions_are_bounded() {
-    let ferry = start("    database:\n      max_result_bytes: 4096\n      max_open_transactions: 3\n");
+    let ferry =
+        start("    database:\n      max_result_bytes: 4096\n      max_open_transactions: 3\n");
     let many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000) SELECT x, 'forty bytes of padding in every row....' FROM c";
     let message = expect_error(&run_sql(&ferry, "shop", many, 2000).await, "too_large");
     assert!(message.contains("max_result_bytes"), "{message}");
@@ -137,13 +158,20 @@ async fn session_settings_do_not_leak(url: &str, change: &[&str], read: &str, ho
         "    database:\n      url: {url}\n      max_connections: 1\n      statement_timeout_ms: 4000\n"
     ));
     let before = run_sql(&ferry, "shop", read, 2000).await;
-    assert_eq!(expect_success(&before)["rows"][0][0].to_string().trim_matches('"'), host_value);
+    assert_eq!(
+        expect_success(&before)["rows"][0][0]
+            .to_string()
+            .trim_matches('"'),
+        host_value
+    );
     for statement in change {
         expect_success(&run_sql(&ferry, "shop", statement, 2000).await);
     }
     let after = run_sql(&ferry, "shop", read, 2000).await;
     assert_eq!(
-        expect_success(&after)["rows"][0][0].to_string().trim_matches('"'),
+        expect_success(&after)["rows"][0][0]
+            .to_string()
+            .trim_matches('"'),
         host_value,
         "a later request saw what an earlier one set"
     );
@@ -152,8 +180,20 @@ async fn session_settings_do_not_leak(url: &str, change: &[&str], read: &str, ho
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_session_settings_do_not_leak_between_requests() {
     let Some(url) = postgres_url() else { return };
-    session_settings_do_not_leak(&url, &["SET statement_timeout = 0"], "SHOW statement_timeout", "4s").await;
-    session_settings_do_not_leak(&url, &["SET search_path = pg_catalog"], "SHOW search_path", "\\\"$user\\\", public").await;
+    session_settings_do_not_leak(
+        &url,
+        &["SET statement_timeout = 0"],
+        "SHOW statement_timeout",
+        "4s",
+    )
+    .await;
+    session_settings_do_not_leak(
+        &url,
+        &["SET search_path = pg_catalog"],
+        "SHOW search_path",
+        "\\\"$user\\\", public",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,7 +206,13 @@ async fn mariadb_session_settings_do_not_leak_between_requests() {
         "4.0",
     )
     .await;
-    session_settings_do_not_leak(&url, &["SET SESSION autocommit = 0"], "SELECT @@SESSION.autocommit", "1").await;
+    session_settings_do_not_leak(
+        &url,
+        &["SET SESSION autocommit = 0"],
+        "SELECT @@SESSION.autocommit",
+        "1",
+    )
+    .await;
 }
 
 /// Plugins write `?` for placeholders on every engine, and the host numbers
@@ -182,11 +228,21 @@ async fn postgres_question_marks_in_strings_comments_and_operators_stay() {
         ("SELECT $tag$ it's ? $$ ? $tag$", json!(" it's ? $$ ? ")),
         (r"SELECT E'\' ?'", json!("' ?")),
         ("SELECT /* a /* ? */ ? */ 7", json!(7)),
-        (r#"SELECT '{"a": 1}'::jsonb ?| array['a', 'b']"#, json!(true)),
-        (r#"SELECT '{"a": 1}'::jsonb ?& array['a', 'b']"#, json!(false)),
+        (
+            r#"SELECT '{"a": 1}'::jsonb ?| array['a', 'b']"#,
+            json!(true),
+        ),
+        (
+            r#"SELECT '{"a": 1}'::jsonb ?& array['a', 'b']"#,
+            json!(false),
+        ),
         (r#"SELECT '{"a": 1}'::jsonb ?? 'a'"#, json!(true)),
     ] {
         let response = run_sql(&ferry, "shop", statement, 2000).await;
-        assert_eq!(expect_success(&response)["rows"][0][0], answer, "{statement}");
+        assert_eq!(
+            expect_success(&response)["rows"][0][0],
+            answer,
+            "{statement}"
+        );
     }
 }

@@ -247,7 +247,8 @@ async fn a_reload_changes_apps_and_limits_without_dropping_connections() {
         (host_status(&ferry, "blog.localhost").await == 404).then_some(())
     })
     .await;
-    let restart_only = "changed in the config, but takes effect only on restart key=\"max_connections\"";
+    let restart_only =
+        "changed in the config, but takes effect only on restart key=\"max_connections\"";
     assert!(
         ferry.log_with(restart_only).await.contains(restart_only),
         "{}",

@@ -215,7 +215,11 @@ impl Options {
             "socket: {}\nplugins: deploy\ndata: data\nhttp: {}\n{}",
             socket.as_deref().unwrap_or("run/ferry.sock"),
             http.as_deref().unwrap_or("127.0.0.1:0"),
-            if binary.is_some() { "" } else { "admin: 127.0.0.1:0\n" },
+            if binary.is_some() {
+                ""
+            } else {
+                "admin: 127.0.0.1:0\n"
+            },
         );
         fs::write(&config_path, format!("{head}{config}")).unwrap();
         let binary = binary.unwrap_or_else(ferry_bin);

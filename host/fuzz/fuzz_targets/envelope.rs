@@ -19,7 +19,10 @@ type Object<'a> = HashMap<String, &'a RawValue>;
 /// that the whole of it is JSON.
 fn answer(frame: &[u8]) -> Object<'_> {
     let (len, body) = frame.split_at(4);
-    assert_eq!(u32::from_be_bytes(len.try_into().unwrap()) as usize, body.len());
+    assert_eq!(
+        u32::from_be_bytes(len.try_into().unwrap()) as usize,
+        body.len()
+    );
     serde_json::from_slice::<serde::de::IgnoredAny>(body).expect("the host wrote invalid JSON");
     serde_json::from_slice(body).expect("the host wrote something other than an object")
 }
@@ -31,10 +34,14 @@ fn text<'a>(object: &Object<'a>, key: &str) -> &'a str {
 fuzz_target!(|data: &[u8]| {
     match Request::parse(data) {
         Ok(request) => {
-            let whole: Object = serde_json::from_slice(data).expect("accepted, but not a JSON object");
+            let whole: Object =
+                serde_json::from_slice(data).expect("accepted, but not a JSON object");
             let id = request.id();
             assert_eq!(text(&whole, "id"), id);
-            assert!(matches!(id.as_bytes()[0], b'"' | b'-' | b'0'..=b'9'), "id {id}");
+            assert!(
+                matches!(id.as_bytes()[0], b'"' | b'-' | b'0'..=b'9'),
+                "id {id}"
+            );
             if text(&whole, "params") != "null" {
                 assert_eq!(text(&whole, "params"), request.params_json());
             }
@@ -45,19 +52,28 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(text(&ok, "id"), id);
             assert_eq!(text(&ok, "result"), request.params_json());
             let message = String::from_utf8_lossy(data);
-            let frame = envelope::error_frame(id, &ErrorBody::new(ErrorCode::Internal, message.clone()));
+            let frame =
+                envelope::error_frame(id, &ErrorBody::new(ErrorCode::Internal, message.clone()));
             let failed = answer(&frame);
             assert_eq!(text(&failed, "id"), id);
-            let error: HashMap<String, String> = serde_json::from_str(text(&failed, "error")).unwrap();
+            let error: HashMap<String, String> =
+                serde_json::from_str(text(&failed, "error")).unwrap();
             assert_eq!(error["message"], message);
         }
         Err(bad) => {
-            let frame = envelope::error_frame(bad.id, &ErrorBody::new(ErrorCode::BadRequest, bad.message.clone()));
+            let frame = envelope::error_frame(
+                bad.id,
+                &ErrorBody::new(ErrorCode::BadRequest, bad.message.clone()),
+            );
             let failed = answer(&frame);
             assert_eq!(text(&failed, "id"), bad.id);
             let first = data.iter().find(|b| !b.is_ascii_whitespace());
             if bad.id != "null" {
-                assert_eq!(first, Some(&b'{'), "an id salvaged from something other than an object");
+                assert_eq!(
+                    first,
+                    Some(&b'{'),
+                    "an id salvaged from something other than an object"
+                );
             }
         }
     }

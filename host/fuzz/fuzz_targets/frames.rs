@@ -23,7 +23,11 @@ struct Chunked<'a> {
 }
 
 impl AsyncRead for Chunked<'_> {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let n = self.chunk.min(self.bytes.len()).min(buf.remaining());
         let (now, later) = self.bytes.split_at(n);
         buf.put_slice(now);
@@ -43,10 +47,13 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, bytes)) = data.split_first() else { return };
+    let Some((&chunk, bytes)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk % 64) + 1;
     runtime().block_on(async {
-        let mut reader = FrameReader::new(Chunked { bytes, chunk }, MAX_FRAME, Duration::from_secs(5));
+        let mut reader =
+            FrameReader::new(Chunked { bytes, chunk }, MAX_FRAME, Duration::from_secs(5));
         let mut at = 0usize;
         loop {
             let declared = bytes
@@ -63,14 +70,22 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(at, bytes.len(), "a clean end inside a frame");
                     return;
                 }
-                Err(FrameError::TooLarge { declared: said, max }) => {
+                Err(FrameError::TooLarge {
+                    declared: said,
+                    max,
+                }) => {
                     assert_eq!(Some(said as usize), declared);
                     assert!(said > max);
                     return;
                 }
                 Err(FrameError::Truncated) => {
-                    let whole = declared.is_some_and(|len| len <= MAX_FRAME as usize && at + 4 + len <= bytes.len());
-                    assert!(at < bytes.len() && !whole, "truncated, but the frame was all there");
+                    let whole = declared.is_some_and(|len| {
+                        len <= MAX_FRAME as usize && at + 4 + len <= bytes.len()
+                    });
+                    assert!(
+                        at < bytes.len() && !whole,
+                        "truncated, but the frame was all there"
+                    );
                     return;
                 }
                 Err(e) => panic!("unexpected error from a byte slice: {e}"),

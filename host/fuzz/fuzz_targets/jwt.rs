@@ -36,19 +36,34 @@ fn auth() -> &'static JwtAuth {
 
 fuzz_target!(|data: &[u8]| {
     let auth = auth();
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode % 2 == 0 {
         let token = String::from_utf8_lossy(rest);
-        assert!(auth.verify(&token).is_err(), "an unsigned token passed: {token:?}");
+        assert!(
+            auth.verify(&token).is_err(),
+            "an unsigned token passed: {token:?}"
+        );
         return;
     }
     let split = rest.iter().position(|&b| b == 0xff).unwrap_or(rest.len());
     let (header, claims) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
-    let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
-    let signature =
-        jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
     let token = format!("{message}.{signature}");
-    let Ok(identity) = auth.verify(&token) else { return };
+    let Ok(identity) = auth.verify(&token) else {
+        return;
+    };
     let header: Value = serde_json::from_slice(header).expect("accepted a header that is not JSON");
     assert_eq!(header["alg"], "HS256", "{header}");
     let claims: Value = serde_json::from_slice(claims).expect("accepted claims that are not JSON");
@@ -58,8 +73,16 @@ fuzz_target!(|data: &[u8]| {
         _ => false,
     };
     assert!(aud_ok, "accepted audience {}", claims["aud"]);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let exp = claims["exp"].as_f64().expect("accepted a token without a numeric exp");
-    assert!(exp + 30.0 >= now as f64, "accepted an expired token: exp {exp}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = claims["exp"]
+        .as_f64()
+        .expect("accepted a token without a numeric exp");
+    assert!(
+        exp + 30.0 >= now as f64,
+        "accepted an expired token: exp {exp}"
+    );
     assert_eq!(identity.subject.as_deref(), claims["sub"].as_str());
 });

@@ -7,12 +7,17 @@ use ferry_fuzz::resources::database::dialect::number_placeholders;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(sql) = std::str::from_utf8(data) else { return };
+    let Ok(sql) = std::str::from_utf8(data) else {
+        return;
+    };
     let out = number_placeholders(sql);
     if sql.contains("??") {
         // `??` shortens the text by one where it is an operator, and not
         // inside a string: only the sum is known.
-        assert!(out.len() + sql.matches("??").count() >= sql.len(), "{sql:?} -> {out:?}");
+        assert!(
+            out.len() + sql.matches("??").count() >= sql.len(),
+            "{sql:?} -> {out:?}"
+        );
         return;
     }
     // Each placeholder turns one `?` into `$k`: the text grows by the

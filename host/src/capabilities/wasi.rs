@@ -23,8 +23,16 @@ const MAX_LINE: usize = 8 * 1024;
 /// defaults, which we keep on purpose.
 pub fn sandbox(plugin: &Arc<str>, budget: &Arc<LogBudget>) -> WasiCtx {
     WasiCtx::builder()
-        .stdout(PluginOutput::new(plugin.clone(), budget.clone(), Stream::Stdout))
-        .stderr(PluginOutput::new(plugin.clone(), budget.clone(), Stream::Stderr))
+        .stdout(PluginOutput::new(
+            plugin.clone(),
+            budget.clone(),
+            Stream::Stdout,
+        ))
+        .stderr(PluginOutput::new(
+            plugin.clone(),
+            budget.clone(),
+            Stream::Stderr,
+        ))
         .build()
 }
 

@@ -17,7 +17,11 @@ const MAX_RESPONSE: u32 = 256 << 20;
 
 /// Sends one frame to the socket at `path` and reads the one answer,
 /// waiting at most `wait` for it.
-pub(super) async fn exchange(path: &Path, request: &Value, wait: Duration) -> anyhow::Result<Value> {
+pub(super) async fn exchange(
+    path: &Path,
+    request: &Value,
+    wait: Duration,
+) -> anyhow::Result<Value> {
     let payload = serde_json::to_vec(request)?;
     let stream = UnixStream::connect(path).await?;
     let (read, mut write) = stream.into_split();

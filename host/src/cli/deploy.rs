@@ -107,7 +107,10 @@ pub async fn deploy(
             return Ok(ExitCode::from(1));
         }
     };
-    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()), config.max_instances)?);
+    let runtime = Arc::new(Runtime::new(
+        Some(config.cache_dir()),
+        config.max_instances,
+    )?);
     let digest = crate::runtime::digest(&bytes);
     let plugin = match load_and_start(&runtime, &name, bytes.clone(), settings).await? {
         Ok((plugin, _)) => plugin,

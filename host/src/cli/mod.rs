@@ -180,9 +180,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config: path } => {
                 let config = load_config(path.as_deref())?;
-                serve::serve(config, path)
-                    .await
-                    .map(|()| ExitCode::SUCCESS)
+                serve::serve(config, path).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Call {
                 service,

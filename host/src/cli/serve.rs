@@ -23,13 +23,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // compile) must not end the process with the default action.
     let signals = Signals::new()?;
     // Keys are read and checked here, before anything else starts.
-    let apps =
-        crate::pipeline::Apps::build(&config, true, None).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let apps = crate::pipeline::Apps::build(&config, true, None)
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     for dir in [&config.data, &config.plugins] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     }
-    let runtime = Arc::new(Runtime::new(Some(config.cache_dir()), config.max_instances)?);
+    let runtime = Arc::new(Runtime::new(
+        Some(config.cache_dir()),
+        config.max_instances,
+    )?);
     let pipeline = Arc::new(Pipeline::new(apps));
     let shutdown = CancellationToken::new();
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));

@@ -66,7 +66,6 @@ async fn http_status(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
     serde_json::from_str(body).context("status is not JSON")
 }
 
-
 /// Renders the status document as an aligned terminal table.
 fn status_table(status: &Value) -> String {
     let headers = [

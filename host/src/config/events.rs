@@ -31,7 +31,10 @@ impl Default for EventsConfig {
 impl EventsConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         if !(1..=1_000_000).contains(&self.queue) {
-            return Err(format!("events.queue must be 1 to 1000000, not {}", self.queue));
+            return Err(format!(
+                "events.queue must be 1 to 1000000, not {}",
+                self.queue
+            ));
         }
         if self.write_timeout_ms == 0 {
             return Err("events.write_timeout_ms must be at least 1".into());

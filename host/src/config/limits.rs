@@ -141,7 +141,9 @@ impl Limits {
             return Err("log_lines_per_s must be at least 1".into());
         }
         if idle_ttl_ms < 10 {
-            return Err(format!("idle_ttl_ms must be at least 10, not {idle_ttl_ms}"));
+            return Err(format!(
+                "idle_ttl_ms must be at least 10, not {idle_ttl_ms}"
+            ));
         }
         if max_response_bytes < 1024 {
             return Err(format!(

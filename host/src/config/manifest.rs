@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::limits::{Circuit, Limits};
 use super::ConfigError;
+use super::limits::{Circuit, Limits};
 
 /// A plugin's optional `NAME.yaml` beside `NAME.wasm`.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -331,7 +331,10 @@ mod tests {
     fn http_can_be_moved_or_turned_off() {
         let listen = |text: &str| Config::parse(text).unwrap().http.map(|h| h.listen);
         assert_eq!(listen(""), Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(listen("http: 0.0.0.0:9000\n"), Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(
+            listen("http: 0.0.0.0:9000\n"),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
         let long = Config::parse("http: {listen: 127.0.0.1:1, max_connections: 5}\n")
             .unwrap()
             .http

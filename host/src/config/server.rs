@@ -73,7 +73,9 @@ fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// Reads `socket`: a string is a path; a map is the full form.
-pub(super) fn socket_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketConfig, D::Error> {
+pub(super) fn socket_config<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SocketConfig, D::Error> {
     struct Visitor;
     impl<'de> serde::de::Visitor<'de> for Visitor {
         type Value = SocketConfig;
@@ -162,7 +164,9 @@ pub(super) fn http_config<'de, D: serde::Deserializer<'de>>(
         fn visit_str<E: serde::de::Error>(self, addr: &str) -> Result<Self::Value, E> {
             addr.parse()
                 .map(|listen| Some(HttpConfig::at(listen)))
-                .map_err(|_| E::custom(format!("`{addr}` is not an address such as 127.0.0.1:8080")))
+                .map_err(|_| {
+                    E::custom(format!("`{addr}` is not an address such as 127.0.0.1:8080"))
+                })
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
             HttpConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)

@@ -51,9 +51,10 @@ pub fn valid_topic_pattern(pattern: &str) -> bool {
         return false;
     }
     let tokens: Vec<&str> = pattern.split('.').collect();
-    tokens.iter().enumerate().all(|(i, t)| {
-        topic_token(t) || *t == "*" || (*t == ">" && i == tokens.len() - 1)
-    })
+    tokens
+        .iter()
+        .enumerate()
+        .all(|(i, t)| topic_token(t) || *t == "*" || (*t == ">" && i == tokens.len() - 1))
 }
 
 /// Whether the valid `pattern` covers the valid `topic`.
@@ -102,7 +103,11 @@ mod tests {
             ("orders.created", "orders", false),
             ("orders", "orders.created", false),
         ] {
-            assert_eq!(topic_matches(pattern, topic), matches, "{pattern} ~ {topic}");
+            assert_eq!(
+                topic_matches(pattern, topic),
+                matches,
+                "{pattern} ~ {topic}"
+            );
         }
     }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use source::{deployment_id, service_of, settings};
 use source::{NotRead, Source, read_source};
+pub use source::{deployment_id, service_of, settings};
 
 use crate::config::Config;
 use crate::doors::Doors;
@@ -118,7 +118,13 @@ impl Deployer {
         let deployed = self.deployed.lock().await;
         names.extend(deployed.serving.keys().cloned());
         names.extend(deployed.refused.keys().cloned());
-        names.extend(self.pipeline.table().failed().into_iter().map(|(name, _)| name));
+        names.extend(
+            self.pipeline
+                .table()
+                .failed()
+                .into_iter()
+                .map(|(name, _)| name),
+        );
         names.sort();
         names.dedup();
         names

@@ -6,9 +6,9 @@
 //! Requests: `{"id": 1, "command": "status" | "reload"}`; answers are the
 //! main socket's envelopes.
 
+use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,11 +80,7 @@ impl Control {
     }
 
     /// Answers control requests until shutdown.
-    pub async fn serve(
-        self,
-        operator: Arc<dyn Operator>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn serve(self, operator: Arc<dyn Operator>, shutdown: CancellationToken) {
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
         loop {
@@ -124,22 +120,22 @@ async fn session(stream: UnixStream, operator: Arc<dyn Operator>) {
             Ok(command) => {
                 let id = command.id.to_string();
                 match command.command.as_str() {
-                "status" => envelope::success_frame(&id, &operator.status().to_string()),
-                "reload" => match operator.reload().await {
-                    Ok(summary) => envelope::success_frame(&id, &summary.to_string()),
-                    Err(message) => envelope::error_frame(
+                    "status" => envelope::success_frame(&id, &operator.status().to_string()),
+                    "reload" => match operator.reload().await {
+                        Ok(summary) => envelope::success_frame(&id, &summary.to_string()),
+                        Err(message) => envelope::error_frame(
+                            &id,
+                            &ErrorBody::new(ErrorCode::BadRequest, message),
+                        ),
+                    },
+                    other => envelope::error_frame(
                         &id,
-                        &ErrorBody::new(ErrorCode::BadRequest, message),
+                        &ErrorBody::new(
+                            ErrorCode::NotFound,
+                            format!("no command `{other}` (commands: status, reload)"),
+                        ),
                     ),
-                },
-                other => envelope::error_frame(
-                    &id,
-                    &ErrorBody::new(
-                        ErrorCode::NotFound,
-                        format!("no command `{other}` (commands: status, reload)"),
-                    ),
-                ),
-            }
+                }
             }
         };
         if write.write_all(&answer).await.is_err() {

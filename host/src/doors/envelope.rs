@@ -54,7 +54,10 @@ pub struct BadRequest<'a> {
 
 /// Whether raw JSON is a string or a number: what an id may be.
 fn string_or_number(raw: &RawValue) -> bool {
-    matches!(raw.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    matches!(
+        raw.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9')
+    )
 }
 
 impl<'a> Request<'a> {

@@ -16,8 +16,8 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
@@ -121,7 +121,11 @@ pub async fn serve(
                 code,
                 reason,
             } => {
-                tasks.spawn(turn_away(stream, error_line(code.as_str(), &reason), permit));
+                tasks.spawn(turn_away(
+                    stream,
+                    error_line(code.as_str(), &reason),
+                    permit,
+                ));
             }
         }
     }
@@ -255,13 +259,14 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
                 app: app.as_deref(),
                 default: shared.listening.app.as_deref(),
             };
-            let app = match shared
-                .pipeline
-                .events_app(route, token.as_deref(), shared.listening.trusted)
-            {
-                Ok(app) => app,
-                Err(e) => return Step::Reply(error_line(&e.code, &e.message)),
-            };
+            let app =
+                match shared
+                    .pipeline
+                    .events_app(route, token.as_deref(), shared.listening.trusted)
+                {
+                    Ok(app) => app,
+                    Err(e) => return Step::Reply(error_line(&e.code, &e.message)),
+                };
             let subscription = bus.subscribe(
                 app.name.clone(),
                 consumer,
@@ -318,16 +323,28 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
 
 /// Publishes JSON text `payload` to `topic` of `app`, after the checks
 /// every door makes; answers the event's id.
-pub fn publish(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Result<String, ErrorBody> {
+pub fn publish(
+    pipeline: &Pipeline,
+    app: &str,
+    topic: &str,
+    payload: &str,
+) -> Result<String, ErrorBody> {
     publish_line(pipeline, app, topic, &compact(payload)?)
 }
 
 /// [`publish`] for a payload already known to be one line of JSON.
-fn publish_line(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> Result<String, ErrorBody> {
+fn publish_line(
+    pipeline: &Pipeline,
+    app: &str,
+    topic: &str,
+    payload: &str,
+) -> Result<String, ErrorBody> {
     if !valid_topic(topic) {
         return Err(ErrorBody::new(
             ErrorCode::BadRequest,
-            format!("`{topic}` is not a topic: dot-separated tokens of letters, digits, `-` and `_`"),
+            format!(
+                "`{topic}` is not a topic: dot-separated tokens of letters, digits, `-` and `_`"
+            ),
         ));
     }
     if payload.len() > MAX_PAYLOAD {
@@ -343,7 +360,10 @@ fn publish_line(pipeline: &Pipeline, app: &str, topic: &str, payload: &str) -> R
 /// whitespace, which is then written out.
 fn compact(payload: &str) -> Result<Cow<'_, str>, ErrorBody> {
     let not_json = |e: serde_json::Error| {
-        ErrorBody::new(ErrorCode::BadRequest, format!("the payload is not JSON: {e}"))
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("the payload is not JSON: {e}"),
+        )
     };
     if payload.contains(['\n', '\r']) {
         let value: serde_json::Value = serde_json::from_str(payload).map_err(not_json)?;

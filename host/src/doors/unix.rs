@@ -2,10 +2,10 @@
 //! credentials, and accepting under a connection limit; each accepted
 //! connection is served by `connection.rs`.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

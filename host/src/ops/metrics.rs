@@ -23,15 +23,17 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Upper bounds of the latency histogram, in seconds: from a tenth of a
 /// millisecond (an echo) to the longest `timeout_ms` people set in practice.
 const LATENCY_BOUNDS_S: [f64; 16] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// A counter's name (the encoder adds `_total`), help, and its reading.
 type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
 
 const COUNTERS: [Counter; 8] = [
-    ("ferry_requests", "Requests that reached a plugin.", |s| s.requests),
+    ("ferry_requests", "Requests that reached a plugin.", |s| {
+        s.requests
+    }),
     (
         "ferry_errors",
         "Requests the plugin answered with an error of its own.",
@@ -42,9 +44,11 @@ const COUNTERS: [Counter; 8] = [
         "Requests that trapped, panicked or hit the memory limit.",
         |s| s.traps,
     ),
-    ("ferry_timeouts", "Requests cut off at their deadline.", |s| {
-        s.timeouts
-    }),
+    (
+        "ferry_timeouts",
+        "Requests cut off at their deadline.",
+        |s| s.timeouts,
+    ),
     (
         "ferry_overloaded",
         "Requests refused because every instance was busy.",
@@ -70,7 +74,9 @@ struct Plugins(Vec<Arc<Plugin>>);
 
 impl std::fmt::Debug for Plugins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|p| p.name())).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|p| p.name()))
+            .finish()
     }
 }
 
@@ -111,12 +117,9 @@ impl Collector for Plugins {
         for plugin in &self.0 {
             let h = plugin.stats.latency_buckets(&LATENCY_BOUNDS_S);
             let labels = [("service", plugin.name())];
-            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                h.sum_seconds,
-                h.count,
-                &h.counts,
-                None,
-            )?;
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.counts, None)?;
         }
         Ok(())
     }
@@ -126,7 +129,11 @@ impl Collector for Plugins {
 type TopicCounter = (&'static str, &'static str, fn(&TopicCounts) -> u64);
 
 const TOPIC_COUNTERS: [TopicCounter; 3] = [
-    ("ferry_events_published", "Events published to the topic.", |c| c.published),
+    (
+        "ferry_events_published",
+        "Events published to the topic.",
+        |c| c.published,
+    ),
     (
         "ferry_events_queued",
         "Copies of the topic's events queued for a consumer.",

@@ -10,8 +10,8 @@ use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::JwtConfig;
 use super::verified::VerifiedTokens;
+use crate::config::JwtConfig;
 use crate::core::Identity;
 
 /// Why a token was refused; always answered as `unauthorized`.

@@ -310,7 +310,11 @@ impl Bus {
     /// Removes a subscriber whose connection ended; what it had waiting
     /// goes with it.
     pub fn unsubscribe(&self, subscriber: &Subscriber) {
-        subscriber.queue.lock().expect("subscriber queue lock").closed = true;
+        subscriber
+            .queue
+            .lock()
+            .expect("subscriber queue lock")
+            .closed = true;
         let mut apps = self.apps.lock().expect("bus lock");
         if let Some(bus) = apps.get_mut(&subscriber.app) {
             bus.subscribers.retain(|s| s.id != subscriber.id);
@@ -328,7 +332,9 @@ impl Bus {
     pub fn consumers(&self, app: &str) -> Vec<SubscriberStatus> {
         let subscribers: Vec<Arc<Subscriber>> = {
             let apps = self.apps.lock().expect("bus lock");
-            apps.get(app).map(|b| b.subscribers.clone()).unwrap_or_default()
+            apps.get(app)
+                .map(|b| b.subscribers.clone())
+                .unwrap_or_default()
         };
         subscribers.iter().map(|s| s.status()).collect()
     }
@@ -345,7 +351,11 @@ impl Bus {
     /// Per application: its topics' counters and its consumers, for the
     /// host's status document.
     pub fn describe(&self) -> serde_json::Value {
-        let apps: Vec<(Arc<str>, BTreeMap<String, TopicCounts>, Vec<Arc<Subscriber>>)> = {
+        let apps: Vec<(
+            Arc<str>,
+            BTreeMap<String, TopicCounts>,
+            Vec<Arc<Subscriber>>,
+        )> = {
             let apps = self.apps.lock().expect("bus lock");
             apps.iter()
                 .map(|(name, b)| (name.clone(), b.topic_counts(), b.subscribers.clone()))
@@ -380,7 +390,13 @@ mod tests {
     #[test]
     fn a_full_queue_drops_its_oldest_and_the_seq_shows_the_gap() {
         let bus = Bus::default();
-        let sub = bus.subscribe("shop".into(), "c".into(), "k".into(), vec!["orders.>".into()], 3);
+        let sub = bus.subscribe(
+            "shop".into(),
+            "c".into(),
+            "k".into(),
+            vec!["orders.>".into()],
+            3,
+        );
         for n in 1..=5 {
             bus.publish("shop", "orders.created", &n.to_string());
         }
@@ -398,11 +414,22 @@ mod tests {
     fn of_consumers_leaving_together_exactly_one_is_last() {
         let bus = Bus::default();
         let subs: Vec<Subscription> = (0..4)
-            .map(|i| bus.subscribe("shop".into(), format!("c{i}"), "k".into(), vec![">".into()], 10))
+            .map(|i| {
+                bus.subscribe(
+                    "shop".into(),
+                    format!("c{i}"),
+                    "k".into(),
+                    vec![">".into()],
+                    10,
+                )
+            })
             .collect();
         assert!(subs[0].first_for_key);
         assert!(subs[1..].iter().all(|s| !s.first_for_key));
-        let last: Vec<bool> = subs.iter().map(|s| bus.last_for_key(&s.subscriber)).collect();
+        let last: Vec<bool> = subs
+            .iter()
+            .map(|s| bus.last_for_key(&s.subscriber))
+            .collect();
         assert_eq!(last.iter().filter(|l| **l).count(), 1);
         for s in &subs {
             bus.unsubscribe(&s.subscriber);

@@ -13,8 +13,8 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::cache::{self, CacheOutcome};
 use super::idle::Instances;
 use super::plugin::{Plugin, Settings};
-use super::state::StoreState;
 use super::pool::EntryIndices;
+use super::state::StoreState;
 use crate::capabilities::bindings::{
     CallHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
     add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,

@@ -81,10 +81,13 @@ impl IdlePool {
             return;
         }
         idle.count += 1;
-        idle.by_app.entry(warm.app.clone()).or_default().push(Parked {
-            warm,
-            since: Instant::now(),
-        });
+        idle.by_app
+            .entry(warm.app.clone())
+            .or_default()
+            .push(Parked {
+                warm,
+                since: Instant::now(),
+            });
     }
 
     /// Drops every idle instance.

@@ -308,13 +308,13 @@ impl Plugin {
         // An instance that sat idle across epoch ticks would otherwise yield
         // at its first check: start every call with a full tick.
         warm.store.set_epoch_deadline(1);
-        ctx.time_left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        ctx.time_left_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
 
-        let outcome = tokio::time::timeout_at(
-            deadline.into(),
-            warm.handle(ctx, deadline, action, params),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, action, params))
+                .await;
 
         // Every path below that does not return `warm` to the pool drops it,
         // which is how a failed instance is thrown away.

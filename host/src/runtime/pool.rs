@@ -172,9 +172,10 @@ impl Plugin {
                     return Ok(Err(self.memory_limit()));
                 }
                 // The pooling allocator refuses when every slot is taken.
-                if e.chain()
-                    .any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some())
-                {
+                if e.chain().any(|c| {
+                    c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
+                }) {
                     return Err(Exhausted(format!("{e:#}")));
                 }
                 Err(CallError::Instantiate {
@@ -194,5 +195,4 @@ impl Plugin {
         }
         self.idle.put(warm);
     }
-
 }

@@ -10,8 +10,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::plugin::Settings;
 use crate::capabilities::config::PluginConfig;
 use crate::capabilities::invocation::CallTable;
-use crate::capabilities::sql::{SqlState, SqlView};
 use crate::capabilities::log::{LogBudget, PluginLog};
+use crate::capabilities::sql::{SqlState, SqlView};
 use crate::capabilities::wasi;
 
 /// Everything one instance owns. Each WIT interface's state is a field,

@@ -66,7 +66,6 @@ impl PluginStats {
     }
 }
 
-
 /// Counts a request as in flight while alive.
 pub(super) struct Gauge<'a>(&'a AtomicU64);
 

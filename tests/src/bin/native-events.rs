@@ -24,7 +24,9 @@ struct Event {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let path = std::env::args().nth(1).expect("usage: native-events SOCKET");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: native-events SOCKET");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
     let (events, _) = broadcast::channel::<Arc<Event>>(100);

@@ -109,9 +109,11 @@ impl SqlHostTransaction for SqlView<'_> {
         params: Vec<SqlValue>,
     ) -> wasmtime::Result<Result<SqlRows, WitError>> {
         self.on_tx(&handle, async |conn, budget| {
-            conn.query(&statement, values(params), budget).await.map(rows)
+            conn.query(&statement, values(params), budget)
+                .await
+                .map(rows)
         })
-            .await
+        .await
     }
 
     async fn execute(
@@ -125,7 +127,7 @@ impl SqlHostTransaction for SqlView<'_> {
                 .await
                 .map(executed)
         })
-            .await
+        .await
     }
 
     async fn commit(
@@ -163,7 +165,9 @@ impl SqlHost for SqlView<'_> {
         };
         let budget = self.state.budget(&database);
         let result = pooled(database, self.state.deadline(), async |conn| {
-            conn.query(&statement, values(params), budget).await.map(rows)
+            conn.query(&statement, values(params), budget)
+                .await
+                .map(rows)
         })
         .await;
         Ok(result.map_err(WitError::from))

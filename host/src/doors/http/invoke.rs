@@ -95,9 +95,8 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
         let params = if body.iter().all(u8::is_ascii_whitespace) {
             "{}"
         } else {
-            let text = std::str::from_utf8(&body).map_err(|_| {
-                HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8")
-            })?;
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8"))?;
             let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
                 HttpError::new(
                     ErrorCode::BadRequest,
@@ -141,11 +140,7 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
             trusted: false,
             received,
         };
-        state
-            .pipeline
-            .invoke(&invocation)
-            .await
-            .map_err(HttpError)
+        state.pipeline.invoke(&invocation).await.map_err(HttpError)
     }
     .await;
     match outcome {
@@ -245,9 +240,19 @@ async fn run_envelope(
 fn log_failure(path: &str, error: &ErrorBody) {
     let status = status_for(&error.code);
     if status.is_server_error() {
-        tracing::warn!(path, status = status.as_u16(), code = error.code, "http request failed");
+        tracing::warn!(
+            path,
+            status = status.as_u16(),
+            code = error.code,
+            "http request failed"
+        );
     } else {
-        tracing::debug!(path, status = status.as_u16(), code = error.code, "http request refused");
+        tracing::debug!(
+            path,
+            status = status.as_u16(),
+            code = error.code,
+            "http request refused"
+        );
     }
 }
 
@@ -281,11 +286,15 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
             .pipeline
             .events_app(route, bearer_token(&parts.headers)?, false)
             .map_err(HttpError)?;
-        crate::doors::events::publish(&state.pipeline, &app.name, &topic, payload).map_err(HttpError)
+        crate::doors::events::publish(&state.pipeline, &app.name, &topic, payload)
+            .map_err(HttpError)
     }
     .await;
     match outcome {
-        Ok(id) => json_response(StatusCode::OK, serde_json::json!({ "event_id": id }).to_string()),
+        Ok(id) => json_response(
+            StatusCode::OK,
+            serde_json::json!({ "event_id": id }).to_string(),
+        ),
         Err(error) => {
             log_failure(parts.uri.path(), &error.0);
             axum::response::IntoResponse::into_response(error)

@@ -225,4 +225,3 @@ impl sqlx::Encode<'_, Postgres> for UntypedNull {
 fn bind_pg(q: Query<'_, Postgres>, params: Vec<Value>) -> Query<'_, Postgres> {
     bind_all!(q, params, UntypedNull)
 }
-

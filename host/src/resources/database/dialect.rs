@@ -169,9 +169,15 @@ mod tests {
         for (sql, numbered) in [
             // Dollar quotes, plain and tagged, with `$` and `?` inside.
             ("SELECT $$ ? $$, ?", "SELECT $$ ? $$, $1"),
-            ("SELECT $fn$ it's ? $x$ ? $fn$, ?", "SELECT $fn$ it's ? $x$ ? $fn$, $1"),
+            (
+                "SELECT $fn$ it's ? $x$ ? $fn$, ?",
+                "SELECT $fn$ it's ? $x$ ? $fn$, $1",
+            ),
             ("SELECT $1, ?", "SELECT $1, $1"),
-            ("SELECT a$b$ FROM t WHERE x = ?", "SELECT a$b$ FROM t WHERE x = $1"),
+            (
+                "SELECT a$b$ FROM t WHERE x = ?",
+                "SELECT a$b$ FROM t WHERE x = $1",
+            ),
             // E'' strings take backslash escapes; plain strings do not.
             (r"SELECT E'\' ?', ?", r"SELECT E'\' ?', $1"),
             (r"SELECT e'\\', ?", r"SELECT e'\\', $1"),

@@ -91,7 +91,11 @@ extern "C" fn authorize(
         }
         _ => true,
     };
-    if allowed { ffi::SQLITE_OK } else { ffi::SQLITE_DENY }
+    if allowed {
+        ffi::SQLITE_OK
+    } else {
+        ffi::SQLITE_DENY
+    }
 }
 
 /// Locks a fresh connection down: the authorizer, no attached databases at
@@ -288,11 +292,19 @@ mod tests {
     fn the_authorizer_refuses_what_reaches_past_the_file() {
         assert!(!allows(ffi::SQLITE_ATTACH, Some("/etc/passwd"), None));
         assert!(!allows(ffi::SQLITE_DETACH, Some("main"), None));
-        assert!(!allows(ffi::SQLITE_PRAGMA, Some("journal_mode"), Some("delete")));
+        assert!(!allows(
+            ffi::SQLITE_PRAGMA,
+            Some("journal_mode"),
+            Some("delete")
+        ));
         assert!(!allows(ffi::SQLITE_PRAGMA, Some("user_version"), Some("7")));
         assert!(!allows(ffi::SQLITE_FUNCTION, None, Some("load_extension")));
         assert!(allows(ffi::SQLITE_PRAGMA, Some("user_version"), None));
-        assert!(allows(ffi::SQLITE_PRAGMA, Some("TABLE_INFO"), Some("todos")));
+        assert!(allows(
+            ffi::SQLITE_PRAGMA,
+            Some("TABLE_INFO"),
+            Some("todos")
+        ));
         assert!(allows(ffi::SQLITE_FUNCTION, None, Some("count")));
         assert!(allows(ffi::SQLITE_SELECT, None, None));
     }
