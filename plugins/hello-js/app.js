@@ -1,16 +1,22 @@
 // Example Ferry plugin in JavaScript, built with componentize-js against the
-// `service` world in the repository's `wit/` folder.
+// `service-with-events` world in the repository's `wit/` folder.
 //
 // Actions: `echo` answers its params and the context it saw (the same shape
 // as the Rust `echo`), `whoami` the caller's subject and tenant, `visit`
 // counts the tenant's visits in the application's database (the manifest
-// grants it), and `boom` throws, to show that an exception becomes
-// `plugin_trap`.
+// grants it), `boom` throws, to show that an exception becomes
+// `plugin_trap`, and `publish` publishes `{topic, payload}` on the bus.
+//
+// Events it is subscribed to (`permissions.events.subscribe` in its
+// manifest) are published again on `seen.hello-js` with what the delivery
+// said; a payload with `retry_until: N` is answered `retry` until attempt
+// N, and `reject: true` is rejected.
 //
 // Build: `make plugins` at the repository root, or `../../sdk/js/build.sh .`
 
-import { log } from 'ferry:plugin/log@0.1.1';
-import { execute, query } from 'ferry:plugin/sql@0.1.1';
+import { log } from 'ferry:plugin/log@0.1.2';
+import { execute, query } from 'ferry:plugin/sql@0.1.2';
+import { publish } from 'ferry:plugin/events@0.1.2';
 
 // An error for the caller: thrown as `{code, message}`, it becomes the
 // `error` of the response.
@@ -62,6 +68,10 @@ const actions = {
   boom() {
     throw new Error('boom requested');
   },
+
+  publish(ctx, params) {
+    return { event_id: publish(params.topic, JSON.stringify(params.payload)) };
+  },
 };
 
 export const handler = {
@@ -88,6 +98,40 @@ export const handler = {
       // `plugin_trap` it answers, and let it trap.
       log('error', `uncaught ${e}\n${e?.stack ?? ''}`);
       throw e;
+    }
+  },
+};
+
+// A handler's failure is thrown as the `failure` variant: `retry` or
+// `reject`, with a reason.
+export const eventHandler = {
+  handleEvent(event) {
+    let payload;
+    try {
+      payload = JSON.parse(event.payload);
+    } catch (e) {
+      throw { tag: 'reject', val: `the payload is not JSON: ${e.message}` };
+    }
+    if (payload?.reject === true) {
+      throw { tag: 'reject', val: 'asked to reject' };
+    }
+    if (typeof payload?.retry_until === 'number' && event.attempt < payload.retry_until) {
+      throw { tag: 'retry', val: `attempt ${event.attempt} of ${payload.retry_until}` };
+    }
+    const seen = {
+      app: event.app,
+      topic: event.topic,
+      subscription: event.subscription,
+      id: event.id,
+      seq: Number(event.seq),
+      attempt: event.attempt,
+      source_time_ms: Number(event.sourceTimeMs),
+      payload,
+    };
+    try {
+      publish('seen.hello-js', JSON.stringify(seen));
+    } catch (e) {
+      throw { tag: 'retry', val: `cannot publish: ${JSON.stringify(e?.payload ?? String(e))}` };
     }
   },
 };

@@ -1,10 +1,16 @@
 """Example Ferry plugin in Python, built with componentize-py against the
-`service` world in the repository's `wit/` folder.
+`service-with-events` world in the repository's `wit/` folder.
 
 Actions: `echo` answers its params and the context it saw (the same shape as
 the Rust `echo`), `whoami` the caller's subject and tenant, `visit` counts
 the tenant's visits in the application's database (the manifest grants it),
-and `boom` raises, to show that an exception becomes `plugin_trap`.
+`boom` raises, to show that an exception becomes `plugin_trap`, and
+`publish` publishes `{topic, payload}` on the application's bus.
+
+Events it is subscribed to (`permissions.events.subscribe` in its manifest)
+are published again on `seen.hello-py` with what the delivery said; a
+payload with `retry_until: N` is answered `retry` until attempt N, and
+`reject: true` is rejected.
 
 Build: `make plugins` at the repository root, or `../../sdk/python/build.sh .`
 """
@@ -14,7 +20,8 @@ import traceback
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import log, sql
+from wit_world.exports import event_handler
+from wit_world.imports import events, log, sql
 from wit_world.imports.types import Context, Error
 
 
@@ -61,7 +68,12 @@ def boom(ctx: Context, params):
     raise RuntimeError("boom requested")
 
 
-ACTIONS = {"echo": echo, "whoami": whoami, "visit": visit, "boom": boom}
+def publish(ctx: Context, params):
+    event_id = events.publish(params["topic"], json.dumps(params["payload"]))
+    return {"event_id": event_id}
+
+
+ACTIONS = {"echo": echo, "whoami": whoami, "visit": visit, "boom": boom, "publish": publish}
 
 
 class Handler(exports.Handler):
@@ -84,3 +96,31 @@ class Handler(exports.Handler):
             # `plugin_trap` it answers, and let it trap.
             log.log(log.Level.ERROR, traceback.format_exc(limit=5))
             raise
+
+
+class EventHandler(exports.EventHandler):
+    def handle_event(self, event: event_handler.Event) -> None:
+        try:
+            payload = json.loads(event.payload)
+        except ValueError as e:
+            raise Err(event_handler.Failure_Reject(f"the payload is not JSON: {e}"))
+        if isinstance(payload, dict):
+            if payload.get("reject") is True:
+                raise Err(event_handler.Failure_Reject("asked to reject"))
+            until = payload.get("retry_until")
+            if isinstance(until, int) and event.attempt < until:
+                raise Err(event_handler.Failure_Retry(f"attempt {event.attempt} of {until}"))
+        seen = {
+            "app": event.app,
+            "topic": event.topic,
+            "subscription": event.subscription,
+            "id": event.id,
+            "seq": event.seq,
+            "attempt": event.attempt,
+            "source_time_ms": event.source_time_ms,
+            "payload": payload,
+        }
+        try:
+            events.publish("seen.hello-py", json.dumps(seen))
+        except Err as e:
+            raise Err(event_handler.Failure_Retry(f"{e.value.code}: {e.value.message}"))

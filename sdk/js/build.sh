@@ -31,7 +31,7 @@ fi
 
 # Without `-d http fetch-event` the component would import wasi:http, which
 # a Ferry plugin is not given.
-"$tools/node_modules/.bin/componentize-js" "$app/app.js" --wit "$wit" --world-name service \
+"$tools/node_modules/.bin/componentize-js" "$app/app.js" --wit "$wit" --world-name service-with-events \
     -d http fetch-event -o "$out.partial"
 mv "$out.partial" "$out"
 echo "built $out" >&2

@@ -4,7 +4,7 @@
 #   build.sh [APP_DIR] [OUT.wasm] [WIT_DIR]
 #
 # APP_DIR (default: this script's folder) holds `app.py`, which defines
-# `class Handler(exports.Handler)`; OUT defaults to APP_DIR/NAME.wasm, NAME
+# `class Handler(exports.Handler)` and `class EventHandler(exports.EventHandler)`; OUT defaults to APP_DIR/NAME.wasm, NAME
 # being APP_DIR's name; WIT_DIR (default: APP_DIR/wit) holds Ferry's WIT.
 # The pinned componentize-py is installed on first use into
 # $FERRY_TOOLS/python (default: APP_DIR/.tools/python).
@@ -31,6 +31,6 @@ fi
 case $out in /*) ;; *) out=$(pwd)/$out ;; esac
 case $wit in /*) ;; *) wit=$(pwd)/$wit ;; esac
 cd "$app"
-"$tools/bin/componentize-py" -q -d "$wit" -w service componentize app -o "$out.partial"
+"$tools/bin/componentize-py" -q -d "$wit" -w service-with-events componentize app -o "$out.partial"
 mv "$out.partial" "$out"
 echo "built $out" >&2

@@ -38,7 +38,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin-with-health",
+        world: "plugin-with-events",
         pub_export_macro: true,
         export_macro_name: "__export_service",
         default_bindings_module: "ferry_sdk::__bindings",
@@ -46,6 +46,7 @@ pub mod __bindings {
 }
 
 pub mod config;
+pub mod events;
 pub mod sql;
 
 use __bindings::ferry::plugin::invocation::Call;
@@ -248,22 +249,32 @@ macro_rules! debug {
 /// Name your own (`fn() -> Result<(), Error>`) first:
 /// `service!(health = ready; echo, add)`. A failing check counts towards
 /// the plugin's circuit breaker like a failed request.
+///
+/// Events of the topics the manifest subscribes to go to the handler named
+/// by `events = ...;` (`fn(&events::Event) -> Result<(), events::Failure>`):
+/// `service!(events = on_event; echo)`, also after `health = ...;`.
 #[macro_export]
 macro_rules! service {
-    (@collect [$($acc:tt)*] [$health:path]) => {
-        $crate::__service_impl!([$health] $($acc)*);
+    (@collect [$($acc:tt)*] [$health:path] [$events:path]) => {
+        $crate::__service_impl!([$health] [$events] $($acc)*);
     };
-    (@collect [$($acc:tt)*] [$health:path] $name:literal => $action:path $(, $($rest:tt)*)?) => {
-        $crate::service!(@collect [$($acc)* ($name, $action)] [$health] $($($rest)*)?);
+    (@collect [$($acc:tt)*] [$health:path] [$events:path] $name:literal => $action:path $(, $($rest:tt)*)?) => {
+        $crate::service!(@collect [$($acc)* ($name, $action)] [$health] [$events] $($($rest)*)?);
     };
-    (@collect [$($acc:tt)*] [$health:path] $action:ident $(, $($rest:tt)*)?) => {
-        $crate::service!(@collect [$($acc)* (::std::stringify!($action), $action)] [$health] $($($rest)*)?);
+    (@collect [$($acc:tt)*] [$health:path] [$events:path] $action:ident $(, $($rest:tt)*)?) => {
+        $crate::service!(@collect [$($acc)* (::std::stringify!($action), $action)] [$health] [$events] $($($rest)*)?);
     };
-    (health = $health:path; $($items:tt)+) => {
-        $crate::service!(@collect [] [$health] $($items)+);
+    (@options [$health:path] [$events:path] health = $new:path; $($items:tt)+) => {
+        $crate::service!(@options [$new] [$events] $($items)+);
+    };
+    (@options [$health:path] [$events:path] events = $new:path; $($items:tt)+) => {
+        $crate::service!(@options [$health] [$new] $($items)+);
+    };
+    (@options [$health:path] [$events:path] $($items:tt)+) => {
+        $crate::service!(@collect [] [$health] [$events] $($items)+);
     };
     ($($items:tt)+) => {
-        $crate::service!(@collect [] [$crate::__healthy] $($items)+);
+        $crate::service!(@options [$crate::__healthy] [$crate::events::__no_events] $($items)+);
     };
 }
 
@@ -287,7 +298,7 @@ pub fn __check(check: fn() -> Result<(), Error>) -> Result<(), WitError> {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __service_impl {
-    ([$health:path] $(($name:expr, $action:path))+) => {
+    ([$health:path] [$events:path] $(($name:expr, $action:path))+) => {
         #[doc(hidden)]
         pub struct __FerryService;
 
@@ -309,6 +320,14 @@ macro_rules! __service_impl {
         impl $crate::__bindings::exports::ferry::plugin::health::Guest for __FerryService {
             fn check() -> ::std::result::Result<(), $crate::__bindings::ferry::plugin::types::Error> {
                 $crate::__check($health)
+            }
+        }
+
+        impl $crate::__bindings::exports::ferry::plugin::event_handler::Guest for __FerryService {
+            fn handle_event(
+                event: $crate::__bindings::exports::ferry::plugin::event_handler::Event,
+            ) -> ::std::result::Result<(), $crate::__bindings::exports::ferry::plugin::event_handler::Failure> {
+                $crate::events::__handle_event(event, $events)
             }
         }
 
@@ -362,7 +381,7 @@ where
 
 /// Routes panic messages into the host log at error level, so that the host
 /// can quote them when it reports the trap that follows.
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {

@@ -1,19 +1,13 @@
 //! Plugins built against an earlier WIT keep loading and answering: the
 //! fixture `tests/fixtures/echo-wit-0.1.0.wasm` is the `echo` example as it
 //! was built against `ferry:plugin@0.1.0` (the `service` world, context as
-//! a record), before the `plugin` world and its on-demand context existed.
-//! Each WIT change must keep this test passing.
+//! a record), before the `plugin` world and its on-demand context existed;
+//! `echo-wit-0.1.1.wasm` is `echo` as built against `ferry:plugin@0.1.1`
+//! (the `plugin-with-health` world), before the `events` interfaces.
+//! Each WIT change must keep these tests passing.
 
-use std::path::PathBuf;
-
-use ferry_tests::{Ferry, expect_success, ferry_bin};
+use ferry_tests::{Ferry, expect_success, ferry_bin, fixture};
 use serde_json::json;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_wit_0_1_0_loads_and_answers() {
@@ -54,6 +48,40 @@ async fn a_plugin_built_against_wit_0_1_0_loads_and_answers() {
     };
     assert_eq!(world("old"), "service");
     assert_eq!(world("echo"), "plugin");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_wit_0_1_1_loads_answers_and_reports_health() {
+    let ferry = Ferry::options().start_with(|deploy| {
+        std::fs::copy(fixture("echo-wit-0.1.1.wasm"), deploy.join("old.wasm")).unwrap();
+    });
+    let mut client = ferry.connect().await;
+    let response = client
+        .request(&json!({
+            "id": "c-2", "service": "old", "action": "echo",
+            "params": {"n": 1}, "tenant_id": "acme"
+        }))
+        .await;
+    let result = expect_success(&response);
+    assert_eq!(result["params"], json!({"n": 1}));
+    assert_eq!(result["ctx"]["request_id"], "\"c-2\"");
+    assert_eq!(result["ctx"]["tenant"], "acme");
+    let response = client
+        .request(
+            &json!({"id": 3, "service": "old", "action": "sum", "params": {"numbers": [2, 3]}}),
+        )
+        .await;
+    assert_eq!(expect_success(&response), &json!({"sum": 5}));
+    // It predates `publish`: the action is unknown, not a load failure.
+    let response = client
+        .request(&json!({"id": 4, "service": "old", "action": "publish", "params": {}}))
+        .await;
+    ferry_tests::expect_error(&response, "not_found");
+    let status = ferry.status().await;
+    let old = ferry_tests::service_status(&status, "old");
+    assert_eq!(old["world"], "plugin");
+    assert_eq!(old["health"]["exported"], true, "{old}");
+    assert_eq!(old["events"]["handler"], false, "{old}");
 }
 
 #[test]

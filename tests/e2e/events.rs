@@ -5,68 +5,12 @@
 //! consumer that does not drain, the 1 MiB line limit, `pre_shutdown_check`,
 //! `status_query`, `shutdown` on SIGTERM, and applications kept apart.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ferry_tests::bus::Consumer;
 use ferry_tests::{Ferry, assert_error};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// One connection to the events socket.
-struct Consumer {
-    read: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-}
-
-impl Consumer {
-    async fn connect(path: &Path) -> Consumer {
-        let (read, write) = UnixStream::connect(path).await.unwrap().into_split();
-        Consumer {
-            read: BufReader::new(read),
-            write,
-        }
-    }
-
-    async fn send(&mut self, message: &Value) {
-        let mut line = message.to_string();
-        line.push('\n');
-        self.write.write_all(line.as_bytes()).await.unwrap();
-    }
-
-    /// The next line, or `None` once the host has closed.
-    async fn recv(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(WAIT, self.read.read_line(&mut line))
-            .await
-            .expect("no line within the test's wait")
-            .unwrap_or(0);
-        (n > 0).then(|| serde_json::from_str(&line).expect("a line of JSON"))
-    }
-
-    /// The next line of `kind`, skipping events.
-    async fn recv_type(&mut self, kind: &str) -> Value {
-        loop {
-            let line = self.recv().await.expect("the host closed the connection");
-            if line["type"] == kind {
-                return line;
-            }
-            assert_eq!(line["type"], "event", "expected `{kind}`, got {line}");
-        }
-    }
-
-    async fn hello(path: &Path, consumer: &str, key: &str, topics: &[&str]) -> (Consumer, Value) {
-        let mut c = Consumer::connect(path).await;
-        c.send(&json!({"type": "hello", "consumer": consumer, "event_key": key, "topics": topics}))
-            .await;
-        let ack = c.recv().await.expect("a hello_ack");
-        assert_eq!(ack["type"], "hello_ack", "{ack}");
-        (c, ack)
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 async fn publish(ferry: &Ferry, topic: &str, payload: &Value) -> String {
     let reply = ferry
@@ -412,4 +356,50 @@ async fn applications_have_buses_of_their_own_and_keys_guard_them() {
         (event["payload"].clone(), event["seq"].clone()),
         (json!({"for": "blog"}), json!(1))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_application_says_which_topics_outside_callers_may_use() {
+    let ferry = Ferry::options()
+        .config(
+            "apps:\n  shop:\n    hosts: [shop.localhost]\n    services: []\n    auth: none\n    events: {publish: [orders.*], subscribe: [orders.>]}\n",
+        )
+        .start();
+    let path = ferry.events_socket();
+    let hello = async |topics: &[&str]| {
+        let mut c = Consumer::connect(&path).await;
+        c.send(&json!({"type": "hello", "consumer": "c", "event_key": "k", "topics": topics, "app": "shop"}))
+            .await;
+        let ack = c.recv().await.unwrap();
+        (c, ack)
+    };
+    let (_, refused) = hello(&[">"]).await;
+    assert_eq!(
+        (refused["type"].clone(), refused["code"].clone()),
+        (json!("error"), json!("forbidden")),
+        "{refused}"
+    );
+    let (_, refused) = hello(&["orders.*", "audit.*"]).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let (mut c, ack) = hello(&["orders.*"]).await;
+    assert_eq!(ack["type"], "hello_ack", "{ack}");
+
+    let post = async |topic: &str| {
+        ferry
+            .http(
+                "POST",
+                &format!("/v1/events/{topic}"),
+                &[("Host", "shop.localhost")],
+                b"{}",
+            )
+            .await
+    };
+    c.send(&json!({"type": "publish", "topic": "orders.a.b", "payload": 1}))
+        .await;
+    assert_eq!(c.recv_type("error").await["code"], "forbidden");
+    let message = assert_error(&post("news").await, 403, "forbidden");
+    assert!(message.contains("events.publish"), "{message}");
+    assert_eq!(post("orders.created").await.status, 200);
+    let event = c.recv_type("event").await;
+    assert_eq!(event["event_type"], "orders.created");
 }

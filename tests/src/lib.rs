@@ -2,6 +2,7 @@
 //! real example plugins, and talks to it over its real sockets.
 
 pub mod baseline;
+pub mod bus;
 pub mod load;
 pub mod services;
 pub mod wit_reference;
@@ -529,6 +530,13 @@ impl Ferry {
 }
 
 /// The bytes of a built example plugin.
+/// A file of `tests/fixtures` (components built against earlier WIT).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     fs::read(plugin_wasm(name)).unwrap()
 }

@@ -21,6 +21,10 @@ mod generated {
 pub use generated::exports::ferry::plugin::call_handler::{
     Guest as CallHandler, GuestIndices as CallHandlerIndices,
 };
+pub use generated::exports::ferry::plugin::event_handler::{
+    Event as WitEvent, Failure as WitFailure, Guest as EventHandler,
+    GuestIndices as EventHandlerIndices,
+};
 pub use generated::exports::ferry::plugin::handler::{
     Guest as Handler, GuestIndices as HandlerIndices,
 };
@@ -29,6 +33,9 @@ pub use generated::exports::ferry::plugin::health::{
 };
 pub use generated::ferry::plugin::config::{
     Host as ConfigHost, add_to_linker as add_config_to_linker,
+};
+pub use generated::ferry::plugin::events::{
+    Host as EventsHost, add_to_linker as add_events_to_linker,
 };
 pub use generated::ferry::plugin::invocation::{
     Host as InvocationHost, HostCall as InvocationHostCall,

@@ -5,6 +5,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod events;
 pub mod invocation;
 pub mod log;
 pub mod sql;

@@ -69,7 +69,11 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
             return Ok(ExitCode::from(1));
         }
     };
-    let runtime = Arc::new(Runtime::new(None, crate::config::MAX_INSTANCES)?);
+    let runtime = Arc::new(Runtime::new(
+        None,
+        crate::config::MAX_INSTANCES,
+        Arc::default(),
+    )?);
     let (plugin, report) = match load_and_start(&runtime, &name, bytes, settings).await? {
         Ok(loaded) => loaded,
         Err(why) => {
@@ -182,8 +186,10 @@ impl SmokeCase {
             },
             app: "smoke".into(),
             database,
-            action: &self.action,
-            params: &params,
+            work: crate::runtime::Work::Request {
+                action: &self.action,
+                params: &params,
+            },
             deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
             timeout_ms,
         };

@@ -29,11 +29,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     }
+    // One bus: plugins publish on it through the runtime, doors and
+    // subscriptions reach it through the pipeline.
+    let bus = Arc::new(crate::resources::bus::Bus::default());
     let runtime = Arc::new(Runtime::new(
         Some(config.cache_dir()),
         config.max_instances,
+        bus.clone(),
     )?);
-    let pipeline = Arc::new(Pipeline::new(apps));
+    let pipeline = Arc::new(Pipeline::new(apps, bus));
     let shutdown = CancellationToken::new();
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));
     let deployer = Arc::new(Deployer::new(
@@ -117,6 +121,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     signals.serve(&deployer).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     shutdown.cancel();
+    pipeline.stop_subscriptions();
     drop(watcher);
     let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
     if tokio::time::timeout(drain, doors.finish()).await.is_err() {

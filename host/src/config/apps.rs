@@ -20,4 +20,46 @@ pub struct AppConfig {
     /// The application's database; without it, its own SQLite file.
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// What outside callers (HTTP, the events socket) may do on the
+    /// application's bus, once its auth let them in.
+    #[serde(default)]
+    pub events: AppEvents,
+}
+
+/// An application's `events`: topic patterns outside callers may publish
+/// to and subscribe to. Plugins are governed by their manifests instead.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppEvents {
+    #[serde(default = "AppEvents::everything")]
+    pub publish: Vec<String>,
+    #[serde(default = "AppEvents::everything")]
+    pub subscribe: Vec<String>,
+}
+
+impl Default for AppEvents {
+    fn default() -> Self {
+        AppEvents {
+            publish: Self::everything(),
+            subscribe: Self::everything(),
+        }
+    }
+}
+
+impl AppEvents {
+    fn everything() -> Vec<String> {
+        vec![">".to_owned()]
+    }
+
+    pub(super) fn validate(&self, app: &str) -> Result<(), String> {
+        use crate::core::names::valid_topic_pattern;
+        for (key, patterns) in [("publish", &self.publish), ("subscribe", &self.subscribe)] {
+            if let Some(bad) = patterns.iter().find(|p| !valid_topic_pattern(p)) {
+                return Err(format!(
+                    "apps.{app}.events.{key}: `{bad}` is not a topic pattern"
+                ));
+            }
+        }
+        Ok(())
+    }
 }

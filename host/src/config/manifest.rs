@@ -74,6 +74,181 @@ pub struct Permissions {
     /// The `sql` interface on the request's application database.
     #[serde(default)]
     pub database: bool,
+    /// The application's event bus: topics to publish to, topics to handle.
+    #[serde(default)]
+    pub events: EventGrants,
+}
+
+/// A manifest's `permissions.events`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventGrants {
+    /// Topic patterns the plugin may publish to (`*` one token, `>` the
+    /// rest).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Subscriptions, each delivered to the plugin's `event-handler`.
+    #[serde(default)]
+    pub subscribe: Vec<SubscriptionSpec>,
+}
+
+/// How events of one subscription reach the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// One at a time, in the order they were published.
+    #[default]
+    Ordered,
+    /// Up to `concurrency` at once; order is not kept.
+    Concurrent,
+}
+
+/// One entry of `permissions.events.subscribe`: a pattern alone, or a map.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscriptionSpec {
+    Topic(String),
+    Full(Subscription),
+}
+
+/// By hand rather than `untagged`, so a map with a wrong key is reported
+/// as that key, not as "did not match any variant".
+impl<'de> Deserialize<'de> for SubscriptionSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::String(topic) => Ok(SubscriptionSpec::Topic(topic)),
+            map @ serde_norway::Value::Mapping(_) => serde_norway::from_value(map)
+                .map(SubscriptionSpec::Full)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "a subscription is a topic pattern or a map with `topic`",
+            )),
+        }
+    }
+}
+
+/// A subscription with all its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub topic: String,
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Deliveries at once under `delivery: concurrent`.
+    #[serde(default = "Subscription::default_concurrency")]
+    pub concurrency: u32,
+    /// Deliveries of one event before it counts as failed (1: no retry).
+    #[serde(default = "Subscription::default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the first retry; each further retry waits twice as
+    /// long, up to `max_backoff_ms`.
+    #[serde(default = "Subscription::default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "Subscription::default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Events waiting for the plugin; past it the oldest is dropped.
+    #[serde(default = "Subscription::default_queue")]
+    pub queue: usize,
+    /// A topic that rejected and failed events are published to, wrapped
+    /// as `{event, reason}` (a topic the plugin need not be granted).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+impl Subscription {
+    fn default_concurrency() -> u32 {
+        8
+    }
+    fn default_max_attempts() -> u32 {
+        5
+    }
+    fn default_backoff_ms() -> u64 {
+        100
+    }
+    fn default_max_backoff_ms() -> u64 {
+        10_000
+    }
+    fn default_queue() -> usize {
+        1_000
+    }
+
+    fn of(topic: String) -> Subscription {
+        Subscription {
+            topic,
+            delivery: Delivery::Ordered,
+            concurrency: Self::default_concurrency(),
+            max_attempts: Self::default_max_attempts(),
+            backoff_ms: Self::default_backoff_ms(),
+            max_backoff_ms: Self::default_max_backoff_ms(),
+            queue: Self::default_queue(),
+            dead_letter: None,
+        }
+    }
+}
+
+impl SubscriptionSpec {
+    pub fn resolve(&self) -> Subscription {
+        match self {
+            SubscriptionSpec::Topic(topic) => Subscription::of(topic.clone()),
+            SubscriptionSpec::Full(s) => s.clone(),
+        }
+    }
+}
+
+impl EventGrants {
+    /// The subscriptions with their defaults filled in, once every pattern
+    /// and bound is checked.
+    pub fn validate(&self) -> Result<Vec<Subscription>, String> {
+        use crate::core::names::{valid_topic, valid_topic_pattern};
+        for pattern in &self.publish {
+            if !valid_topic_pattern(pattern) {
+                return Err(format!(
+                    "permissions.events.publish: `{pattern}` is not a topic pattern (dot-separated letters, digits, `-`, `_`; `*` for one token, `>` last for the rest)"
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        for (i, spec) in self.subscribe.iter().enumerate() {
+            let s = spec.resolve();
+            let at = format!("permissions.events.subscribe[{i}]");
+            if !valid_topic_pattern(&s.topic) {
+                return Err(format!(
+                    "{at}: `{}` is not a topic pattern (dot-separated letters, digits, `-`, `_`; `*` for one token, `>` last for the rest)",
+                    s.topic
+                ));
+            }
+            if !(1..=1024).contains(&s.concurrency) {
+                return Err(format!("{at}.concurrency must be 1 to 1024"));
+            }
+            if !(1..=100).contains(&s.max_attempts) {
+                return Err(format!("{at}.max_attempts must be 1 to 100"));
+            }
+            if s.backoff_ms == 0 || s.max_backoff_ms < s.backoff_ms || s.max_backoff_ms > 3_600_000
+            {
+                return Err(format!(
+                    "{at}: backoff_ms must be at least 1 and at most max_backoff_ms (at most an hour)"
+                ));
+            }
+            if !(1..=1_000_000).contains(&s.queue) {
+                return Err(format!("{at}.queue must be 1 to 1000000"));
+            }
+            if let Some(topic) = &s.dead_letter {
+                if !valid_topic(topic) {
+                    return Err(format!("{at}.dead_letter: `{topic}` is not a topic"));
+                }
+                // A rejected event would come back to the same handler, as
+                // a new event each time, for ever.
+                if crate::core::names::topic_matches(&s.topic, topic) {
+                    return Err(format!(
+                        "{at}.dead_letter: `{topic}` is covered by the subscription's own `{}`",
+                        s.topic
+                    ));
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
 }
 
 impl Manifest {
@@ -173,5 +348,35 @@ mod tests {
             e.to_string().contains("strings, numbers or booleans"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn event_grants_take_patterns_and_subscriptions_short_or_full() {
+        let m: Manifest = serde_norway::from_str(
+            "permissions:\n  events:\n    publish: [orders.*]\n    subscribe:\n      - orders.>\n      - {topic: audit.*, delivery: concurrent, concurrency: 3, dead_letter: dead.audit}\n",
+        )
+        .unwrap();
+        let subs = m.permissions.events.validate().unwrap();
+        assert_eq!(subs[0].topic, "orders.>");
+        assert_eq!(subs[0].delivery, Delivery::Ordered);
+        assert_eq!(subs[0].max_attempts, 5);
+        assert_eq!(subs[1].delivery, Delivery::Concurrent);
+        assert_eq!(subs[1].concurrency, 3);
+        assert_eq!(subs[1].dead_letter.as_deref(), Some("dead.audit"));
+        for bad in [
+            "permissions: {events: {publish: [a..b]}}\n",
+            "permissions: {events: {subscribe: [a.>.b]}}\n",
+            "permissions: {events: {subscribe: [{topic: a, max_attempts: 0}]}}\n",
+            "permissions: {events: {subscribe: [{topic: a, dead_letter: a.*}]}}\n",
+            "permissions: {events: {subscribe: [{topic: a.>, dead_letter: a.dead}]}}\n",
+        ] {
+            let m: Manifest = serde_norway::from_str(bad).unwrap();
+            assert!(m.permissions.events.validate().is_err(), "{bad}");
+        }
+        let e = serde_norway::from_str::<Manifest>(
+            "permissions: {events: {subscribe: [{topic: a, order: 1}]}}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `order`"), "{e}");
     }
 }

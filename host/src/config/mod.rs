@@ -16,12 +16,12 @@ mod limits;
 mod manifest;
 mod server;
 
-pub use apps::AppConfig;
+pub use apps::{AppConfig, AppEvents};
 pub use auth::{AuthConfig, JwtConfig};
 pub use database::DatabaseConfig;
 pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
-pub use manifest::Manifest;
+pub use manifest::{Delivery, Manifest, Subscription};
 pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
 
 use crate::core::names::{DEFAULT_APP, valid_app_name, valid_service_name};
@@ -265,6 +265,7 @@ impl Config {
             app.database
                 .validate()
                 .map_err(|e| format!("apps.{name}.database: {e}"))?;
+            app.events.validate(name)?;
         }
         if let Some(app) = &self.socket.app {
             let known = if self.apps.is_empty() {

@@ -71,9 +71,56 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     topic.next().is_none()
 }
 
+/// Whether the valid pattern `outer` matches every topic the valid
+/// pattern `inner` matches (so a grant of `outer` allows subscribing to
+/// `inner`).
+pub fn pattern_covers(outer: &str, inner: &str) -> bool {
+    let mut inner = inner.split('.');
+    for want in outer.split('.') {
+        match (want, inner.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(got)) if got != ">" => {}
+            (want, Some(got)) if want == got && want != "*" => {}
+            _ => return false,
+        }
+    }
+    inner.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{topic_matches, valid_service_name, valid_topic, valid_topic_pattern};
+    use super::{
+        pattern_covers, topic_matches, valid_service_name, valid_topic, valid_topic_pattern,
+    };
+
+    #[test]
+    fn a_pattern_covers_the_patterns_whose_topics_it_all_matches() {
+        for (outer, inner) in [
+            (">", ">"),
+            (">", "a.*"),
+            ("a.>", "a.b.>"),
+            ("a.>", "a.*"),
+            ("a.*", "a.b"),
+            ("a.*", "a.*"),
+            ("*.b", "x.b"),
+        ] {
+            assert!(pattern_covers(outer, inner), "{outer} covers {inner}");
+        }
+        for (outer, inner) in [
+            ("a.*", "a.>"),
+            ("a.*", ">"),
+            ("a.b", "a.*"),
+            ("a.>", "a"),
+            ("a.>", ">"),
+            ("a.*", "a.b.c"),
+            ("*.b", "*.c"),
+        ] {
+            assert!(
+                !pattern_covers(outer, inner),
+                "{outer} does not cover {inner}"
+            );
+        }
+    }
 
     #[test]
     fn topics_are_dotted_tokens_and_patterns_take_nats_wildcards() {

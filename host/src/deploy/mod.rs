@@ -209,6 +209,7 @@ impl Deployer {
                 // main socket, its socket is there too.
                 self.doors.open_service(name).await;
                 let previous = table.insert(plugin.clone());
+                self.pipeline.sync_subscriptions();
                 tokio::spawn(plugin.clone().supervise());
                 match &previous {
                     Some(previous) => tracing::info!(
@@ -292,6 +293,8 @@ impl Deployer {
             cache = %report.cache.as_str(),
             load_ms = report.elapsed.as_millis() as u64,
             health = plugin.has_health(),
+            event_handler = plugin.has_event_handler(),
+            subscriptions = plugin.settings().subscriptions.len(),
             "plugin loaded"
         );
         Ok(plugin)
@@ -317,6 +320,7 @@ impl Deployer {
     fn undeploy(&self, name: &str) {
         match self.pipeline.table().remove(name) {
             Some(plugin) => {
+                self.pipeline.sync_subscriptions();
                 self.doors.close_service(name);
                 tracing::info!(
                     version = plugin.version(),

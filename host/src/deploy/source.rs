@@ -25,11 +25,21 @@ pub fn settings(
         path: manifest_path.to_owned(),
         message,
     })?;
+    let subscriptions = manifest
+        .permissions
+        .events
+        .validate()
+        .map_err(|message| ConfigError {
+            path: manifest_path.to_owned(),
+            message,
+        })?;
     Ok(Settings {
         limits,
         config: Arc::new(manifest.config_values()),
         public: manifest.public,
         database: manifest.permissions.database,
+        publish: Arc::new(manifest.permissions.events.publish),
+        subscriptions: Arc::new(subscriptions),
     })
 }
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::unix::{Admission, Listener, Listening, PeerConnections, turn_away};
 use crate::core::names::{valid_topic, valid_topic_pattern};
 use crate::core::{ErrorBody, ErrorCode, Route};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{App, Pipeline};
 use crate::resources::bus::{MAX_PAYLOAD, Subscriber};
 
 /// Longest line a client may send.
@@ -267,7 +267,17 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
                     Ok(app) => app,
                     Err(e) => return Step::Reply(error_line(&e.code, &e.message)),
                 };
+            if let Some(pattern) = app.refused_subscription(&topics) {
+                return Step::Reply(error_line(
+                    ErrorCode::Forbidden.as_str(),
+                    &format!(
+                        "application `{}` does not let outside consumers subscribe to `{pattern}` (its `events.subscribe`)",
+                        app.name
+                    ),
+                ));
+            }
             let subscription = bus.subscribe(
+                crate::resources::bus::Kind::Consumer,
                 app.name.clone(),
                 consumer,
                 event_key,
@@ -313,7 +323,15 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
             let subscriber = subscriber.as_ref().expect("checked above");
             // Written out by serde_json: one line, valid JSON already.
             let payload = payload.to_string();
-            match publish_line(&shared.pipeline, &subscriber.app, &topic, &payload) {
+            // Looked up now, so a reload's rules apply to connections open
+            // before it.
+            let Some(app) = shared.pipeline.apps().get(&subscriber.app).cloned() else {
+                return Step::Reply(error_line(
+                    ErrorCode::NotFound.as_str(),
+                    &format!("application `{}` is no longer served", subscriber.app),
+                ));
+            };
+            match publish_line(&shared.pipeline, &app, &topic, &payload) {
                 Ok(id) => Step::Reply(line(json!({"type": "publish_ack", "event_id": id}))),
                 Err(e) => Step::Reply(error_line(&e.code, &e.message)),
             }
@@ -325,7 +343,7 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
 /// every door makes; answers the event's id.
 pub fn publish(
     pipeline: &Pipeline,
-    app: &str,
+    app: &App,
     topic: &str,
     payload: &str,
 ) -> Result<String, ErrorBody> {
@@ -335,7 +353,7 @@ pub fn publish(
 /// [`publish`] for a payload already known to be one line of JSON.
 fn publish_line(
     pipeline: &Pipeline,
-    app: &str,
+    app: &App,
     topic: &str,
     payload: &str,
 ) -> Result<String, ErrorBody> {
@@ -347,13 +365,22 @@ fn publish_line(
             ),
         ));
     }
+    if !app.may_publish(topic) {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!(
+                "application `{}` does not let outside callers publish to `{topic}` (its `events.publish`)",
+                app.name
+            ),
+        ));
+    }
     if payload.len() > MAX_PAYLOAD {
         return Err(ErrorBody::new(
             ErrorCode::TooLarge,
             format!("an event's payload is at most {MAX_PAYLOAD} bytes"),
         ));
     }
-    Ok(pipeline.bus().publish(app, topic, payload))
+    Ok(pipeline.bus().publish(&app.name, topic, payload))
 }
 
 /// The payload as one line of JSON: a newline in JSON text can only be

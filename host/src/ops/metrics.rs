@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 
 use crate::pipeline::Pipeline;
+use crate::pipeline::SubscriptionStatus;
 use crate::resources::bus::TopicCounts;
 use crate::runtime::{Plugin, StatsSnapshot};
 
@@ -128,7 +129,7 @@ impl Collector for Plugins {
 /// A topic counter's name, help, and its reading.
 type TopicCounter = (&'static str, &'static str, fn(&TopicCounts) -> u64);
 
-const TOPIC_COUNTERS: [TopicCounter; 3] = [
+const TOPIC_COUNTERS: [TopicCounter; 5] = [
     (
         "ferry_events_published",
         "Events published to the topic.",
@@ -143,6 +144,16 @@ const TOPIC_COUNTERS: [TopicCounter; 3] = [
         "ferry_events_dropped",
         "Copies dropped, the oldest first, because a consumer's queue was full.",
         |c| c.dropped,
+    ),
+    (
+        "ferry_events_delivered",
+        "Copies written to a consumer or handled by a plugin subscription.",
+        |c| c.delivered,
+    ),
+    (
+        "ferry_events_failed",
+        "Copies a plugin subscription rejected or gave up on after its last attempt.",
+        |c| c.failed,
     ),
 ];
 
@@ -179,11 +190,79 @@ impl Collector for Topics {
     }
 }
 
+/// A subscription counter's name, help, and its reading.
+type SubscriptionCounter = (&'static str, &'static str, fn(&SubscriptionStatus) -> u64);
+
+const SUBSCRIPTION_COUNTERS: [SubscriptionCounter; 5] = [
+    (
+        "ferry_event_subscription_delivered",
+        "Events a plugin subscription's handler took.",
+        |s| s.delivered,
+    ),
+    (
+        "ferry_event_subscription_retried",
+        "Deliveries tried again after `retry`, a trap or a timeout.",
+        |s| s.retried,
+    ),
+    (
+        "ferry_event_subscription_failed",
+        "Events a plugin subscription gave up on: rejected or out of attempts.",
+        |s| s.failed,
+    ),
+    (
+        "ferry_event_subscription_rejected",
+        "Events the handler rejected.",
+        |s| s.rejected,
+    ),
+    (
+        "ferry_event_subscription_dropped",
+        "Events dropped, the oldest first, because the subscription's queue was full.",
+        |s| s.dropped,
+    ),
+];
+
+/// Reads the plugin subscriptions at scrape time.
+#[derive(Debug)]
+struct Subscriptions(Vec<SubscriptionStatus>);
+
+impl Collector for Subscriptions {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |s: &SubscriptionStatus| {
+            [
+                ("app", s.app.clone()),
+                ("service", s.service.clone()),
+                ("topic", s.topic.clone()),
+            ]
+        };
+        for (name, help, value) in SUBSCRIPTION_COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &self.0 {
+                metric
+                    .encode_family(&labels(s))?
+                    .encode_counter::<NoLabelSet, _, u64>(&value(s), None)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "ferry_event_subscription_lag",
+            "Events published to a plugin subscription and not yet handled.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.0 {
+            metric
+                .encode_family(&labels(s))?
+                .encode_gauge(&(s.lag as i64))?;
+        }
+        Ok(())
+    }
+}
+
 /// The exposition of every loaded plugin's metrics.
 pub fn render(pipeline: &Pipeline) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Plugins(pipeline.table().plugins())));
     registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
+    registry.register_collector(Box::new(Subscriptions(pipeline.subscriptions())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

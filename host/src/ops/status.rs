@@ -26,6 +26,11 @@ fn version(plugin: &Plugin, now: Instant) -> Value {
         "limits": plugin.limits(),
         "public": plugin.public_actions(),
         "database": plugin.database_granted(),
+        "events": {
+            "handler": plugin.has_event_handler(),
+            "publish": &*plugin.settings().publish,
+            "subscribe": plugin.settings().subscriptions.iter().map(|s| &s.topic).collect::<Vec<_>>(),
+        },
         "config_keys": plugin.settings().config.keys().collect::<Vec<_>>(),
         "health": plugin.health_status(),
         "circuit": circuit,
@@ -71,5 +76,6 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
         "draining": draining,
         "apps": pipeline.apps().describe(),
         "events": pipeline.bus().describe(),
+        "subscriptions": pipeline.subscriptions(),
     })
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::auth::JwtAuth;
-use crate::config::{AuthConfig, Config, DatabaseConfig};
-use crate::core::names::DEFAULT_APP;
+use crate::config::{AppEvents, AuthConfig, Config, DatabaseConfig};
+use crate::core::names::{DEFAULT_APP, pattern_covers, topic_matches};
 use crate::resources::database::Database;
 
 /// How an application checks its callers.
@@ -30,6 +30,8 @@ pub struct App {
     /// The application's own pool; `None` only where databases are not
     /// opened (`ferry token`).
     pub database: Option<Arc<Database>>,
+    /// What outside callers may publish and subscribe to.
+    pub events: AppEvents,
 }
 
 impl App {
@@ -41,6 +43,19 @@ impl App {
     /// absence is an outage, not a typo).
     pub fn lists(&self, service: &str) -> bool {
         self.services.as_ref().is_some_and(|s| s.contains(service))
+    }
+
+    /// Whether an outside caller may publish to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.events.publish.iter().any(|p| topic_matches(p, topic))
+    }
+
+    /// The first of `patterns` an outside consumer may not subscribe to.
+    pub fn refused_subscription<'a>(&self, patterns: &'a [String]) -> Option<&'a str> {
+        patterns
+            .iter()
+            .find(|p| !self.events.subscribe.iter().any(|a| pattern_covers(a, p)))
+            .map(String::as_str)
     }
 }
 
@@ -86,6 +101,7 @@ impl Apps {
                 hosts: Vec::new(),
                 auth: Auth::Open,
                 database: open(DEFAULT_APP, &DatabaseConfig::default())?,
+                events: AppEvents::default(),
             });
             return Ok(Apps {
                 by_name: BTreeMap::from([(DEFAULT_APP.to_owned(), app.clone())]),
@@ -110,6 +126,7 @@ impl Apps {
                 hosts: hosts.clone(),
                 auth,
                 database: open(name, &app.database)?,
+                events: app.events.clone(),
             });
             for host in hosts {
                 by_host.insert(host, entry.clone());

@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod subscriptions;
 mod table;
 mod verified;
 
@@ -16,26 +17,30 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 pub use apps::{App, Apps, Auth};
+pub use subscriptions::SubscriptionStatus;
 pub use table::{Rejection, Table};
 
 use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Route};
 use crate::resources::bus::Bus;
-use crate::runtime::{Call, Context, Plugin};
+use crate::runtime::{Call, Context, Plugin, Work};
 
 pub struct Pipeline {
     table: Table,
     /// Every application's topics and their subscribers.
     bus: Arc<Bus>,
+    /// The plugins' subscriptions on the bus.
+    subscriptions: subscriptions::Subscriptions,
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
 }
 
 impl Pipeline {
-    pub fn new(apps: Apps) -> Pipeline {
+    pub fn new(apps: Apps, bus: Arc<Bus>) -> Pipeline {
         Pipeline {
             table: Table::default(),
-            bus: Arc::default(),
+            bus,
+            subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
         }
     }
@@ -47,6 +52,16 @@ impl Pipeline {
 
     pub fn bus(&self) -> &Arc<Bus> {
         &self.bus
+    }
+
+    /// Plugin subscriptions with their counters, for status and metrics.
+    pub fn subscriptions(&self) -> Vec<SubscriptionStatus> {
+        self.subscriptions.snapshot()
+    }
+
+    /// Ends every plugin subscription (the host is stopping).
+    pub fn stop_subscriptions(&self) {
+        self.subscriptions.stop_all(self);
     }
 
     /// The application an events door acts for, once `token` is checked:
@@ -182,8 +197,10 @@ impl Pipeline {
             },
             app: app.name.clone(),
             database: app.database.clone(),
-            action: inv.action,
-            params: inv.params,
+            work: Work::Request {
+                action: inv.action,
+                params: inv.params,
+            },
             deadline: inv.received + Duration::from_millis(timeout_ms),
             timeout_ms,
         };

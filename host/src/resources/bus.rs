@@ -24,20 +24,49 @@ use crate::core::names::topic_matches;
 /// below the consumers' 1 MiB line limit.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
-/// One published event, written once for every subscriber: the line up to
-/// its `seq`, and the rest; only the number between differs.
+/// One published event, shared by every subscriber. For consumers it is
+/// written once as the line up to its `seq`; only the number and the
+/// payload after it are added per consumer.
 pub struct Event {
     head: String,
-    tail: String,
+    pub topic: String,
+    pub id: String,
+    /// Milliseconds since the Unix epoch.
+    pub source_time_ms: u64,
+    /// JSON text.
+    pub payload: String,
+    /// Its topic's counters, for deliveries and failures.
+    counters: Arc<TopicCounters>,
 }
 
 impl Event {
+    /// Counts a plugin subscription's failure to handle it.
+    pub fn count_failed(&self) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one subscriber's handling of it.
+    pub fn count_delivered(&self) {
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Appends this event as an event line with `seq`.
     pub fn write_line(&self, seq: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(seq.to_string().as_bytes());
-        out.extend_from_slice(self.tail.as_bytes());
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(self.payload.as_bytes());
+        out.extend_from_slice(b"}\n");
     }
+}
+
+/// Who a subscriber is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An outside consumer's connection on the events socket.
+    Consumer,
+    /// A plugin's subscription, delivered to its `event-handler`.
+    Plugin,
 }
 
 /// What a subscriber has waiting.
@@ -50,9 +79,11 @@ struct Queue {
     closed: bool,
 }
 
-/// One subscriber: an outside consumer's connection.
+/// One subscriber: an outside consumer's connection, or a plugin's
+/// subscription.
 pub struct Subscriber {
     pub id: u64,
+    pub kind: Kind,
     pub app: Arc<str>,
     pub consumer: String,
     pub event_key: String,
@@ -95,6 +126,14 @@ impl Subscriber {
         outcome
     }
 
+    /// Takes the oldest event waiting, with its `seq`.
+    pub fn pop(&self) -> Option<(u64, Arc<Event>)> {
+        let mut queue = self.queue.lock().expect("subscriber queue lock");
+        let next = queue.events.pop_front()?;
+        queue.delivered += 1;
+        Some(next)
+    }
+
     /// Takes everything waiting, written as event lines into `out`;
     /// answers how many.
     pub fn drain_into(&self, out: &mut Vec<u8>) -> usize {
@@ -102,6 +141,7 @@ impl Subscriber {
         let n = queue.events.len();
         for (seq, event) in queue.events.drain(..) {
             event.write_line(seq, out);
+            event.count_delivered();
         }
         queue.delivered += n as u64;
         n
@@ -145,6 +185,11 @@ pub struct TopicCounts {
     pub queued: u64,
     /// Copies dropped because a subscriber's queue was full.
     pub dropped: u64,
+    /// Copies written to a consumer or handled by a plugin.
+    pub delivered: u64,
+    /// Copies a plugin subscription gave up on (rejected, or out of
+    /// attempts).
+    pub failed: u64,
 }
 
 /// A topic's counters, updated outside the bus lock.
@@ -153,6 +198,8 @@ struct TopicCounters {
     published: AtomicU64,
     queued: AtomicU64,
     dropped: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl TopicCounters {
@@ -161,6 +208,8 @@ impl TopicCounters {
             published: self.published.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -202,16 +251,9 @@ impl Bus {
         let number = self.next_event.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+            .map_or(0, |d| d.as_millis() as u64);
         // Unique over restarts too: the start of the millisecond and a count.
         let id = format!("{now:x}-{number}");
-        let topic_json = serde_json::to_string(topic).expect("a string serializes");
-        let event = Arc::new(Event {
-            head: format!(
-                r#"{{"type":"event","event_type":{topic_json},"event_id":"{id}","source_time":"{now}","seq":"#
-            ),
-            tail: format!(r#","payload":{payload}}}"#) + "\n",
-        });
         let (counters, subscribers) = {
             let mut apps = self.apps.lock().expect("bus lock");
             let bus = match apps.get_mut(app) {
@@ -231,6 +273,17 @@ impl Bus {
             (counters, subscribers)
         };
         counters.published.fetch_add(1, Ordering::Relaxed);
+        let topic_json = serde_json::to_string(topic).expect("a string serializes");
+        let event = Arc::new(Event {
+            head: format!(
+                r#"{{"type":"event","event_type":{topic_json},"event_id":"{id}","source_time":"{now}","seq":"#
+            ),
+            topic: topic.to_owned(),
+            id: id.clone(),
+            source_time_ms: now,
+            payload: payload.to_owned(),
+            counters: counters.clone(),
+        });
         let (mut queued, mut dropped) = (0, 0);
         for subscriber in &subscribers {
             match subscriber.push(&event) {
@@ -247,9 +300,11 @@ impl Bus {
         id
     }
 
-    /// Adds a subscriber to `app`'s topics (patterns already valid).
+    /// Adds a subscriber to `app`'s topics (patterns already valid). Only
+    /// consumers share keys and show in `status_response`.
     pub fn subscribe(
         &self,
+        kind: Kind,
         app: Arc<str>,
         consumer: String,
         event_key: String,
@@ -259,6 +314,7 @@ impl Bus {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed) + 1;
         let subscriber = Arc::new(Subscriber {
             id,
+            kind,
             app: app.clone(),
             consumer,
             event_key: event_key.clone(),
@@ -275,12 +331,15 @@ impl Bus {
         });
         let mut apps = self.apps.lock().expect("bus lock");
         let bus = apps.entry(app).or_default();
-        let key = bus.keys.entry(event_key).or_default();
-        let first_for_key = key.live.is_empty();
-        if first_for_key {
-            key.reserved = false;
+        let mut first_for_key = true;
+        if kind == Kind::Consumer {
+            let key = bus.keys.entry(event_key).or_default();
+            first_for_key = key.live.is_empty();
+            if first_for_key {
+                key.reserved = false;
+            }
+            key.live.insert(id);
         }
-        key.live.insert(id);
         bus.subscribers.push(subscriber.clone());
         Subscription {
             subscriber,
@@ -307,8 +366,8 @@ impl Bus {
         last
     }
 
-    /// Removes a subscriber whose connection ended; what it had waiting
-    /// goes with it.
+    /// Removes a subscriber whose connection or subscription ended; what
+    /// it had waiting goes with it.
     pub fn unsubscribe(&self, subscriber: &Subscriber) {
         subscriber
             .queue
@@ -318,7 +377,9 @@ impl Bus {
         let mut apps = self.apps.lock().expect("bus lock");
         if let Some(bus) = apps.get_mut(&subscriber.app) {
             bus.subscribers.retain(|s| s.id != subscriber.id);
-            if let Some(key) = bus.keys.get_mut(&subscriber.event_key) {
+            if subscriber.kind == Kind::Consumer
+                && let Some(key) = bus.keys.get_mut(&subscriber.event_key)
+            {
                 key.live.remove(&subscriber.id);
                 key.leaving.remove(&subscriber.id);
                 if key.live.is_empty() {
@@ -336,7 +397,11 @@ impl Bus {
                 .map(|b| b.subscribers.clone())
                 .unwrap_or_default()
         };
-        subscribers.iter().map(|s| s.status()).collect()
+        subscribers
+            .iter()
+            .filter(|s| s.kind == Kind::Consumer)
+            .map(|s| s.status())
+            .collect()
     }
 
     /// Every application's topics with their counters, and its number of
@@ -344,7 +409,10 @@ impl Bus {
     pub fn counts(&self) -> Vec<(Arc<str>, BTreeMap<String, TopicCounts>, usize)> {
         let apps = self.apps.lock().expect("bus lock");
         apps.iter()
-            .map(|(name, b)| (name.clone(), b.topic_counts(), b.subscribers.len()))
+            .map(|(name, b)| {
+                let consumers = b.subscribers.iter().filter(|s| s.kind == Kind::Consumer);
+                (name.clone(), b.topic_counts(), consumers.count())
+            })
             .collect()
     }
 
@@ -363,7 +431,11 @@ impl Bus {
         };
         let mut out = serde_json::Map::new();
         for (name, topics, subscribers) in apps {
-            let consumers: Vec<SubscriberStatus> = subscribers.iter().map(|s| s.status()).collect();
+            let consumers: Vec<SubscriberStatus> = subscribers
+                .iter()
+                .filter(|s| s.kind == Kind::Consumer)
+                .map(|s| s.status())
+                .collect();
             out.insert(
                 name.to_string(),
                 serde_json::json!({ "topics": topics, "consumers": consumers }),
@@ -391,6 +463,7 @@ mod tests {
     fn a_full_queue_drops_its_oldest_and_the_seq_shows_the_gap() {
         let bus = Bus::default();
         let sub = bus.subscribe(
+            Kind::Consumer,
             "shop".into(),
             "c".into(),
             "k".into(),
@@ -416,6 +489,7 @@ mod tests {
         let subs: Vec<Subscription> = (0..4)
             .map(|i| {
                 bus.subscribe(
+                    Kind::Consumer,
                     "shop".into(),
                     format!("c{i}"),
                     "k".into(),
@@ -434,7 +508,14 @@ mod tests {
         for s in &subs {
             bus.unsubscribe(&s.subscriber);
         }
-        let again = bus.subscribe("shop".into(), "c".into(), "k".into(), vec![">".into()], 10);
+        let again = bus.subscribe(
+            Kind::Consumer,
+            "shop".into(),
+            "c".into(),
+            "k".into(),
+            vec![">".into()],
+            10,
+        );
         assert!(again.first_for_key);
     }
 }

@@ -16,10 +16,11 @@ use super::plugin::{Plugin, Settings};
 use super::pool::EntryIndices;
 use super::state::StoreState;
 use crate::capabilities::bindings::{
-    CallHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
-    add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,
+    CallHandlerIndices, EventHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
+    add_events_to_linker, add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,
 };
 use crate::config::MAX_MEMORY_MB;
+use crate::resources::bus::Bus;
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
 /// every tick, so a deadline is enforced within about one tick, and a ready
@@ -40,6 +41,10 @@ pub enum LoadError {
     #[error("the component imports something Ferry does not provide: {0}")]
     Imports(String),
     #[error(
+        "its manifest subscribes to events (`permissions.events.subscribe`), but the component does not export `ferry:plugin/event-handler@0.1.2`: build it for the `plugin-with-events` world (the Rust SDK does) or `service-with-events`"
+    )]
+    NoEventHandler,
+    #[error(
         "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world, nor `ferry:plugin/call-handler@0.1.1` of the `plugin` world: {0}"
     )]
     Exports(String),
@@ -58,6 +63,8 @@ pub struct Runtime {
     /// Every version's idle instances.
     instances: Arc<Instances>,
     linker: Linker<StoreState>,
+    /// The bus plugins publish on.
+    bus: Arc<Bus>,
     cache: cache::CodeCache,
     pooling: bool,
     stop_ticker: Arc<AtomicBool>,
@@ -67,7 +74,11 @@ impl Runtime {
     /// Builds the engine (with the pooling allocator when the machine lets
     /// us reserve its address space), the linker, and the epoch ticker.
     /// `cache_dir` of `None` compiles every time.
-    pub fn new(cache_dir: Option<PathBuf>, max_instances: u32) -> anyhow::Result<Runtime> {
+    pub fn new(
+        cache_dir: Option<PathBuf>,
+        max_instances: u32,
+        bus: Arc<Bus>,
+    ) -> anyhow::Result<Runtime> {
         let (engine, pooling) = match Engine::new(&engine_config(Some(max_instances))) {
             Ok(engine) => (engine, true),
             Err(e) => {
@@ -91,6 +102,9 @@ impl Runtime {
             &mut linker,
             StoreState::calls,
         )?;
+        add_events_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| {
+            &mut s.events
+        })?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
@@ -108,6 +122,7 @@ impl Runtime {
             cache: cache::CodeCache::new(&engine, cache_dir),
             engine,
             linker,
+            bus,
             pooling,
             stop_ticker,
         })
@@ -147,6 +162,10 @@ impl Runtime {
             ),
         };
         let health = HealthIndices::new(&instance_pre).ok();
+        let event_handler = EventHandlerIndices::new(&instance_pre).ok();
+        if !settings.subscriptions.is_empty() && event_handler.is_none() {
+            return Err(LoadError::NoEventHandler);
+        }
         let report = LoadReport {
             bytes: bytes.len(),
             cache: outcome,
@@ -157,9 +176,11 @@ impl Runtime {
             instance_pre,
             entry,
             health,
+            event_handler,
             settings,
             digest,
             self.instances.clone(),
+            self.bus.clone(),
         );
         Ok((plugin, report))
     }

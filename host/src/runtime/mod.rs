@@ -16,7 +16,8 @@ mod supervisor;
 
 pub use cache::digest;
 pub use engine::{LoadReport, Runtime};
-pub use plugin::{Call, Plugin, Settings};
+pub use error::CallError;
+pub use plugin::{Call, Plugin, Settings, Work};
 pub use stats::StatsSnapshot;
 
 pub use crate::capabilities::bindings::Context;

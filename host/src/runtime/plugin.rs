@@ -25,9 +25,10 @@ use super::pool::EntryIndices;
 use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
-use crate::capabilities::bindings::{Context, HealthIndices};
+use crate::capabilities::bindings::{Context, EventHandlerIndices, HealthIndices, WitEvent};
 use crate::capabilities::log::LogBudget;
-use crate::config::Limits;
+use crate::config::{Limits, Subscription};
+use crate::resources::bus::Bus;
 use crate::resources::database::Database;
 
 /// Longest trap description passed on to a caller.
@@ -44,17 +45,28 @@ pub struct Settings {
     pub database: bool,
     /// What the plugin reads through the `config` interface.
     pub config: Arc<BTreeMap<String, String>>,
+    /// Topic patterns it may publish to.
+    pub publish: Arc<Vec<String>>,
+    /// What its `event-handler` is delivered.
+    pub subscriptions: Arc<Vec<Subscription>>,
 }
 
-/// One request as the plugin sees it.
+/// What a call asks of the plugin.
+pub enum Work<'a> {
+    /// A request to `call-handler` (or `handler`).
+    Request { action: &'a str, params: &'a str },
+    /// An event for `event-handler`.
+    Event(&'a WitEvent),
+}
+
+/// One request or event delivery as the plugin sees it.
 pub struct Call<'a> {
     pub ctx: Context,
     /// The request's application, and its database (used only if the
     /// plugin is granted it).
     pub app: Arc<str>,
     pub database: Option<Arc<Database>>,
-    pub action: &'a str,
-    pub params: &'a str,
+    pub work: Work<'a>,
     /// When the caller stops waiting; already capped by the plugin's own
     /// `timeout_ms`.
     pub deadline: Instant,
@@ -68,6 +80,8 @@ pub struct Plugin {
     pub(super) entry: EntryIndices,
     /// The optional `health.check` export.
     pub(super) health_export: Option<HealthIndices>,
+    /// The optional `event-handler.handle-event` export.
+    pub(super) event_export: Option<EventHandlerIndices>,
     pub(super) settings: Settings,
     pub(super) digest: String,
     pub(super) slots: Semaphore,
@@ -77,6 +91,8 @@ pub struct Plugin {
     pub(super) log_budget: Arc<LogBudget>,
     /// Every version's idle instances, to free a slot when none is left.
     pub(super) instances: Arc<Instances>,
+    /// The bus its `events` import publishes on.
+    pub(super) bus: Arc<Bus>,
     pub(super) circuit: Circuit,
     /// Wakes the supervisor when the circuit opens.
     pub(super) circuit_opened: Notify,
@@ -96,9 +112,11 @@ impl Plugin {
         pre: InstancePre<StoreState>,
         entry: EntryIndices,
         health_export: Option<HealthIndices>,
+        event_export: Option<EventHandlerIndices>,
         settings: Settings,
         digest: String,
         instances: Arc<Instances>,
+        bus: Arc<Bus>,
     ) -> Self {
         let idle = Arc::new(IdlePool::new(
             Duration::from_millis(settings.limits.idle_ttl_ms),
@@ -118,12 +136,14 @@ impl Plugin {
                 ..HealthStatus::default()
             }),
             health_export,
+            event_export,
             settings,
             digest,
             queued: AtomicU32::new(0),
             idle,
             log_budget,
             instances,
+            bus,
             retired: watch::Sender::new(false),
             loaded_at: SystemTime::now(),
             deployment: None,
@@ -193,6 +213,10 @@ impl Plugin {
 
     pub fn has_health(&self) -> bool {
         self.health_export.is_some()
+    }
+
+    pub fn has_event_handler(&self) -> bool {
+        self.event_export.is_some()
     }
 
     pub fn circuit(&self, now: Instant) -> CircuitSnapshot {
@@ -286,8 +310,7 @@ impl Plugin {
             mut ctx,
             app,
             database,
-            action,
-            params,
+            work,
             deadline,
             timeout_ms,
         } = call;
@@ -301,6 +324,7 @@ impl Plugin {
         };
         warm.app = Some(app.clone());
         warm.store.data_mut().log.begin_request();
+        warm.store.data_mut().events.begin_call(app.clone());
         warm.store
             .data_mut()
             .sql
@@ -313,8 +337,7 @@ impl Plugin {
             .as_millis() as u64;
 
         let outcome =
-            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, action, params))
-                .await;
+            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, work)).await;
 
         // Every path below that does not return `warm` to the pool drops it,
         // which is how a failed instance is thrown away.

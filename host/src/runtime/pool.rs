@@ -11,10 +11,11 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::error::CallError;
-use super::plugin::Plugin;
+use super::plugin::{Plugin, Work};
 use super::state::StoreState;
 use crate::capabilities::bindings::{
-    CallHandler, CallHandlerIndices, Context, Handler, HandlerIndices, Health, WitError,
+    CallHandler, CallHandlerIndices, Context, EventHandler, Handler, HandlerIndices, Health,
+    WitError, WitFailure,
 };
 use crate::capabilities::invocation::CallInfo;
 
@@ -40,21 +41,51 @@ pub struct Warm {
     pub(super) store: Store<StoreState>,
     pub(super) entry: Entry,
     pub(super) health: Option<Health>,
+    pub(super) events: Option<EventHandler>,
     pub(super) served: u32,
     /// The application it serves, once it has served one.
     pub(super) app: Option<Arc<str>>,
 }
 
 impl Warm {
-    /// Calls the instance's entry point with one request.
+    /// Calls the instance's entry point with one request, or its event
+    /// handler with one event (which answers `null`, or its failure as an
+    /// error with code `retry` or `reject`).
     pub(super) async fn handle(
         &mut self,
         ctx: Context,
         deadline: Instant,
-        action: &str,
-        params: &str,
+        work: Work<'_>,
     ) -> wasmtime::Result<Result<String, WitError>> {
-        let Warm { store, entry, .. } = self;
+        let Warm {
+            store,
+            entry,
+            events,
+            ..
+        } = self;
+        let (action, params) = match work {
+            Work::Request { action, params } => (action, params),
+            Work::Event(event) => {
+                let Some(guest) = events else {
+                    wasmtime::bail!("the plugin has no `event-handler` export");
+                };
+                let outcome = guest
+                    .call_handle_event(&mut *store, event)
+                    .await?
+                    .map(|()| "null".to_owned())
+                    .map_err(|failure| match failure {
+                        WitFailure::Retry(message) => WitError {
+                            code: "retry".into(),
+                            message,
+                        },
+                        WitFailure::Reject(message) => WitError {
+                            code: "reject".into(),
+                            message,
+                        },
+                    });
+                return Ok(outcome);
+            }
+        };
         match entry {
             Entry::Handler(guest) => guest.call_handle(&mut *store, &ctx, action, params).await,
             Entry::Call(guest) => {
@@ -125,7 +156,13 @@ impl Plugin {
         let memory_bytes = (self.limits().memory_mb << 20) as usize;
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(&self.name, memory_bytes, &self.settings, &self.log_budget),
+            StoreState::new(
+                &self.name,
+                memory_bytes,
+                &self.settings,
+                &self.log_budget,
+                &self.bus,
+            ),
         );
         store.limiter(|s| &mut s.limiter);
         // Yield to the scheduler at every epoch tick: a busy plugin cannot
@@ -155,15 +192,22 @@ impl Plugin {
                 })?),
                 None => None,
             };
-            Ok::<_, wasmtime::Error>((entry, health))
+            let events = match &self.event_export {
+                Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| {
+                    e.context("its `event-handler.handle-event` export has the wrong type")
+                })?),
+                None => None,
+            };
+            Ok::<_, wasmtime::Error>((entry, health, events))
         })
         .await;
         Ok(match instantiated {
             Err(_elapsed) => Err(self.timeout(timeout_ms)),
-            Ok(Ok((entry, health))) => Ok(Warm {
+            Ok(Ok((entry, health, events))) => Ok(Warm {
                 store,
                 entry,
                 health,
+                events,
                 served: 0,
                 app: None,
             }),

@@ -9,10 +9,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::plugin::Settings;
 use crate::capabilities::config::PluginConfig;
+use crate::capabilities::events::EventsState;
 use crate::capabilities::invocation::CallTable;
 use crate::capabilities::log::{LogBudget, PluginLog};
 use crate::capabilities::sql::{SqlState, SqlView};
 use crate::capabilities::wasi;
+use crate::resources::bus::Bus;
 
 /// Everything one instance owns. Each WIT interface's state is a field,
 /// reached from the linker through a projection.
@@ -23,6 +25,7 @@ pub struct StoreState {
     pub log: PluginLog,
     pub sql: SqlState,
     pub config: PluginConfig,
+    pub events: EventsState,
 }
 
 impl StoreState {
@@ -31,6 +34,7 @@ impl StoreState {
         memory_bytes: usize,
         settings: &Settings,
         log_budget: &Arc<LogBudget>,
+        bus: &Arc<Bus>,
     ) -> Self {
         StoreState {
             wasi: wasi::sandbox(plugin, log_budget),
@@ -39,6 +43,7 @@ impl StoreState {
             log: PluginLog::new(plugin.clone(), log_budget.clone()),
             sql: SqlState::new(plugin.clone(), settings.database),
             config: PluginConfig::new(settings.config.clone()),
+            events: EventsState::new(plugin.clone(), bus.clone(), settings.publish.clone()),
         }
     }
 

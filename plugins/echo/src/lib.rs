@@ -2,11 +2,19 @@
 //! `params` answers exactly its params (the benchmarks' action: the native
 //! servers they compare against do the same work); `sum` shows typed params; `config` answers the manifest's `config` map;
 //! `version` says which build this is (built with `--features v2` it says
-//! `2`: the deployment tests swap between the two builds).
+//! `2`: the deployment tests swap between the two builds); `publish`
+//! publishes `{topic, payload}` on the bus.
+//!
+//! Events it is subscribed to are published again on `seen.echo`, with
+//! what the delivery said (topic, id, seq, attempt, subscription, app), so
+//! a consumer can watch them arrive; a payload with `retry_until: N` is
+//! answered `retry` until attempt N, `reject: true` is rejected, and
+//! `trap: true` panics.
 //! The end-to-end tests and the socket benchmark use it.
 
 use std::collections::BTreeMap;
 
+use ferry_sdk::events::{Event, Failure};
 use ferry_sdk::{Ctx, Error};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -83,4 +91,52 @@ fn version(_: &Ctx, _: Value) -> Result<Version, Error> {
     Ok(Version { version: VERSION })
 }
 
-ferry_sdk::service!(echo, params, sum, config, version);
+#[derive(Deserialize)]
+struct Publish {
+    topic: String,
+    payload: Value,
+}
+
+#[derive(Serialize)]
+struct Published {
+    event_id: String,
+}
+
+fn publish(_: &Ctx, p: Publish) -> Result<Published, Error> {
+    let event_id = ferry_sdk::events::publish(&p.topic, &p.payload)?;
+    Ok(Published { event_id })
+}
+
+fn on_event(e: &Event) -> Result<(), Failure> {
+    let payload: Value = e.payload()?;
+    if payload["trap"] == true {
+        panic!("asked to trap on event {}", e.id);
+    }
+    if payload["reject"] == true {
+        return Err(Failure::reject("asked to reject"));
+    }
+    if let Some(ms) = payload["spin_ms"].as_u64() {
+        // Busy, not asleep: the host's epoch deadline still applies.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        while std::time::Instant::now() < until {}
+    }
+    if let Some(until) = payload["retry_until"].as_u64()
+        && u64::from(e.attempt) < until
+    {
+        return Err(Failure::retry(format!("attempt {} of {until}", e.attempt)));
+    }
+    let seen = serde_json::json!({
+        "app": e.app,
+        "topic": e.topic,
+        "subscription": e.subscription,
+        "id": e.id,
+        "seq": e.seq,
+        "attempt": e.attempt,
+        "source_time_ms": e.source_time_ms,
+        "payload": payload,
+    });
+    ferry_sdk::events::publish("seen.echo", &seen)?;
+    Ok(())
+}
+
+ferry_sdk::service!(events = on_event; echo, params, sum, config, version, publish);

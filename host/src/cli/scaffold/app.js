@@ -2,7 +2,7 @@
 // with componentize-js; see README.md for the smoke test, deploying and
 // calling it.
 
-import { log } from 'ferry:plugin/log@0.1.1';
+import { log } from 'ferry:plugin/log@0.1.2';
 
 const actions = {
   // `hello {"name": "Ada"}` answers `{"message": "hello, Ada", "tenant": ...}`.
@@ -39,5 +39,15 @@ export const handler = {
       log('error', `uncaught ${e}\n${e?.stack ?? ''}`);
       throw e;
     }
+  },
+};
+
+// Events of the topics the manifest subscribes to (`permissions: {events:
+// {subscribe: [...]}}`) arrive here. Throw `{ tag: 'retry', val: reason }`
+// to have one delivered again later, `{ tag: 'reject', val: reason }`
+// never to see it again.
+export const eventHandler = {
+  handleEvent(event) {
+    log('info', `event ${event.id} on ${event.topic}`);
   },
 };

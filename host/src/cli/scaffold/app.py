@@ -41,3 +41,12 @@ class Handler(exports.Handler):
             # answers, then the instance traps and is replaced.
             log.log(log.Level.ERROR, traceback.format_exc(limit=5))
             raise
+
+
+class EventHandler(exports.EventHandler):
+    def handle_event(self, event) -> None:
+        """Events of the topics the manifest subscribes to
+        (`permissions: {events: {subscribe: [...]}}`) arrive here. Raise
+        `Err(event_handler.Failure_Retry(reason))` to have one delivered
+        again later, `Failure_Reject` never to see it again."""
+        log.log(log.Level.INFO, f"event {event.id} on {event.topic}")
