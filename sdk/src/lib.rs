@@ -47,6 +47,7 @@ pub mod __bindings {
 
 pub mod config;
 pub mod events;
+pub mod services;
 pub mod sql;
 
 use __bindings::ferry::plugin::invocation::Call;
@@ -128,6 +129,8 @@ pub struct Ctx {
     tenant: OnceCell<Option<String>>,
     subject: OnceCell<Option<String>>,
     claims: OnceCell<String>,
+    caller: OnceCell<Option<String>>,
+    trace_id: OnceCell<String>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -157,7 +160,21 @@ impl Ctx {
             tenant: OnceCell::new(),
             subject: OnceCell::new(),
             claims: OnceCell::new(),
+            caller: OnceCell::new(),
+            trace_id: OnceCell::new(),
         }
+    }
+
+    /// The service that called this one through `services`, or `None`
+    /// for a request from outside the host.
+    pub fn caller(&self) -> Option<&str> {
+        self.caller.get_or_init(|| self.call.caller()).as_deref()
+    }
+
+    /// The request's trace id (32 hex digits), the same along a chain of
+    /// calls and in the host's log lines.
+    pub fn trace_id(&self) -> &str {
+        self.trace_id.get_or_init(|| self.call.trace_id())
     }
 
     /// The caller's request id, as JSON text (`42` or `"a-1"`).

@@ -10,6 +10,7 @@ mod generated {
         imports: {
             "ferry:plugin/sql": async | trappable,
             "ferry:plugin/invocation": trappable,
+            "ferry:plugin/services": async,
         },
         with: {
             "ferry:plugin/sql.transaction": crate::capabilities::sql::Transaction,
@@ -43,6 +44,9 @@ pub use generated::ferry::plugin::invocation::{
 };
 pub use generated::ferry::plugin::log::{
     Host as LogHost, Level as LogLevel, add_to_linker as add_log_to_linker,
+};
+pub use generated::ferry::plugin::services::{
+    Host as ServicesHost, Request as ServicesRequest, add_to_linker as add_services_to_linker,
 };
 pub use generated::ferry::plugin::sql::{
     Executed as SqlExecuted, Host as SqlHost, HostTransaction as SqlHostTransaction,

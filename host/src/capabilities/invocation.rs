@@ -9,12 +9,14 @@ use std::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::bindings::{Context, InvocationHost, InvocationHostCall};
+use crate::core::Origin;
 
 /// What a call's plugin may read about it.
 pub struct CallInfo {
     pub ctx: Context,
     /// When the caller stops waiting.
     pub deadline: Instant,
+    pub origin: Origin,
 }
 
 /// The interface's view of the store: the resource table the call lives in.
@@ -66,6 +68,14 @@ impl InvocationHostCall for CallTable<'_> {
             .deadline
             .saturating_duration_since(Instant::now());
         Ok(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn caller(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<Option<String>> {
+        Ok(self.info(&call)?.origin.caller.clone())
+    }
+
+    fn trace_id(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
+        Ok(self.info(&call)?.origin.trace.to_string())
     }
 
     fn drop(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<()> {

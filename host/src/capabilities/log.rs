@@ -88,8 +88,9 @@ pub enum Source {
     Stderr,
 }
 
-/// Writes one line of a plugin's into the host log, within its budget.
-pub fn emit(plugin: &str, budget: &LogBudget, source: Source, text: &str) {
+/// Writes one line of a plugin's into the host log, within its budget;
+/// `trace` is the trace id of the call it was written in, if known.
+pub fn emit(plugin: &str, budget: &LogBudget, source: Source, text: &str, trace: Option<&str>) {
     if !budget.allow() {
         return;
     }
@@ -105,11 +106,11 @@ pub fn emit(plugin: &str, budget: &LogBudget, source: Source, text: &str) {
     }
     let text = clean(truncate(text, MAX_MESSAGE));
     match source {
-        Source::Log(LogLevel::Trace) => tracing::trace!(target: "plugin", plugin, "{text}"),
-        Source::Log(LogLevel::Debug) => tracing::debug!(target: "plugin", plugin, "{text}"),
-        Source::Log(LogLevel::Info) => tracing::info!(target: "plugin", plugin, "{text}"),
-        Source::Log(LogLevel::Warn) => tracing::warn!(target: "plugin", plugin, "{text}"),
-        Source::Log(LogLevel::Error) => tracing::error!(target: "plugin", plugin, "{text}"),
+        Source::Log(LogLevel::Trace) => tracing::trace!(target: "plugin", plugin, trace, "{text}"),
+        Source::Log(LogLevel::Debug) => tracing::debug!(target: "plugin", plugin, trace, "{text}"),
+        Source::Log(LogLevel::Info) => tracing::info!(target: "plugin", plugin, trace, "{text}"),
+        Source::Log(LogLevel::Warn) => tracing::warn!(target: "plugin", plugin, trace, "{text}"),
+        Source::Log(LogLevel::Error) => tracing::error!(target: "plugin", plugin, trace, "{text}"),
         Source::Stdout => tracing::info!(target: "plugin", plugin, stream = "stdout", "{text}"),
         Source::Stderr => tracing::warn!(target: "plugin", plugin, stream = "stderr", "{text}"),
     }
@@ -122,6 +123,8 @@ pub struct PluginLog {
     /// The last error-level message of the current request, quoted when the
     /// request traps (the SDK logs panic messages at error level).
     last_error: Option<String>,
+    /// The trace id of the call being handled.
+    trace: Option<Arc<str>>,
 }
 
 impl PluginLog {
@@ -130,7 +133,13 @@ impl PluginLog {
             plugin,
             budget,
             last_error: None,
+            trace: None,
         }
+    }
+
+    /// Tags what the plugin logs from now on with the call's trace id.
+    pub fn set_trace(&mut self, trace: Arc<str>) {
+        self.trace = Some(trace);
     }
 
     /// Forgets what the previous request logged.
@@ -158,7 +167,13 @@ pub fn truncate(s: &str, max: usize) -> &str {
 impl LogHost for PluginLog {
     fn log(&mut self, level: LogLevel, message: String) {
         let message = truncate(&message, MAX_MESSAGE);
-        emit(&self.plugin, &self.budget, Source::Log(level), message);
+        emit(
+            &self.plugin,
+            &self.budget,
+            Source::Log(level),
+            message,
+            self.trace.as_deref(),
+        );
         if matches!(level, LogLevel::Error) {
             self.last_error = Some(clean(message).into_owned());
         }

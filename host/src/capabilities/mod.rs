@@ -8,5 +8,16 @@ pub mod config;
 pub mod events;
 pub mod invocation;
 pub mod log;
+pub mod services;
 pub mod sql;
 pub mod wasi;
+
+use std::sync::Arc;
+
+/// What the capabilities of every instance share host-wide: the event bus
+/// and the way to other services.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub bus: Arc<crate::resources::bus::Bus>,
+    pub switchboard: Arc<services::Switchboard>,
+}

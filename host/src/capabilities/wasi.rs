@@ -116,7 +116,7 @@ impl LineLog {
             Stream::Stdout => Source::Stdout,
             Stream::Stderr => Source::Stderr,
         };
-        emit(&self.plugin, &self.budget, source, line);
+        emit(&self.plugin, &self.budget, source, line, None);
         self.pending.clear();
     }
 }

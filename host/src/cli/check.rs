@@ -72,7 +72,7 @@ pub async fn check(file: &Path, smoke: Option<&Path>) -> anyhow::Result<ExitCode
     let runtime = Arc::new(Runtime::new(
         None,
         crate::config::MAX_INSTANCES,
-        Arc::default(),
+        Default::default(),
     )?);
     let (plugin, report) = match load_and_start(&runtime, &name, bytes, settings).await? {
         Ok(loaded) => loaded,
@@ -192,6 +192,7 @@ impl SmokeCase {
             },
             deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
             timeout_ms,
+            origin: crate::core::Origin::outside(None),
         };
         let outcome = plugin.call(call).await;
         match (&self.expect, &self.expect_error, outcome) {

@@ -110,7 +110,7 @@ pub async fn deploy(
     let runtime = Arc::new(Runtime::new(
         Some(config.cache_dir()),
         config.max_instances,
-        Arc::default(),
+        Default::default(),
     )?);
     let digest = crate::runtime::digest(&bytes);
     let plugin = match load_and_start(&runtime, &name, bytes.clone(), settings).await? {

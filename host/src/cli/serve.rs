@@ -31,13 +31,22 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     // One bus: plugins publish on it through the runtime, doors and
     // subscriptions reach it through the pipeline.
-    let bus = Arc::new(crate::resources::bus::Bus::default());
+    let shared = crate::capabilities::Shared {
+        bus: Arc::default(),
+        switchboard: Arc::new(crate::capabilities::services::Switchboard::new(
+            config.max_call_depth,
+        )),
+    };
     let runtime = Arc::new(Runtime::new(
         Some(config.cache_dir()),
         config.max_instances,
-        bus.clone(),
+        shared.clone(),
     )?);
-    let pipeline = Arc::new(Pipeline::new(apps, bus));
+    let pipeline = Arc::new(Pipeline::new(apps, shared.clone()));
+    shared
+        .switchboard
+        .connect(Arc::downgrade(&pipeline)
+            as std::sync::Weak<dyn crate::capabilities::services::Dispatch>);
     let shutdown = CancellationToken::new();
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));
     let deployer = Arc::new(Deployer::new(

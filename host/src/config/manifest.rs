@@ -77,6 +77,9 @@ pub struct Permissions {
     /// The application's event bus: topics to publish to, topics to handle.
     #[serde(default)]
     pub events: EventGrants,
+    /// Services of the same application the plugin may call.
+    #[serde(default)]
+    pub calls: Vec<String>,
 }
 
 /// A manifest's `permissions.events`.

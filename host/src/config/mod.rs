@@ -68,6 +68,9 @@ pub struct Config {
     pub max_instances: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
+    /// Calls between services one request may lead to in a chain
+    /// (A → B → C is 2); a deeper call answers `forbidden`.
+    pub max_call_depth: u32,
     /// Applications by name. Without any, one application named `default`
     /// serves every loaded service with no authentication.
     pub apps: BTreeMap<String, AppConfig>,
@@ -90,6 +93,7 @@ impl Default for Config {
             defaults: Limits::default(),
             max_instances: MAX_INSTANCES,
             drain_timeout_ms: 10_000,
+            max_call_depth: 8,
             apps: BTreeMap::new(),
         }
     }
@@ -167,6 +171,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.max_call_depth) {
+            return Err(format!(
+                "max_call_depth must be 1 to 64, not {}",
+                self.max_call_depth
+            ));
+        }
         if !(64..=(64 << 20)).contains(&self.max_frame_bytes) {
             return Err(format!(
                 "max_frame_bytes must be between 64 and 67108864, not {}",

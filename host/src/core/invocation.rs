@@ -2,7 +2,10 @@
 //! the pipeline routes, authenticates and runs it. Nothing after the door
 //! knows which door it was, except through `door` (for logs and metrics).
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use super::Identity;
 
 /// Which door an invocation came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +13,8 @@ pub enum DoorKind {
     /// The main socket or a service's own socket.
     Unix,
     Http,
+    /// A plugin calling another service through `services`.
+    Plugin,
 }
 
 impl DoorKind {
@@ -17,6 +22,7 @@ impl DoorKind {
         match self {
             DoorKind::Unix => "unix",
             DoorKind::Http => "http",
+            DoorKind::Plugin => "plugin",
         }
     }
 }
@@ -59,4 +65,91 @@ pub struct Invocation<'a> {
     pub trusted: bool,
     /// When the door read the request: its deadline counts from here.
     pub received: Instant,
+    /// The trace id the caller sent (32 hex digits), if any.
+    pub trace: Option<&'a str>,
+    /// Set when a plugin makes the call: who it is and what it passes on.
+    pub caller: Option<&'a Caller>,
+}
+
+/// What a plugin's call to another service carries from the request it is
+/// handling: the verified identity unchanged, the deadline, and the chain.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The calling service.
+    pub service: String,
+    pub app: Arc<str>,
+    pub identity: Identity,
+    /// The caller's own deadline: the callee's is never later.
+    pub deadline: Instant,
+    /// Calls on the chain so far: 1 for a call made by a request's handler.
+    pub depth: u32,
+    pub trace: Arc<str>,
+}
+
+/// Where a call came from, as the callee's plugin sees it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The calling service, for a call made by a plugin.
+    pub caller: Option<String>,
+    /// Calls between the outside request and this one.
+    pub depth: u32,
+    pub trace: Arc<str>,
+}
+
+impl Origin {
+    /// The origin of a request from outside, with a fresh trace id unless
+    /// the caller sent a valid one.
+    pub fn outside(trace: Option<&str>) -> Origin {
+        Origin {
+            caller: None,
+            depth: 0,
+            trace: match trace.filter(|t| valid_trace_id(t)) {
+                Some(t) => Arc::from(t),
+                None => new_trace_id(),
+            },
+        }
+    }
+}
+
+/// Whether `id` is a W3C trace id: 32 lowercase hex digits, not all zero.
+pub fn valid_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
+}
+
+/// The trace id of a W3C `traceparent` header
+/// (`00-<trace id>-<parent id>-<flags>`), if it is one.
+pub fn trace_of_traceparent(header: &str) -> Option<&str> {
+    let mut parts = header.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && version != "ff"
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && valid_trace_id(trace))
+    .then_some(trace)
+}
+
+/// A new trace id: unique within the process (a counter) and across
+/// processes (the start time and pid mixed in), without a random source
+/// per request.
+pub fn new_trace_id() -> Arc<str> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        now ^ (u64::from(std::process::id()) << 40) | 1
+    });
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    // A 64-bit mix, so consecutive ids do not look alike.
+    let mut x = n.wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 31;
+    Arc::from(format!("{seed:016x}{x:016x}"))
 }

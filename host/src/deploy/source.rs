@@ -33,6 +33,17 @@ pub fn settings(
             path: manifest_path.to_owned(),
             message,
         })?;
+    if let Some(bad) = manifest
+        .permissions
+        .calls
+        .iter()
+        .find(|s| !valid_service_name(s))
+    {
+        return Err(ConfigError {
+            path: manifest_path.to_owned(),
+            message: format!("permissions.calls: `{bad}` is not a service name"),
+        });
+    }
     Ok(Settings {
         limits,
         config: Arc::new(manifest.config_values()),
@@ -40,6 +51,7 @@ pub fn settings(
         database: manifest.permissions.database,
         publish: Arc::new(manifest.permissions.events.publish),
         subscriptions: Arc::new(subscriptions),
+        calls: Arc::new(manifest.permissions.calls),
     })
 }
 

@@ -42,6 +42,11 @@ pub struct Request<'a> {
     /// The application; without it, the listener's default.
     #[serde(default, borrow)]
     pub app: Option<Cow<'a, str>>,
+    /// A W3C trace id (32 lowercase hex digits) to carry through every
+    /// call the request leads to; without it (or when it is not one), the
+    /// host makes one.
+    #[serde(default, borrow)]
+    pub trace: Option<Cow<'a, str>>,
 }
 
 /// A frame that is not a valid request, with the id (as JSON text) when
@@ -132,6 +137,8 @@ impl<'a> Request<'a> {
             timeout_ms: self.timeout_ms,
             trusted,
             received,
+            trace: self.trace.as_deref(),
+            caller: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use std::collections::BTreeMap;
 
+use crate::capabilities::services::PairCounts;
 use crate::pipeline::Pipeline;
 use crate::pipeline::SubscriptionStatus;
 use crate::resources::bus::TopicCounts;
@@ -257,12 +258,45 @@ impl Collector for Subscriptions {
     }
 }
 
+/// Calls between services, per caller and callee, read at scrape time.
+#[derive(Debug)]
+struct Calls(Vec<(String, String, PairCounts)>);
+
+impl Collector for Calls {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Reading = fn(&PairCounts) -> u64;
+        let counters: [(&str, &str, Reading); 2] = [
+            (
+                "ferry_service_calls",
+                "Calls a plugin made to another service.",
+                |c| c.calls,
+            ),
+            (
+                "ferry_service_call_errors",
+                "Of those calls, the ones answered with an error.",
+                |c| c.errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (caller, callee, counts) in &self.0 {
+                let labels = [("caller", caller.as_str()), ("callee", callee.as_str())];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&value(counts), None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The exposition of every loaded plugin's metrics.
 pub fn render(pipeline: &Pipeline) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Plugins(pipeline.table().plugins())));
     registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
     registry.register_collector(Box::new(Subscriptions(pipeline.subscriptions())));
+    registry.register_collector(Box::new(Calls(pipeline.call_pairs())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

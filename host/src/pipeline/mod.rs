@@ -20,7 +20,9 @@ pub use apps::{App, Apps, Auth};
 pub use subscriptions::SubscriptionStatus;
 pub use table::{Rejection, Table};
 
-use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Route};
+use crate::capabilities::Shared;
+use crate::capabilities::services::{Dispatch, Nested, PairCounts, Switchboard};
+use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Origin, Route};
 use crate::resources::bus::Bus;
 use crate::runtime::{Call, Context, Plugin, Work};
 
@@ -30,16 +32,19 @@ pub struct Pipeline {
     bus: Arc<Bus>,
     /// The plugins' subscriptions on the bus.
     subscriptions: subscriptions::Subscriptions,
+    /// Calls between services, counted per pair.
+    switchboard: Arc<Switchboard>,
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
 }
 
 impl Pipeline {
-    pub fn new(apps: Apps, bus: Arc<Bus>) -> Pipeline {
+    pub fn new(apps: Apps, shared: Shared) -> Pipeline {
         Pipeline {
             table: Table::default(),
-            bus,
+            bus: shared.bus,
+            switchboard: shared.switchboard,
             subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
         }
@@ -92,6 +97,11 @@ impl Pipeline {
             }
         }
         Ok(app)
+    }
+
+    /// Calls per (caller, callee).
+    pub fn call_pairs(&self) -> Vec<(String, String, PairCounts)> {
+        self.switchboard.pairs()
     }
 
     pub fn apps(&self) -> Arc<Apps> {
@@ -167,9 +177,20 @@ impl Pipeline {
                 )
             }
         })?;
-        let identity = authenticate(app, &plugin, inv)?;
-        let tenant = tenancy(identity.as_ref(), inv.tenant)?;
-        let timeout_ms = match inv.timeout_ms {
+        let (identity, tenant) = match inv.caller {
+            // A plugin's call: the identity its request was verified with,
+            // unchanged.
+            Some(caller) => (
+                Some(caller.identity.clone()),
+                caller.identity.tenant.clone(),
+            ),
+            None => {
+                let identity = authenticate(app, &plugin, inv)?;
+                let tenant = tenancy(identity.as_ref(), inv.tenant)?;
+                (identity, tenant)
+            }
+        };
+        let mut timeout_ms = match inv.timeout_ms {
             Some(0) => {
                 return Err(ErrorBody::new(
                     ErrorCode::BadRequest,
@@ -178,6 +199,25 @@ impl Pipeline {
             }
             Some(asked) => asked.min(plugin.limits().timeout_ms),
             None => plugin.limits().timeout_ms,
+        };
+        let mut deadline = inv.received + Duration::from_millis(timeout_ms);
+        let origin = match inv.caller {
+            Some(caller) => {
+                // Never later than the caller's own deadline.
+                if caller.deadline < deadline {
+                    deadline = caller.deadline;
+                    timeout_ms = caller
+                        .deadline
+                        .saturating_duration_since(inv.received)
+                        .as_millis() as u64;
+                }
+                Origin {
+                    caller: Some(caller.service.clone()),
+                    depth: caller.depth,
+                    trace: caller.trace.clone(),
+                }
+            }
+            None => Origin::outside(inv.trace),
         };
         let (subject, claims) = match identity {
             Some(Identity {
@@ -201,10 +241,43 @@ impl Pipeline {
                 action: inv.action,
                 params: inv.params,
             },
-            deadline: inv.received + Duration::from_millis(timeout_ms),
+            deadline,
             timeout_ms,
+            origin,
         };
         Ok((plugin, call))
+    }
+}
+
+/// A plugin's call: the caller's application, identity, deadline and
+/// trace, through the same checks and limits as every other door.
+impl Dispatch for Pipeline {
+    fn dispatch(
+        &self,
+        call: Nested,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, ErrorBody>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let inv = Invocation {
+                door: crate::core::DoorKind::Plugin,
+                route: Route::Named {
+                    app: Some(&call.caller.app),
+                    default: None,
+                },
+                service: &call.service,
+                action: &call.action,
+                params: &call.params,
+                request_id: &call.request_id,
+                token: None,
+                tenant: None,
+                timeout_ms: call.timeout_ms,
+                trusted: true,
+                received: std::time::Instant::now(),
+                trace: None,
+                caller: Some(&call.caller),
+            };
+            self.invoke(&inv).await
+        })
     }
 }
 

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use crate::capabilities::bindings::WitEvent;
 use crate::config::{Delivery, Subscription};
+use crate::core::Origin;
 use crate::resources::bus::{Event, Kind, Subscriber};
 use crate::runtime::{Call, CallError, Context, Work};
 
@@ -366,6 +367,7 @@ impl Delivering {
             work: Work::Event(&wit),
             deadline: Instant::now() + Duration::from_millis(timeout_ms),
             timeout_ms,
+            origin: Origin::outside(None),
         };
         plugin.call(call).await.map(drop)
     }

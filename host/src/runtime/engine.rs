@@ -15,12 +15,13 @@ use super::idle::Instances;
 use super::plugin::{Plugin, Settings};
 use super::pool::EntryIndices;
 use super::state::StoreState;
+use crate::capabilities::Shared;
 use crate::capabilities::bindings::{
     CallHandlerIndices, EventHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
-    add_events_to_linker, add_invocation_to_linker, add_log_to_linker, add_sql_to_linker,
+    add_events_to_linker, add_invocation_to_linker, add_log_to_linker, add_services_to_linker,
+    add_sql_to_linker,
 };
 use crate::config::MAX_MEMORY_MB;
-use crate::resources::bus::Bus;
 
 /// How often the epoch advances. A running plugin yields to the scheduler at
 /// every tick, so a deadline is enforced within about one tick, and a ready
@@ -63,8 +64,8 @@ pub struct Runtime {
     /// Every version's idle instances.
     instances: Arc<Instances>,
     linker: Linker<StoreState>,
-    /// The bus plugins publish on.
-    bus: Arc<Bus>,
+    /// The bus plugins publish on, and the way to other services.
+    shared: Shared,
     cache: cache::CodeCache,
     pooling: bool,
     stop_ticker: Arc<AtomicBool>,
@@ -77,7 +78,7 @@ impl Runtime {
     pub fn new(
         cache_dir: Option<PathBuf>,
         max_instances: u32,
-        bus: Arc<Bus>,
+        shared: Shared,
     ) -> anyhow::Result<Runtime> {
         let (engine, pooling) = match Engine::new(&engine_config(Some(max_instances))) {
             Ok(engine) => (engine, true),
@@ -105,6 +106,9 @@ impl Runtime {
         add_events_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| {
             &mut s.events
         })?;
+        add_services_to_linker::<StoreState, HasSelf<_>>(&mut linker, |s: &mut StoreState| {
+            &mut s.services
+        })?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
@@ -122,7 +126,7 @@ impl Runtime {
             cache: cache::CodeCache::new(&engine, cache_dir),
             engine,
             linker,
-            bus,
+            shared,
             pooling,
             stop_ticker,
         })
@@ -180,7 +184,7 @@ impl Runtime {
             settings,
             digest,
             self.instances.clone(),
-            self.bus.clone(),
+            self.shared.clone(),
         );
         Ok((plugin, report))
     }

@@ -25,10 +25,11 @@ use super::pool::EntryIndices;
 use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
+use crate::capabilities::Shared;
 use crate::capabilities::bindings::{Context, EventHandlerIndices, HealthIndices, WitEvent};
 use crate::capabilities::log::LogBudget;
 use crate::config::{Limits, Subscription};
-use crate::resources::bus::Bus;
+use crate::core::Origin as CallOrigin;
 use crate::resources::database::Database;
 
 /// Longest trap description passed on to a caller.
@@ -49,6 +50,8 @@ pub struct Settings {
     pub publish: Arc<Vec<String>>,
     /// What its `event-handler` is delivered.
     pub subscriptions: Arc<Vec<Subscription>>,
+    /// Services it may call.
+    pub calls: Arc<Vec<String>>,
 }
 
 /// What a call asks of the plugin.
@@ -72,6 +75,8 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// The timeout the deadline was computed from, for error messages.
     pub timeout_ms: u64,
+    /// Who made the call, and its trace.
+    pub origin: CallOrigin,
 }
 
 pub struct Plugin {
@@ -91,8 +96,9 @@ pub struct Plugin {
     pub(super) log_budget: Arc<LogBudget>,
     /// Every version's idle instances, to free a slot when none is left.
     pub(super) instances: Arc<Instances>,
-    /// The bus its `events` import publishes on.
-    pub(super) bus: Arc<Bus>,
+    /// The bus its `events` import publishes on, and the way to other
+    /// services.
+    pub(super) shared: Shared,
     pub(super) circuit: Circuit,
     /// Wakes the supervisor when the circuit opens.
     pub(super) circuit_opened: Notify,
@@ -116,7 +122,7 @@ impl Plugin {
         settings: Settings,
         digest: String,
         instances: Arc<Instances>,
-        bus: Arc<Bus>,
+        shared: Shared,
     ) -> Self {
         let idle = Arc::new(IdlePool::new(
             Duration::from_millis(settings.limits.idle_ttl_ms),
@@ -143,7 +149,7 @@ impl Plugin {
             idle,
             log_budget,
             instances,
-            bus,
+            shared,
             retired: watch::Sender::new(false),
             loaded_at: SystemTime::now(),
             deployment: None,
@@ -313,6 +319,7 @@ impl Plugin {
             work,
             deadline,
             timeout_ms,
+            origin,
         } = call;
         let _permit = self.admit(deadline).await?;
         let _in_flight = Gauge::enter(&self.stats.in_flight);
@@ -327,6 +334,12 @@ impl Plugin {
         warm.store.data_mut().events.begin_call(app.clone());
         warm.store
             .data_mut()
+            .services
+            .begin_call(&self.name, &app, &ctx, deadline, &origin);
+        warm.store.data_mut().log.set_trace(origin.trace.clone());
+        let origin_trace = origin.trace.clone();
+        warm.store
+            .data_mut()
             .sql
             .begin_request(app, database, deadline);
         // An instance that sat idle across epoch ticks would otherwise yield
@@ -337,16 +350,20 @@ impl Plugin {
             .as_millis() as u64;
 
         let outcome =
-            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, work)).await;
+            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, origin, work))
+                .await;
 
         // Every path below that does not return `warm` to the pool drops it,
         // which is how a failed instance is thrown away.
         match outcome {
             Err(_elapsed) => {
-                tracing::warn!(plugin = %self.name, timeout_ms, "request timed out; instance discarded");
+                tracing::warn!(plugin = %self.name, timeout_ms, trace = %origin_trace, "request timed out; instance discarded");
                 Err(self.timeout(timeout_ms))
             }
-            Ok(Err(trap)) => Err(self.trap(trap, warm.store.data())),
+            Ok(Err(trap)) => {
+                tracing::debug!(plugin = %self.name, trace = %origin_trace, "the call trapped");
+                Err(self.trap(trap, warm.store.data()))
+            }
             Ok(Ok(Err(e))) => {
                 self.release(warm);
                 Err(CallError::Plugin {

@@ -18,6 +18,7 @@ use crate::capabilities::bindings::{
     WitError, WitFailure,
 };
 use crate::capabilities::invocation::CallInfo;
+use crate::core::Origin;
 
 /// The engine had no free instance slot.
 pub(super) struct Exhausted(String);
@@ -55,6 +56,7 @@ impl Warm {
         &mut self,
         ctx: Context,
         deadline: Instant,
+        origin: Origin,
         work: Work<'_>,
     ) -> wasmtime::Result<Result<String, WitError>> {
         let Warm {
@@ -89,7 +91,11 @@ impl Warm {
         match entry {
             Entry::Handler(guest) => guest.call_handle(&mut *store, &ctx, action, params).await,
             Entry::Call(guest) => {
-                let call = store.data_mut().table.push(CallInfo { ctx, deadline })?;
+                let call = store.data_mut().table.push(CallInfo {
+                    ctx,
+                    deadline,
+                    origin,
+                })?;
                 let borrowed = Resource::<CallInfo>::new_borrow(call.rep());
                 let outcome = guest
                     .call_handle(&mut *store, borrowed, action, params)
@@ -161,7 +167,7 @@ impl Plugin {
                 memory_bytes,
                 &self.settings,
                 &self.log_budget,
-                &self.bus,
+                &self.shared,
             ),
         );
         store.limiter(|s| &mut s.limiter);

@@ -8,13 +8,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::plugin::Settings;
+use crate::capabilities::Shared;
 use crate::capabilities::config::PluginConfig;
 use crate::capabilities::events::EventsState;
 use crate::capabilities::invocation::CallTable;
 use crate::capabilities::log::{LogBudget, PluginLog};
+use crate::capabilities::services::ServicesState;
 use crate::capabilities::sql::{SqlState, SqlView};
 use crate::capabilities::wasi;
-use crate::resources::bus::Bus;
 
 /// Everything one instance owns. Each WIT interface's state is a field,
 /// reached from the linker through a projection.
@@ -26,6 +27,7 @@ pub struct StoreState {
     pub sql: SqlState,
     pub config: PluginConfig,
     pub events: EventsState,
+    pub services: ServicesState,
 }
 
 impl StoreState {
@@ -34,7 +36,7 @@ impl StoreState {
         memory_bytes: usize,
         settings: &Settings,
         log_budget: &Arc<LogBudget>,
-        bus: &Arc<Bus>,
+        shared: &Shared,
     ) -> Self {
         StoreState {
             wasi: wasi::sandbox(plugin, log_budget),
@@ -43,7 +45,12 @@ impl StoreState {
             log: PluginLog::new(plugin.clone(), log_budget.clone()),
             sql: SqlState::new(plugin.clone(), settings.database),
             config: PluginConfig::new(settings.config.clone()),
-            events: EventsState::new(plugin.clone(), bus.clone(), settings.publish.clone()),
+            events: EventsState::new(plugin.clone(), shared.bus.clone(), settings.publish.clone()),
+            services: ServicesState::new(
+                plugin.clone(),
+                settings.calls.clone(),
+                shared.switchboard.clone(),
+            ),
         }
     }
 

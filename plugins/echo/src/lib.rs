@@ -5,6 +5,11 @@
 //! `2`: the deployment tests swap between the two builds); `publish`
 //! publishes `{topic, payload}` on the bus.
 //!
+//! `context` answers who called and with what identity, trace and time
+//! left; `spin` keeps the instance busy for `ms` milliseconds; `relay`
+//! calls other services (`calls`, one after the other, or all at once with
+//! `many: true`) and answers their outcomes.
+//!
 //! Events it is subscribed to are published again on `seen.echo`, with
 //! what the delivery said (topic, id, seq, attempt, subscription, app), so
 //! a consumer can watch them arrive; a payload with `retry_until: N` is
@@ -15,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use ferry_sdk::events::{Event, Failure};
+use ferry_sdk::services::{self, Request};
 use ferry_sdk::{Ctx, Error};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -139,4 +145,85 @@ fn on_event(e: &Event) -> Result<(), Failure> {
     Ok(())
 }
 
-ferry_sdk::service!(events = on_event; echo, params, sum, config, version, publish);
+#[derive(Serialize)]
+struct Context<'a> {
+    service: &'a str,
+    caller: Option<&'a str>,
+    trace_id: &'a str,
+    app: &'a str,
+    tenant: Option<&'a str>,
+    subject: Option<&'a str>,
+    claims: Value,
+    request_id: &'a str,
+    time_left_ms: u128,
+}
+
+fn context(ctx: &Ctx, _: Value) -> Result<Context<'_>, Error> {
+    Ok(Context {
+        service: ctx.service(),
+        caller: ctx.caller(),
+        trace_id: ctx.trace_id(),
+        app: ctx.app(),
+        tenant: ctx.tenant(),
+        subject: ctx.subject(),
+        claims: ctx.claims()?,
+        request_id: ctx.request_id(),
+        time_left_ms: ctx.time_left().as_millis(),
+    })
+}
+
+#[derive(Deserialize)]
+struct Spin {
+    ms: u64,
+}
+
+fn spin(_: &Ctx, p: Spin) -> Result<Value, Error> {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(p.ms);
+    while std::time::Instant::now() < until {}
+    Ok(serde_json::json!({"spun_ms": p.ms}))
+}
+
+#[derive(Deserialize)]
+struct CallSpec {
+    service: String,
+    action: String,
+    #[serde(default)]
+    params: Value,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Relay {
+    calls: Vec<CallSpec>,
+    #[serde(default)]
+    many: bool,
+}
+
+fn relay(ctx: &Ctx, p: Relay) -> Result<Value, Error> {
+    let requests: Vec<Request> = p
+        .calls
+        .iter()
+        .map(|c| {
+            let request = Request::json(&c.service, &c.action, c.params.to_string());
+            match c.timeout_ms {
+                Some(ms) => request.timeout_ms(ms),
+                None => request,
+            }
+        })
+        .collect();
+    let outcomes = if p.many {
+        services::call_many(&requests)
+    } else {
+        requests.into_iter().map(services::call_json).collect()
+    };
+    let outcomes: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Ok(text) => serde_json::json!({"result": serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)}),
+            Err(e) => serde_json::json!({"error": {"code": e.code(), "message": e.message()}}),
+        })
+        .collect();
+    Ok(serde_json::json!({"by": ctx.service(), "outcomes": outcomes}))
+}
+
+ferry_sdk::service!(events = on_event; echo, params, sum, config, version, publish, context, spin, relay);

@@ -88,6 +88,7 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
+    let trace = trace_for(&parts.headers);
     let outcome = async {
         let (service, action) = service_and_action(parts.uri.path())?;
         let body = read_body(&parts.headers, body, state.max_body, gateway.body_timeout).await?;
@@ -139,17 +140,39 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
             timeout_ms,
             trusted: false,
             received,
+            trace: Some(&trace),
+            caller: None,
         };
         state.pipeline.invoke(&invocation).await.map_err(HttpError)
     }
     .await;
-    match outcome {
+    let response = match outcome {
         Ok(result) => json_response(StatusCode::OK, result),
         Err(error) => {
             log_failure(parts.uri.path(), &error.0);
             axum::response::IntoResponse::into_response(error)
         }
+    };
+    with_traceparent(response, &trace)
+}
+
+/// The trace id of the request's `traceparent` header, or a new one.
+fn trace_for(headers: &axum::http::HeaderMap) -> std::sync::Arc<str> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::core::invocation::trace_of_traceparent)
+        .map(std::sync::Arc::from)
+        .unwrap_or_else(crate::core::invocation::new_trace_id)
+}
+
+/// Answers the request's trace in a `traceparent` header of its own span.
+fn with_traceparent(mut response: Response, trace: &str) -> Response {
+    let span = &crate::core::invocation::new_trace_id()[16..];
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("00-{trace}-{span}-01")) {
+        response.headers_mut().insert("traceparent", value);
     }
+    response
 }
 
 /// `POST /v1/rpc`: the socket envelope over HTTP, answered with the socket's
@@ -160,6 +183,7 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
+    let header_trace = trace_for(headers);
     let read = async {
         let body = read_body(headers, body, state.max_body, gateway.body_timeout).await?;
         let bearer = bearer_token(headers)?;
@@ -193,7 +217,12 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
                 envelope::error_frame(bad.id, &error),
             )
         }
-        Ok(request) => match run_envelope(state, &request, host(headers), received).await {
+        Ok(mut request) => match {
+            if request.trace.is_none() {
+                request.trace = Some(std::borrow::Cow::Borrowed(&*header_trace));
+            }
+            run_envelope(state, &request, host(headers), received).await
+        } {
             Ok(result) => (
                 StatusCode::OK,
                 None,
@@ -210,11 +239,12 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
         },
     };
     // The same bytes as on a socket, without the length prefix.
-    with_retry_after(
+    let response = with_retry_after(
         status,
         retry_after_ms,
         json_response(status, Bytes::from(frame).slice(4..)),
-    )
+    );
+    with_traceparent(response, &header_trace)
 }
 
 /// Runs a parsed envelope that came over HTTP: the `Host` header picks the
