@@ -271,7 +271,8 @@ async fn a_caller_out_of_time_cancels_its_calls_and_a_cycle_under_saturation_end
     let mut tasks = Vec::new();
     for i in 0..6 {
         let path = ferry.socket.clone();
-        let params = ping_pong(5);
+        // a → b → a → b → a → b.spin
+        let params = ping_pong(4);
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(&path).await;
             let started = Instant::now();

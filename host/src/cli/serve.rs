@@ -133,9 +133,24 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     pipeline.stop_subscriptions();
     drop(watcher);
     let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
-    if tokio::time::timeout(drain, doors.finish()).await.is_err() {
+    let tracker = pipeline.tracker().clone();
+    let finish = async {
+        doors.finish().await;
+        // Accepted asynchronous requests are owed their answers too.
+        tracker.idle().await;
+    };
+    if tokio::time::timeout(drain, finish).await.is_err() {
         tracing::warn!("requests still running after {drain:?}; exiting anyway");
     }
+    let owed = tracker.status();
+    tracing::info!(
+        accepted = owed.accepted,
+        delivered = owed.delivered,
+        timed_out = owed.timed_out,
+        failed_deliveries = owed.failed_deliveries,
+        still_tracked = owed.tracked,
+        "asynchronous requests over the host's life"
+    );
     let tally = &doors.tally;
     let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(

@@ -24,6 +24,12 @@ pub struct AppConfig {
     /// application's bus, once its auth let them in.
     #[serde(default)]
     pub events: AppEvents,
+    /// Where asynchronous requests may ask their answer to be sent
+    /// (`reply_to`): patterns of `unix:/path` and `http://host:port/path`
+    /// hooks, `*` matching any run of characters. None by default, since a
+    /// hook makes the host connect somewhere.
+    #[serde(default)]
+    pub reply_hooks: Vec<String>,
 }
 
 /// An application's `events`: topic patterns outside callers may publish

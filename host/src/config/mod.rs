@@ -276,6 +276,15 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("apps.{name}.database: {e}"))?;
             app.events.validate(name)?;
+            if let Some(bad) = app
+                .reply_hooks
+                .iter()
+                .find(|p| !(p.starts_with("unix:/") || p.starts_with("http://")))
+            {
+                return Err(format!(
+                    "apps.{name}.reply_hooks: `{bad}` must start with `unix:/` or `http://`"
+                ));
+            }
         }
         if let Some(app) = &self.socket.app {
             let known = if self.apps.is_empty() {

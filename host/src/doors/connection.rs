@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::Tally;
 use super::envelope::{self, Request};
 use super::framing::{FrameError, FrameReader};
+use super::replies;
 use super::unix::{ConnectionLimits, Listening};
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Route};
 use crate::pipeline::Pipeline;
@@ -137,21 +138,50 @@ async fn hung_up(stream: &UnixStream) {
 /// Handles one frame and puts its response in the outbox. Never fails:
 /// every problem becomes an error response.
 async fn answer(
-    pipeline: &Pipeline,
+    pipeline: &Arc<Pipeline>,
     frame: &[u8],
     listening: &Listening,
     outbox: &Outbox,
     slot: OwnedSemaphorePermit,
 ) {
     let received = Instant::now();
+    let arrival = || replies::Arrival {
+        door: DoorKind::Unix,
+        service: listening.service.as_deref().map(str::to_owned),
+        default_app: listening.app.as_deref().map(str::to_owned),
+        host: None,
+        trusted: listening.trusted,
+        received,
+    };
     let request = match Request::parse(frame) {
         Ok(request) => request,
+        // Looked for only when the frame is not a plain request, so plain
+        // requests pay nothing for batches.
+        Err(_) if replies::is_batch(frame) => {
+            match replies::run_batch(pipeline, frame, &arrival()).await {
+                Ok(response) => outbox.push(Some(slot), |out| out.extend_from_slice(&response)),
+                Err((id, error)) => {
+                    outbox.push(Some(slot), |out| envelope::write_error(out, &id, &error))
+                }
+            }
+            return;
+        }
         Err(bad) => {
             let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
             outbox.push(Some(slot), |out| envelope::write_error(out, bad.id, &error));
             return;
         }
     };
+    if request.reply_to.is_some() {
+        match replies::accept(pipeline, &request, frame, arrival()) {
+            Ok(response) => outbox.push(Some(slot), |out| out.extend_from_slice(&response)),
+            Err(error) => {
+                let id = request.id();
+                outbox.push(Some(slot), |out| envelope::write_error(out, id, &error));
+            }
+        }
+        return;
+    }
     let result = match request.service(listening.service.as_deref()) {
         Err(e) => Err(e),
         Ok(service) => {

@@ -47,6 +47,10 @@ pub struct Request<'a> {
     /// host makes one.
     #[serde(default, borrow)]
     pub trace: Option<Cow<'a, str>>,
+    /// Answer at once with `accepted`, and send the response here later:
+    /// `unix:/path/to.sock` or `http://host:port/path`.
+    #[serde(default, borrow)]
+    pub reply_to: Option<Cow<'a, str>>,
 }
 
 /// A frame that is not a valid request, with the id (as JSON text) when

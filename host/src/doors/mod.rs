@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod events;
 pub mod framing;
 pub mod http;
+pub mod replies;
 pub mod unix;
 
 use std::collections::HashMap;

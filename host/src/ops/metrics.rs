@@ -297,6 +297,45 @@ pub fn render(pipeline: &Pipeline) -> String {
     registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
     registry.register_collector(Box::new(Subscriptions(pipeline.subscriptions())));
     registry.register_collector(Box::new(Calls(pipeline.call_pairs())));
+    let owed = pipeline.tracker().status();
+    for (name, help, value) in [
+        (
+            "ferry_async_requests_accepted",
+            "Asynchronous requests accepted.",
+            owed.accepted,
+        ),
+        (
+            "ferry_async_requests_delivered",
+            "Answers delivered to their hooks.",
+            owed.delivered,
+        ),
+        (
+            "ferry_async_requests_timed_out",
+            "Asynchronous requests answered `timeout`.",
+            owed.timed_out,
+        ),
+        (
+            "ferry_async_delivery_retries",
+            "Deliveries to a hook tried again.",
+            owed.retried,
+        ),
+        (
+            "ferry_async_delivery_failures",
+            "Answers no attempt could deliver.",
+            owed.failed_deliveries,
+        ),
+    ] {
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+    let tracked = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    tracked.set(owed.tracked as i64);
+    registry.register(
+        "ferry_async_requests_tracked",
+        "Asynchronous requests still owed an answer.",
+        tracked,
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

@@ -77,6 +77,7 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
         "apps": pipeline.apps().describe(),
         "events": pipeline.bus().describe(),
         "subscriptions": pipeline.subscriptions(),
+        "async_requests": pipeline.tracker().status(),
         "calls": pipeline.call_pairs().into_iter().map(|(caller, callee, c)| json!({
             "caller": caller, "callee": callee, "calls": c.calls, "errors": c.errors,
         })).collect::<Vec<_>>(),

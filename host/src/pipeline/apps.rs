@@ -32,6 +32,8 @@ pub struct App {
     pub database: Option<Arc<Database>>,
     /// What outside callers may publish and subscribe to.
     pub events: AppEvents,
+    /// Patterns of the response hooks asynchronous requests may name.
+    pub reply_hooks: Vec<String>,
 }
 
 impl App {
@@ -43,6 +45,13 @@ impl App {
     /// absence is an outage, not a typo).
     pub fn lists(&self, service: &str) -> bool {
         self.services.as_ref().is_some_and(|s| s.contains(service))
+    }
+
+    /// Whether an asynchronous request may ask for its answer at `hook`.
+    pub fn allows_hook(&self, hook: &str) -> bool {
+        self.reply_hooks
+            .iter()
+            .any(|p| crate::resources::hooks::glob_matches(p, hook))
     }
 
     /// Whether an outside caller may publish to `topic`.
@@ -102,6 +111,7 @@ impl Apps {
                 auth: Auth::Open,
                 database: open(DEFAULT_APP, &DatabaseConfig::default())?,
                 events: AppEvents::default(),
+                reply_hooks: Vec::new(),
             });
             return Ok(Apps {
                 by_name: BTreeMap::from([(DEFAULT_APP.to_owned(), app.clone())]),
@@ -127,6 +137,7 @@ impl Apps {
                 auth,
                 database: open(name, &app.database)?,
                 events: app.events.clone(),
+                reply_hooks: app.reply_hooks.clone(),
             });
             for host in hosts {
                 by_host.insert(host, entry.clone());

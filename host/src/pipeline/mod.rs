@@ -24,6 +24,7 @@ use crate::capabilities::Shared;
 use crate::capabilities::services::{Dispatch, Nested, PairCounts, Switchboard};
 use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Origin, Route};
 use crate::resources::bus::Bus;
+use crate::resources::hooks::{Hook, Tracker};
 use crate::runtime::{Call, Context, Plugin, Work};
 
 pub struct Pipeline {
@@ -34,6 +35,8 @@ pub struct Pipeline {
     subscriptions: subscriptions::Subscriptions,
     /// Calls between services, counted per pair.
     switchboard: Arc<Switchboard>,
+    /// Asynchronous requests still owed an answer.
+    tracker: Arc<Tracker>,
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
@@ -45,6 +48,7 @@ impl Pipeline {
             table: Table::default(),
             bus: shared.bus,
             switchboard: shared.switchboard,
+            tracker: Arc::default(),
             subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
         }
@@ -97,6 +101,33 @@ impl Pipeline {
             }
         }
         Ok(app)
+    }
+
+    /// Asynchronous requests: accepted, delivered, still tracked.
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// Checks an asynchronous request before it is accepted: everything a
+    /// request is checked for before it reaches a plugin, and that its
+    /// application lets it name `reply_to` as its hook.
+    pub fn accept_async(&self, inv: &Invocation<'_>, reply_to: &str) -> Result<Hook, ErrorBody> {
+        let hook = Hook::parse(reply_to).map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e))?;
+        {
+            let apps = self.apps.load();
+            let app = route(&apps, inv.route)?;
+            if !app.allows_hook(reply_to) {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "application `{}` does not allow the response hook `{reply_to}` (its `reply_hooks`)",
+                        app.name
+                    ),
+                ));
+            }
+        }
+        self.prepare(inv)?;
+        Ok(hook)
     }
 
     /// Calls per (caller, callee).

@@ -3,3 +3,4 @@
 
 pub mod bus;
 pub mod database;
+pub mod hooks;

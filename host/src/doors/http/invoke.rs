@@ -217,6 +217,17 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
                 envelope::error_frame(bad.id, &error),
             )
         }
+        Ok(request) if request.reply_to.is_some() => {
+            let arrival = arrival(headers, received);
+            match crate::doors::replies::accept(&state.pipeline, &request, &body, arrival) {
+                Ok(frame) => (StatusCode::ACCEPTED, None, frame),
+                Err(error) => (
+                    status_for(&error.code),
+                    error.retry_after_ms,
+                    envelope::error_frame(request.id(), &error),
+                ),
+            }
+        }
         Ok(mut request) => match {
             if request.trace.is_none() {
                 request.trace = Some(std::borrow::Cow::Borrowed(&*header_trace));
@@ -245,6 +256,58 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
         json_response(status, Bytes::from(frame).slice(4..)),
     );
     with_traceparent(response, &header_trace)
+}
+
+/// Where an HTTP request came from, for asynchronous requests and batches.
+fn arrival(headers: &axum::http::HeaderMap, received: Instant) -> crate::doors::replies::Arrival {
+    crate::doors::replies::Arrival {
+        door: DoorKind::Http,
+        service: None,
+        default_app: None,
+        host: host(headers).map(str::to_owned),
+        trusted: false,
+        received,
+    }
+}
+
+/// `POST /v1/batch`: `{"batch": {NAME: request envelope without id},
+/// "timeout_ms"?}`, run at once and answered by name in one envelope. A
+/// token in `Authorization: Bearer` applies to every request that has
+/// none of its own.
+pub async fn batch(State(gateway): State<Gateway>, request: HttpRequest) -> Response {
+    let state = &gateway.state;
+    let _counted = Counted::new(&state.tally);
+    let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let read = async {
+        let body = read_body(headers, body, state.max_body, gateway.body_timeout).await?;
+        let bearer = bearer_token(headers)?.map(str::to_owned);
+        Ok::<_, HttpError>((body, bearer))
+    }
+    .await;
+    let (body, bearer) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            log_failure(parts.uri.path(), &error.0);
+            return axum::response::IntoResponse::into_response(error);
+        }
+    };
+    let frame = match bearer {
+        Some(token) => crate::doors::replies::with_token(&body, &token),
+        None => body.to_vec(),
+    };
+    let (status, frame) = match crate::doors::replies::run_batch(
+        &state.pipeline,
+        &frame,
+        &arrival(headers, received),
+    )
+    .await
+    {
+        Ok(frame) => (StatusCode::OK, frame),
+        Err((id, error)) => (status_for(&error.code), envelope::error_frame(&id, &error)),
+    };
+    json_response(status, Bytes::from(frame).slice(4..))
 }
 
 /// Runs a parsed envelope that came over HTTP: the `Host` header picks the

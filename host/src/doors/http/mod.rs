@@ -53,6 +53,7 @@ pub(super) struct Gateway {
 pub fn app(state: HttpState, body_timeout: Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/rpc", post(invoke::rpc))
+        .route("/v1/batch", post(invoke::batch))
         .route("/v1/events/{topic}", post(invoke::publish))
         .route("/v1/{service}/{action}", post(invoke::call))
         .route("/healthz", get(ops::healthz))
