@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The pinned Python and JavaScript plugin toolchains (componentize-py,
 # componentize-js) are installed here on first use.
 export FERRY_TOOLS ?= $(CURDIR)/.tools
-RUST_PLUGINS := echo faulty todo
+RUST_PLUGINS := echo faulty todo orders
 PLUGINS := $(RUST_PLUGINS) hello-py hello-js
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
@@ -24,7 +24,7 @@ test: plugins host
 ## Benchmarks: socket and HTTP echo, and todo.get on each database engine,
 ## Ferry against native servers, in one run each; and the plugin languages.
 bench: plugins host wrk
-	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages --bench events
+	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages --bench events --bench calls
 
 ## Build the example plugins (Rust, Python, JavaScript) into deploy/.
 plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm

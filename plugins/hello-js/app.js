@@ -5,7 +5,8 @@
 // as the Rust `echo`), `whoami` the caller's subject and tenant, `visit`
 // counts the tenant's visits in the application's database (the manifest
 // grants it), `boom` throws, to show that an exception becomes
-// `plugin_trap`, and `publish` publishes `{topic, payload}` on the bus.
+// `plugin_trap`, `publish` publishes `{topic, payload}` on the bus, and
+// `call` calls `{service, action, params}` and answers `{answer}`.
 //
 // Events it is subscribed to (`permissions.events.subscribe` in its
 // manifest) are published again on `seen.hello-js` with what the delivery
@@ -17,6 +18,7 @@
 import { log } from 'ferry:plugin/log@0.1.2';
 import { execute, query } from 'ferry:plugin/sql@0.1.2';
 import { publish } from 'ferry:plugin/events@0.1.2';
+import { call } from 'ferry:plugin/services@0.1.2';
 
 // An error for the caller: thrown as `{code, message}`, it becomes the
 // `error` of the response.
@@ -71,6 +73,18 @@ const actions = {
 
   publish(ctx, params) {
     return { event_id: publish(params.topic, JSON.stringify(params.payload)) };
+  },
+
+  // Calls another service (the manifest must list it under
+  // `permissions.calls`) and answers what it answered.
+  call(ctx, params) {
+    const answer = call({
+      service: params.service,
+      action: params.action,
+      params: JSON.stringify(params.params ?? {}),
+      timeoutMs: undefined,
+    });
+    return { answer: JSON.parse(answer) };
   },
 };
 

@@ -5,7 +5,8 @@ Actions: `echo` answers its params and the context it saw (the same shape as
 the Rust `echo`), `whoami` the caller's subject and tenant, `visit` counts
 the tenant's visits in the application's database (the manifest grants it),
 `boom` raises, to show that an exception becomes `plugin_trap`, and
-`publish` publishes `{topic, payload}` on the application's bus.
+`publish` publishes `{topic, payload}` on the application's bus, and
+`call` calls `{service, action, params}` and answers `{answer}`.
 
 Events it is subscribed to (`permissions.events.subscribe` in its manifest)
 are published again on `seen.hello-py` with what the delivery said; a
@@ -21,7 +22,7 @@ import traceback
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import event_handler
-from wit_world.imports import events, log, sql
+from wit_world.imports import events, log, services, sql
 from wit_world.imports.types import Context, Error
 
 
@@ -73,7 +74,14 @@ def publish(ctx: Context, params):
     return {"event_id": event_id}
 
 
-ACTIONS = {"echo": echo, "whoami": whoami, "visit": visit, "boom": boom, "publish": publish}
+def call(ctx: Context, params):
+    """Calls another service (the manifest must list it under
+    `permissions.calls`) and answers what it answered."""
+    request = services.Request(params["service"], params["action"], json.dumps(params.get("params", {})), None)
+    return {"answer": json.loads(services.call(request))}
+
+
+ACTIONS = {"echo": echo, "whoami": whoami, "visit": visit, "boom": boom, "publish": publish, "call": call}
 
 
 class Handler(exports.Handler):

@@ -297,3 +297,86 @@ async fn a_caller_out_of_time_cancels_its_calls_and_a_cycle_under_saturation_end
     // Six chains each needing three of a's two slots cannot all pass.
     assert!(refused > 0, "no chain ran out of slots");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_orders_example_composes_todo_and_echo() {
+    let ferry = Ferry::options()
+        .plugin("todo", "todo", Some("permissions: {database: true}\n"))
+        .plugin("echo", "echo", None)
+        .plugin(
+            "orders",
+            "orders",
+            Some("permissions: {calls: [todo, echo]}\n"),
+        )
+        .start();
+    let mut client = ferry.connect().await;
+    let response = client
+        .request(&json!({"id": 1, "service": "orders", "action": "place",
+            "params": {"title": "two crates"}, "tenant_id": "acme"}))
+        .await;
+    let placed = expect_success(&response);
+    assert_eq!(placed["item"]["title"], "two crates", "{response}");
+    assert_eq!(placed["open_items"], 1);
+    assert_eq!(
+        placed["receipt"],
+        json!({"order": placed["item"]["id"], "for": "acme"})
+    );
+    // Another tenant sees none of acme's items through the same chain.
+    let response = client
+        .request(&json!({"id": 2, "service": "orders", "action": "summary", "tenant_id": "globex"}))
+        .await;
+    let summary = expect_success(&response);
+    assert_eq!(summary["todo"]["result"]["items"], json!([]), "{response}");
+    assert_eq!(summary["echo"]["result"]["caller"], "orders");
+    assert_eq!(summary["echo"]["result"]["tenant"], "globex");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_plugins_call_services_and_http_answers_the_trace() {
+    let grant = may_call(&["echo"]);
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .plugin("hello-py", "hello-py", Some(&grant))
+        .plugin("hello-js", "hello-js", Some(&grant))
+        .start();
+    let mut client = ferry.connect().await;
+    for service in ["hello-py", "hello-js"] {
+        let response = client
+            .request(
+                &json!({"id": 1, "service": service, "action": "call", "tenant_id": "acme",
+                "params": {"service": "echo", "action": "context"}}),
+            )
+            .await;
+        let answer = &expect_success(&response)["answer"];
+        assert_eq!(answer["caller"], service, "{response}");
+        assert_eq!(answer["tenant"], "acme");
+        let response = client
+            .request(&json!({"id": 2, "service": service, "action": "call",
+                "params": {"service": "hello-py", "action": "echo"}}))
+            .await;
+        expect_error(&response, "forbidden");
+    }
+
+    // HTTP takes a W3C traceparent, carries its trace id to the plugin,
+    // and answers it in a traceparent of its own.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/echo/context",
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            b"{}",
+        )
+        .await;
+    assert_eq!(reply.json()["trace_id"], trace);
+    let answered = reply.header("traceparent").expect("a traceparent");
+    assert!(answered.starts_with(&format!("00-{trace}-")), "{answered}");
+    // Without one, the host makes a trace id and says which.
+    let reply = ferry.http("POST", "/v1/echo/context", &[], b"{}").await;
+    let made = reply.json()["trace_id"].as_str().unwrap().to_owned();
+    assert_eq!(made.len(), 32);
+    assert_eq!(
+        reply.header("traceparent").unwrap().split('-').nth(1),
+        Some(made.as_str())
+    );
+}
