@@ -120,6 +120,8 @@ pub struct Options {
     fd_limit: Option<u64>,
     /// Another `ferry` binary to run instead of the one under test.
     binary: Option<PathBuf>,
+    /// The log line that says the host has started.
+    started_when: &'static str,
 }
 
 impl Options {
@@ -155,6 +157,13 @@ impl Options {
     /// key, which builds from before the admin listener refuse.
     pub fn binary(mut self, path: PathBuf) -> Self {
         self.binary = Some(path);
+        self
+    }
+
+    /// Counts the host as started once its doors are open, before its
+    /// plugins have loaded.
+    pub fn doors_open(mut self) -> Self {
+        self.started_when = "listening; plugins are loading";
         self
     }
 
@@ -201,6 +210,7 @@ impl Options {
             http,
             fd_limit,
             binary,
+            started_when,
         } = self;
         let deploy = dir.join("deploy");
         fs::create_dir_all(&deploy).unwrap();
@@ -224,7 +234,15 @@ impl Options {
         );
         fs::write(&config_path, format!("{head}{config}")).unwrap();
         let binary = binary.unwrap_or_else(ferry_bin);
-        let mut ferry = Ferry::spawn(dir, &binary, &config_path, cpu0, fd_limit, &env);
+        let mut ferry = Ferry::spawn(
+            dir,
+            &binary,
+            &config_path,
+            cpu0,
+            fd_limit,
+            &env,
+            started_when,
+        );
         ferry.config_head = head;
         ferry
     }
@@ -265,6 +283,7 @@ impl Ferry {
             http: None,
             fd_limit: None,
             binary: None,
+            started_when: "ferry is serving",
         }
     }
 
@@ -297,6 +316,7 @@ impl Ferry {
         cpu0: bool,
         fd_limit: Option<u64>,
         env: &[(String, String)],
+        started_when: &str,
     ) -> Ferry {
         // One log per run, so a restarted host in the same folder keeps both.
         let runs = fs::read_dir(&dir)
@@ -353,7 +373,7 @@ impl Ferry {
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if ferry.log().contains("ferry is serving") {
+            if ferry.log().contains(started_when) {
                 break;
             }
             if let Some(status) = ferry.child.as_mut().unwrap().try_wait().unwrap() {

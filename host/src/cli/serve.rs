@@ -66,8 +66,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config.plugins.display()
         )
     })?;
-    deployer.reconcile_all().await;
-    warn_about_apps(&pipeline);
+    // The doors open before any plugin is compiled: each service is
+    // served the moment its own compilation ends, and requests for one
+    // still loading wait for it.
+    let loading = deployer.not_yet_serving().await;
+    pipeline.table().set_loading(loading.iter().cloned());
 
     doors.open_main(config.socket.path.clone()).await?;
     if let (Some(path), Some(events)) = (config.events_socket(), &config.events) {
@@ -121,11 +124,25 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     tracing::info!(
         socket = %config.socket.path.display(),
-        services = ?pipeline.table().names(),
-        pooling = runtime.pooling(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        "ferry is serving"
+        loading = ?loading,
+        open_ms = started.elapsed().as_millis() as u64,
+        "listening; plugins are loading"
     );
+    {
+        let (deployer, pipeline, runtime) = (deployer.clone(), pipeline.clone(), runtime.clone());
+        let socket = config.socket.path.clone();
+        tokio::spawn(async move {
+            deployer.reconcile_all().await;
+            warn_about_apps(&pipeline);
+            tracing::info!(
+                socket = %socket.display(),
+                services = ?pipeline.table().names(),
+                pooling = runtime.pooling(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "ferry is serving"
+            );
+        });
+    }
 
     signals.serve(&deployer).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");

@@ -71,6 +71,9 @@ pub struct Config {
     /// Calls between services one request may lead to in a chain
     /// (A → B → C is 2); a deeper call answers `forbidden`.
     pub max_call_depth: u32,
+    /// Plugins compiled at once (start-up, deploys, reloads); `null` means
+    /// one per core.
+    pub compile_jobs: Option<u32>,
     /// Applications by name. Without any, one application named `default`
     /// serves every loaded service with no authentication.
     pub apps: BTreeMap<String, AppConfig>,
@@ -94,6 +97,7 @@ impl Default for Config {
             max_instances: MAX_INSTANCES,
             drain_timeout_ms: 10_000,
             max_call_depth: 8,
+            compile_jobs: None,
             apps: BTreeMap::new(),
         }
     }
@@ -171,6 +175,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.compile_jobs == Some(0) {
+            return Err("compile_jobs must be at least 1 (or null: one per core)".into());
+        }
         if !(1..=64).contains(&self.max_call_depth) {
             return Err(format!(
                 "max_call_depth must be 1 to 64, not {}",
@@ -297,6 +304,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Compilations at once: `compile_jobs`, else one per core.
+    pub fn compile_jobs(&self) -> usize {
+        match self.compile_jobs {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     /// Where outside event consumers connect, if they may.

@@ -7,6 +7,7 @@
 //! fails leaves the previous version serving. Config reloads (`reload`) go
 //! through here too, since limits in the config shape every plugin.
 
+mod memory;
 mod reload;
 mod source;
 mod watch;
@@ -71,8 +72,14 @@ pub struct Deployer {
     config_path: Option<PathBuf>,
     /// When the host started, for status.
     started: Instant,
-    /// Held for a whole look at one service, so two never race.
+    /// What serves and what was refused; held only briefly.
     deployed: tokio::sync::Mutex<Deployed>,
+    /// One look at a service at a time (two looks at one service never
+    /// race); looks at different services run side by side.
+    looking: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compilations at once, so a big deploy leaves cores to the requests
+    /// already being served.
+    compiling: tokio::sync::Semaphore,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -86,6 +93,7 @@ impl Deployer {
         config_path: Option<PathBuf>,
         started: Instant,
     ) -> Deployer {
+        let jobs = config.compile_jobs();
         Deployer {
             runtime,
             pipeline,
@@ -94,6 +102,8 @@ impl Deployer {
             config_path,
             started,
             deployed: tokio::sync::Mutex::default(),
+            looking: std::sync::Mutex::default(),
+            compiling: tokio::sync::Semaphore::new(jobs),
             reloading: tokio::sync::Mutex::default(),
         }
     }
@@ -130,35 +140,82 @@ impl Deployer {
         names
     }
 
-    /// Brings every service in line with the folder; answers the services
+    /// Services with files in the folder and no version serving yet: what
+    /// a cold start is about to load.
+    pub async fn not_yet_serving(&self) -> Vec<String> {
+        let table = self.pipeline.table();
+        let dir = self.config().plugins.clone();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+                    .filter_map(|e| service_of(&e.path()))
+                    .filter(|name| table.get(name).is_none())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Brings every service in line with the folder, several at once (as
+    /// many compilations as `compile_jobs` allows); answers the services
     /// that were deployed, replaced or removed, and those refused.
     pub async fn reconcile_all(&self) -> (Vec<String>, Vec<String>) {
-        let (mut changed, mut refused) = (Vec::new(), Vec::new());
-        for name in self.known_services().await {
-            let mut outcome = self.reconcile(&name).await;
+        let compiling = memory::Compiling::begin();
+        let mut names = self.known_services().await;
+        // Smallest first: compile slots are handed out in order, so the
+        // quick plugins are served while the big ones still compile.
+        let dir = self.config().plugins.clone();
+        names.sort_by_key(|name| {
+            std::fs::metadata(dir.join(format!("{name}.wasm"))).map_or(0, |m| m.len())
+        });
+        let looks = names.iter().map(|name| async move {
+            let mut outcome = self.reconcile(name).await;
             // A file still being written at start-up or reload: wait for it.
             for _ in 0..20 {
                 if outcome != Outcome::Unsettled {
                     break;
                 }
                 tokio::time::sleep(watch::SETTLED_MANIFEST).await;
-                outcome = self.reconcile(&name).await;
+                outcome = self.reconcile(name).await;
             }
+            (name, outcome)
+        });
+        let (mut changed, mut refused) = (Vec::new(), Vec::new());
+        for (name, outcome) in futures_util::future::join_all(looks).await {
             match outcome {
-                Outcome::Deployed | Outcome::Removed => changed.push(name),
-                Outcome::Refused => refused.push(name),
+                Outcome::Deployed | Outcome::Removed => changed.push(name.clone()),
+                Outcome::Refused => refused.push(name.clone()),
                 Outcome::Unchanged | Outcome::Unsettled => {}
             }
         }
+        drop(compiling);
+        memory::give_back().await;
         (changed, refused)
     }
 
-    /// Looks at one service's files and acts on what changed.
-    #[tracing::instrument(name = "deploy", skip(self, name), fields(plugin = %name))]
+    /// Looks at one service's files and acts on what changed; a first
+    /// load, whatever its outcome, ends the service's `loading` state.
     pub async fn reconcile(&self, name: &str) -> Outcome {
+        let lock = {
+            let mut looking = self.looking.lock().expect("looking lock");
+            looking.entry(name.to_owned()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let outcome = self.reconcile_one(name).await;
+        if outcome != Outcome::Unsettled {
+            self.pipeline.table().done_loading(name);
+        }
+        outcome
+    }
+
+    #[tracing::instrument(name = "deploy", skip(self, name), fields(plugin = %name))]
+    async fn reconcile_one(&self, name: &str) -> Outcome {
         let config = self.config();
         let wasm = config.plugins.join(format!("{name}.wasm"));
-        let mut deployed = self.deployed.lock().await;
         let read = {
             let (wasm, defaults) = (wasm.clone(), config.defaults);
             tokio::task::spawn_blocking(move || read_source(&wasm, &defaults)).await
@@ -168,8 +225,10 @@ impl Deployer {
             Ok(Ok(read)) => read,
             Ok(Err(NotRead::Unsettled)) => return Outcome::Unsettled,
             Ok(Err(NotRead::Gone)) => {
+                let mut deployed = self.deployed.lock().await;
                 deployed.refused.remove(name);
                 let was_serving = deployed.serving.remove(name).is_some();
+                drop(deployed);
                 let was_failed = table.failed().iter().any(|(n, _)| n == name);
                 if !was_serving && !was_failed {
                     return Outcome::Unchanged;
@@ -189,6 +248,7 @@ impl Deployer {
                 return Outcome::Refused;
             }
         };
+        let mut deployed = self.deployed.lock().await;
         if deployed.serving.get(name) == Some(&source) {
             // Back to what serves (a refused file was replaced by it): the
             // refusal is history.
@@ -199,6 +259,7 @@ impl Deployer {
         if deployed.refused.get(name) == Some(&source) {
             return Outcome::Unchanged;
         }
+        drop(deployed);
         let started = Instant::now();
         let id = deployment_id(&source.digest, source.manifest.as_deref());
         match self.build(name, bytes, &source, &id).await {
@@ -227,6 +288,7 @@ impl Deployer {
                         "service deployed"
                     ),
                 }
+                let mut deployed = self.deployed.lock().await;
                 deployed.refused.remove(name);
                 deployed.serving.insert(name.to_owned(), source);
                 Outcome::Deployed
@@ -239,6 +301,7 @@ impl Deployer {
                 );
                 self.refuse(name, rejection);
                 if refusal.lasting {
+                    let mut deployed = self.deployed.lock().await;
                     deployed.refused.insert(name.to_owned(), source);
                 }
                 Outcome::Refused
@@ -263,6 +326,20 @@ impl Deployer {
         let (runtime, owned_name, digest) =
             (self.runtime.clone(), name.to_owned(), source.digest.clone());
         let started = Instant::now();
+        let size_kib = bytes.len() / 1024;
+        let slot = match self.compiling.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::info!(size_kib, "waiting for a compile slot (compile_jobs)");
+                self.compiling.acquire().await.expect("never closed")
+            }
+        };
+        tracing::info!(
+            size_kib,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "compiling (or loading from the cache)"
+        );
+        let compiling = memory::Compiling::begin();
         let loaded = tokio::task::spawn_blocking(move || {
             runtime.load_bytes(&owned_name, &bytes, digest, settings, started)
         })
@@ -271,6 +348,8 @@ impl Deployer {
             reason: format!("the loader failed: {e}"),
             lasting: false,
         })?;
+        drop((slot, compiling));
+        memory::give_back().await;
         let (mut plugin, report) = loaded.map_err(|e| lasting(e.to_string()))?;
         plugin.set_deployment(deployment.to_owned());
         match tokio::time::timeout(MAX_WARM_UP, plugin.warm_up()).await {

@@ -87,7 +87,8 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<&'static str> {
         max_unsent_bytes,
         write_timeout_ms,
         max_instances,
-        max_call_depth
+        max_call_depth,
+        compile_jobs
     );
     kept
 }

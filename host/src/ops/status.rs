@@ -55,6 +55,12 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
     services.extend(table.failed().into_iter().map(|(name, rejection)| {
         json!({ "name": name, "state": "failed", "error": rejection.reason, "rejected": rejection })
     }));
+    services.extend(
+        table
+            .loading()
+            .into_iter()
+            .map(|name| json!({ "name": name, "state": "loading" })),
+    );
     services.extend(pipeline.missing().into_iter().map(|name| {
         json!({ "name": name, "state": "missing", "error": "listed by an application, but no plugin by this name" })
     }));

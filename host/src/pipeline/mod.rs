@@ -27,6 +27,10 @@ use crate::resources::bus::Bus;
 use crate::resources::hooks::{Hook, Tracker};
 use crate::runtime::{Call, Context, Plugin, Work};
 
+/// How long a request without a `timeout_ms` of its own waits for a
+/// service that is still loading.
+const LOADING_WAIT_MS: u64 = 5_000;
+
 pub struct Pipeline {
     table: Table,
     /// Every application's topics and their subscribers.
@@ -151,7 +155,7 @@ impl Pipeline {
         let apps = self.apps();
         apps.listed_services()
             .into_iter()
-            .filter(|s| !self.table.knows(s))
+            .filter(|s| !self.table.knows(s) && !self.table.is_loading(s))
             .map(str::to_owned)
             .collect()
     }
@@ -159,6 +163,40 @@ impl Pipeline {
     /// Runs one invocation; answers the plugin's JSON result text, or the
     /// error to send.
     pub async fn invoke(&self, inv: &Invocation<'_>) -> Result<String, ErrorBody> {
+        // A service still compiling at start-up: wait for it within the
+        // request's time rather than refuse a request that would be
+        // answered a moment later.
+        let waited;
+        let inv = if self.table.is_loading(inv.service) {
+            let wait = inv.timeout_ms.unwrap_or(LOADING_WAIT_MS);
+            self.table
+                .wait_loading(inv.service, inv.received + Duration::from_millis(wait))
+                .await;
+            if self.table.is_loading(inv.service) {
+                return Err(ErrorBody {
+                    retry_after_ms: Some(1_000),
+                    ..ErrorBody::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "service `{}` is still loading (compiling); retry shortly",
+                            inv.service
+                        ),
+                    )
+                });
+            }
+            // The caller's time keeps counting from when it asked; the
+            // plugin's own `timeout_ms` counts from now, when it can run.
+            let now = std::time::Instant::now();
+            let spent = now.duration_since(inv.received).as_millis() as u64;
+            waited = Invocation {
+                received: now,
+                timeout_ms: inv.timeout_ms.map(|t| t.saturating_sub(spent).max(1)),
+                ..*inv
+            };
+            &waited
+        } else {
+            inv
+        };
         let call = match self.prepare(inv) {
             Ok(ready) => ready,
             Err(refused) => {

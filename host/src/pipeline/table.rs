@@ -46,9 +46,71 @@ pub struct Table {
     rejected: RwLock<BTreeMap<String, Rejection>>,
     /// Replaced or undeployed versions, until their last request is done.
     draining: std::sync::Mutex<Vec<std::sync::Weak<Plugin>>>,
+    /// Services whose files were found and are being compiled for the
+    /// first time; requests for them wait (see `wait_loading`).
+    loading: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Whether `loading` holds anything: read by every request, so the
+    /// common case costs one load.
+    any_loading: std::sync::atomic::AtomicBool,
+    /// Wakes requests waiting for a service that was loading.
+    loaded: tokio::sync::Notify,
 }
 
 impl Table {
+    /// Marks services as loading for the first time.
+    pub fn set_loading(&self, services: impl IntoIterator<Item = String>) {
+        let mut loading = self.loading.lock().expect("loading lock");
+        loading.extend(services);
+        self.any_loading
+            .store(!loading.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ends a service's first load, whatever its outcome.
+    pub fn done_loading(&self, service: &str) {
+        let mut loading = self.loading.lock().expect("loading lock");
+        if loading.remove(service) {
+            self.any_loading
+                .store(!loading.is_empty(), std::sync::atomic::Ordering::Release);
+            drop(loading);
+            self.loaded.notify_waiters();
+        }
+    }
+
+    /// Whether `service` has no version yet and is being compiled.
+    pub fn is_loading(&self, service: &str) -> bool {
+        self.any_loading.load(std::sync::atomic::Ordering::Acquire)
+            && self.loading.lock().expect("loading lock").contains(service)
+    }
+
+    /// Services still loading, for status and `/readyz`.
+    pub fn loading(&self) -> Vec<String> {
+        if !self.any_loading.load(std::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.loading
+            .lock()
+            .expect("loading lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `service` is no longer loading, or `deadline`.
+    pub async fn wait_loading(&self, service: &str, deadline: std::time::Instant) {
+        loop {
+            let notified = self.loaded.notified();
+            if !self.is_loading(service) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Whether the service has a loaded version or a file that failed.
     pub fn knows(&self, service: &str) -> bool {
         self.services.load().contains_key(service)

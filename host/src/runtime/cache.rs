@@ -59,17 +59,57 @@ impl Hasher for ShaHasher {
 pub struct CodeCache {
     dir: Option<PathBuf>,
     engine_key: String,
+    /// The settings of a throwaway engine each compilation runs on, when it
+    /// makes code the serving engine takes (see `compile`).
+    compile_config: Option<wasmtime::Config>,
+}
+
+fn key_of(engine: &Engine) -> String {
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..8])
 }
 
 impl CodeCache {
-    /// A cache in `dir`, or none when `dir` is `None`.
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
-        let mut hasher = ShaHasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
+    /// A cache in `dir`, or none when `dir` is `None`; compilations run on
+    /// engines built from `compile_config` when their code is compatible.
+    pub fn new(engine: &Engine, dir: Option<PathBuf>, compile_config: wasmtime::Config) -> Self {
+        let engine_key = key_of(engine);
+        let compile_config = Engine::new(&compile_config)
+            .ok()
+            .filter(|compiler| key_of(compiler) == engine_key)
+            .map(|_| compile_config);
+        tracing::debug!(
+            throwaway_compilers = compile_config.is_some(),
+            "compile cache ready"
+        );
         CodeCache {
             dir,
-            engine_key: hex(&hasher.0.finalize()[..8]),
+            engine_key,
+            compile_config,
         }
+    }
+
+    /// Compiles `bytes` into serialized code. On an engine of its own,
+    /// dropped right after: the compiler keeps working memory per engine
+    /// (contexts, buffers sized for the largest function it has seen), and
+    /// the serving engine would hold it for the host's life.
+    ///
+    /// Each compilation also gets threads of its own (wasmtime compiles a
+    /// component's functions in parallel on whichever rayon pool it runs
+    /// in): on the one global pool, a small plugin's few functions would
+    /// queue behind the thousands of an interpreter's compiling beside it.
+    fn compile(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ferry-compile-{i}"))
+            .build()
+            .map_err(|e| wasmtime::Error::msg(format!("cannot start compile threads: {e}")))?;
+        pool.install(|| match &self.compile_config {
+            Some(config) => Engine::new(config)?.precompile_component(bytes),
+            None => engine.precompile_component(bytes),
+        })
     }
 
     fn entry(&self, dir: &Path, digest: &str) -> PathBuf {
@@ -85,7 +125,11 @@ impl CodeCache {
         digest: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::Off));
+            let code = self.compile(engine, bytes)?;
+            // SAFETY: `code` was just compiled for an engine whose code this
+            // one takes.
+            let component = unsafe { Component::deserialize(engine, &code)? };
+            return Ok((component, CacheOutcome::Off));
         };
         let path = self.entry(dir, digest);
         if path.exists() {
@@ -101,23 +145,37 @@ impl CodeCache {
             }
         }
         let started = Instant::now();
-        let component = Component::new(engine, bytes)?;
+        let code = self.compile(engine, bytes)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compiled component"
         );
-        if let Err(e) = store(dir, &path, &component) {
-            tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}");
+        // Loaded back from the file, as a warm start loads it: the code is
+        // then mapped from the file rather than held in the compiler's
+        // memory, so a cold start ends up no bigger than a warm one.
+        match store(dir, &path, &code) {
+            // SAFETY: as above; the file was written from `code` just now.
+            Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CacheOutcome::Miss)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot load the compile cache entry just written: {e}")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}")
+            }
         }
+        // SAFETY: `code` is what `precompile_component` produced, by this
+        // engine, a moment ago.
+        let component = unsafe { Component::deserialize(engine, &code)? };
         Ok((component, CacheOutcome::Miss))
     }
 }
 
 /// Writes next to the final name and renames, so a crash or a concurrent
 /// host never leaves a half-written entry under the real name.
-fn store(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
+fn store(dir: &Path, path: &Path, code: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let code = component.serialize()?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, code)?;
     std::fs::rename(&tmp, path)?;

@@ -123,7 +123,7 @@ impl Runtime {
 
         Ok(Runtime {
             instances: Instances::new()?,
-            cache: cache::CodeCache::new(&engine, cache_dir),
+            cache: cache::CodeCache::new(&engine, cache_dir, engine_config(None)),
             engine,
             linker,
             shared,

@@ -19,11 +19,18 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
     let _counted = Counted::new(&state.tally);
     let failed = state.pipeline.table().failed();
     let missing = state.pipeline.missing();
-    if failed.is_empty() && missing.is_empty() {
+    let loading = state.pipeline.table().loading();
+    if failed.is_empty() && missing.is_empty() && loading.is_empty() {
         json_response(StatusCode::OK, r#"{"status":"ready"}"#)
     } else {
         let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
-        let body = json!({ "status": "not_ready", "failed": names, "missing": missing });
+        let status = if loading.is_empty() {
+            "not_ready"
+        } else {
+            "loading"
+        };
+        let body =
+            json!({ "status": status, "failed": names, "missing": missing, "loading": loading });
         json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
     }
 }
