@@ -15,8 +15,8 @@
 
 use std::sync::Arc;
 
-use ferry_tests::load::{Case, Shape, WARMUP, fail_on_errors, frame, print_table};
-use ferry_tests::{Ferry, env_u64, pin_to_cpu};
+use ferry_tests::load::{Case, Shape, WARMUP, fail_on_errors, frame, load_runtime, print_table};
+use ferry_tests::{Ferry, env_u64};
 
 const PARAMS: &str = r#"{"user":"ada","items":[1,2,3],"note":"hello ferry"}"#;
 
@@ -35,15 +35,7 @@ fn leak(s: String) -> &'static str {
 fn main() {
     let seconds = env_u64("BENCH_SECS", 5);
     let rounds = env_u64("BENCH_ROUNDS", 3);
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("this benchmark needs two CPUs: one for the server, one for the load");
-        std::process::exit(1);
-    }
-    pin_to_cpu(1).expect("pin the load generator to CPU 1");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = load_runtime();
     let ferry = Ferry::options()
         .plugin("echo", "a", Some("permissions: {calls: [b, n]}\n"))
         .plugin("echo", "b", None)

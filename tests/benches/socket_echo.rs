@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ferry_tests::load::{
     Case, Shape, WARMUP, fail_on_errors, frame, print_ratio, print_table, wait_for_socket,
 };
-use ferry_tests::{Ferry, env_u64, pin_to_cpu, run_on_cpu, scratch_dir};
+use ferry_tests::{Ferry, env_u64, run_on_cpu, scratch_dir};
 
 fn shape() -> Shape {
     Shape {
@@ -30,15 +30,7 @@ fn shape() -> Shape {
 fn main() {
     let seconds = env_u64("BENCH_SECS", 5);
     let rounds = env_u64("BENCH_ROUNDS", 3);
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("this benchmark needs two CPUs: one for the server, one for the load");
-        std::process::exit(1);
-    }
-    pin_to_cpu(1).expect("pin the load generator to CPU 1");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = ferry_tests::load::load_runtime();
 
     let dir = scratch_dir();
     let mut natives = Vec::new();

@@ -272,3 +272,18 @@ pub fn fail_on_errors(cases: &[Case]) {
         std::process::exit(1);
     }
 }
+
+/// The load generator's side of a benchmark: exits unless there are two
+/// CPUs, pins this thread to CPU 1 (servers go on CPU 0), and answers the
+/// single-threaded runtime the load runs on.
+pub fn load_runtime() -> tokio::runtime::Runtime {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("this benchmark needs two CPUs: one for the server, one for the load");
+        std::process::exit(1);
+    }
+    crate::pin_to_cpu(1).expect("pin the load generator to CPU 1");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -90,7 +90,14 @@ pub enum Source {
 
 /// Writes one line of a plugin's into the host log, within its budget;
 /// `trace` is the trace id of the call it was written in, if known.
-pub fn emit(plugin: &str, budget: &LogBudget, source: Source, text: &str, trace: Option<&str>) {
+pub fn emit(
+    plugin: &str,
+    budget: &LogBudget,
+    source: Source,
+    text: &str,
+    trace: Option<crate::core::TraceId>,
+) {
+    let trace = trace.map(tracing::field::display);
     if !budget.allow() {
         return;
     }
@@ -124,7 +131,7 @@ pub struct PluginLog {
     /// request traps (the SDK logs panic messages at error level).
     last_error: Option<String>,
     /// The trace id of the call being handled.
-    trace: Option<Arc<str>>,
+    trace: Option<crate::core::TraceId>,
 }
 
 impl PluginLog {
@@ -138,7 +145,7 @@ impl PluginLog {
     }
 
     /// Tags what the plugin logs from now on with the call's trace id.
-    pub fn set_trace(&mut self, trace: Arc<str>) {
+    pub fn set_trace(&mut self, trace: crate::core::TraceId) {
         self.trace = Some(trace);
     }
 
@@ -172,7 +179,7 @@ impl LogHost for PluginLog {
             &self.budget,
             Source::Log(level),
             message,
-            self.trace.as_deref(),
+            self.trace,
         );
         if matches!(level, LogLevel::Error) {
             self.last_error = Some(clean(message).into_owned());

@@ -149,7 +149,7 @@ impl ServicesState {
             },
             deadline,
             depth: origin.depth + 1,
-            trace: origin.trace.clone(),
+            trace: origin.trace,
         });
     }
 

@@ -65,8 +65,8 @@ pub struct Invocation<'a> {
     pub trusted: bool,
     /// When the door read the request: its deadline counts from here.
     pub received: Instant,
-    /// The trace id the caller sent (32 hex digits), if any.
-    pub trace: Option<&'a str>,
+    /// The trace id the caller sent, if it sent a valid one.
+    pub trace: Option<TraceId>,
     /// Set when a plugin makes the call: who it is and what it passes on.
     pub caller: Option<&'a Caller>,
 }
@@ -83,7 +83,7 @@ pub struct Caller {
     pub deadline: Instant,
     /// Calls on the chain so far: 1 for a call made by a request's handler.
     pub depth: u32,
-    pub trace: Arc<str>,
+    pub trace: TraceId,
 }
 
 /// Where a call came from, as the callee's plugin sees it.
@@ -93,63 +93,105 @@ pub struct Origin {
     pub caller: Option<String>,
     /// Calls between the outside request and this one.
     pub depth: u32,
-    pub trace: Arc<str>,
+    pub trace: TraceId,
 }
 
 impl Origin {
     /// The origin of a request from outside, with a fresh trace id unless
     /// the caller sent a valid one.
-    pub fn outside(trace: Option<&str>) -> Origin {
+    pub fn outside(trace: Option<TraceId>) -> Origin {
         Origin {
             caller: None,
             depth: 0,
-            trace: match trace.filter(|t| valid_trace_id(t)) {
-                Some(t) => Arc::from(t),
-                None => new_trace_id(),
-            },
+            trace: trace.unwrap_or_else(TraceId::new),
         }
     }
 }
 
-/// Whether `id` is a W3C trace id: 32 lowercase hex digits, not all zero.
-pub fn valid_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && id.bytes().any(|b| b != b'0')
+/// A W3C trace id: 128 bits, shown as 32 lowercase hex digits. A number
+/// rather than text, so a request that never shows its trace never formats
+/// or allocates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(u128);
+
+impl TraceId {
+    /// A new id: unique within the process (a counter) and across
+    /// processes (the start time and pid mixed in), without a random source
+    /// per request.
+    pub fn new() -> TraceId {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEED: OnceLock<u64> = OnceLock::new();
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            now ^ (u64::from(std::process::id()) << 40) | 1
+        });
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        // A 64-bit mix, so consecutive ids do not look alike.
+        let mut x = n.wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 31;
+        TraceId((u128::from(seed) << 64) | u128::from(x))
+    }
+
+    /// Reads 32 lowercase hex digits, not all zero.
+    pub fn parse(text: &str) -> Option<TraceId> {
+        let hex = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let id = u128::from_str_radix(text, 16).ok().filter(|_| hex)?;
+        (id != 0).then_some(TraceId(id))
+    }
+
+    /// The trace id of a W3C `traceparent` header
+    /// (`00-<trace id>-<parent id>-<flags>`), if it is one.
+    pub fn of_traceparent(header: &str) -> Option<TraceId> {
+        let mut parts = header.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(hex(version, 2) && version != "ff" && hex(parent, 16) && hex(flags, 2)) {
+            return None;
+        }
+        TraceId::parse(trace)
+    }
+
+    /// 64 bits for a span id of our own (`traceparent`'s parent field).
+    pub fn span(self) -> u64 {
+        self.0 as u64 ^ TraceId::new().0 as u64
+    }
 }
 
-/// The trace id of a W3C `traceparent` header
-/// (`00-<trace id>-<parent id>-<flags>`), if it is one.
-pub fn trace_of_traceparent(header: &str) -> Option<&str> {
-    let mut parts = header.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(version, 2)
-        && version != "ff"
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && valid_trace_id(trace))
-    .then_some(trace)
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
-/// A new trace id: unique within the process (a counter) and across
-/// processes (the start time and pid mixed in), without a random source
-/// per request.
-pub fn new_trace_id() -> Arc<str> {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEED: OnceLock<u64> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        now ^ (u64::from(std::process::id()) << 40) | 1
-    });
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    // A 64-bit mix, so consecutive ids do not look alike.
-    let mut x = n.wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x ^= x >> 31;
-    Arc::from(format!("{seed:016x}{x:016x}"))
+#[cfg(test)]
+mod tests {
+    use super::TraceId;
+
+    #[test]
+    fn trace_ids_read_and_show_as_32_hex_digits() {
+        let id = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in [
+            "",
+            "0".repeat(32).as_str(),
+            "4BF92F3577B34DA6A3CE929D0E0E4736",
+            "+bf92f3577b34da6a3ce929d0e0e473",
+        ] {
+            assert!(TraceId::parse(bad).is_none(), "{bad}");
+        }
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(TraceId::of_traceparent(header), Some(id));
+        assert!(
+            TraceId::of_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .is_none()
+        );
+        let (a, b) = (TraceId::new(), TraceId::new());
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().len(), 32);
+    }
 }

@@ -10,4 +10,4 @@ pub mod names;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use identity::Identity;
-pub use invocation::{Caller, DoorKind, Invocation, Origin, Route};
+pub use invocation::{Caller, DoorKind, Invocation, Origin, Route, TraceId};

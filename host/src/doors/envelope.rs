@@ -141,7 +141,7 @@ impl<'a> Request<'a> {
             timeout_ms: self.timeout_ms,
             trusted,
             received,
-            trace: self.trace.as_deref(),
+            trace: self.trace.as_deref().and_then(crate::core::TraceId::parse),
             caller: None,
         }
     }

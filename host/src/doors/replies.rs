@@ -41,6 +41,23 @@ pub struct Arrival {
 }
 
 impl Arrival {
+    /// Runs `request` as it arrived.
+    async fn invoke(
+        &self,
+        pipeline: &Pipeline,
+        request: &Request<'_>,
+    ) -> Result<String, ErrorBody> {
+        let service = request.service(self.service.as_deref())?;
+        let inv = request.invocation(
+            self.door,
+            self.route(request.app.as_deref()),
+            service,
+            self.trusted,
+            self.received,
+        );
+        pipeline.invoke(&inv).await
+    }
+
     fn route<'a>(&'a self, named: Option<&'a str>) -> Route<'a> {
         match self.door {
             DoorKind::Http => Route::Host {
@@ -133,19 +150,7 @@ async fn run_later(pipeline: &Pipeline, frame: &[u8], arrival: &Arrival) -> Answ
             };
         }
     };
-    let result = match request.service(arrival.service.as_deref()) {
-        Err(e) => Err(e),
-        Ok(service) => {
-            let inv = request.invocation(
-                arrival.door,
-                arrival.route(request.app.as_deref()),
-                service,
-                arrival.trusted,
-                arrival.received,
-            );
-            pipeline.invoke(&inv).await
-        }
-    };
+    let result = arrival.invoke(pipeline, &request).await;
     let id = request.id().to_owned();
     match result {
         Ok(result) => Answer {
@@ -235,19 +240,7 @@ pub async fn run_batch(
                 if let Some(limit) = batch.timeout_ms {
                     request.timeout_ms = Some(request.timeout_ms.map_or(limit, |t| t.min(limit)));
                 }
-                match request.service(arrival.service.as_deref()) {
-                    Err(e) => Err(e),
-                    Ok(service) => {
-                        let inv = request.invocation(
-                            arrival.door,
-                            arrival.route(request.app.as_deref()),
-                            service,
-                            arrival.trusted,
-                            arrival.received,
-                        );
-                        pipeline.invoke(&inv).await
-                    }
-                }
+                arrival.invoke(pipeline, &request).await
             }
         };
         (name.as_str(), outcome)

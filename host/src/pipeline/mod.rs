@@ -283,7 +283,7 @@ impl Pipeline {
                 Origin {
                     caller: Some(caller.service.clone()),
                     depth: caller.depth,
-                    trace: caller.trace.clone(),
+                    trace: caller.trace,
                 }
             }
             None => Origin::outside(inv.trace),

@@ -336,8 +336,8 @@ impl Plugin {
             .data_mut()
             .services
             .begin_call(&self.name, &app, &ctx, deadline, &origin);
-        warm.store.data_mut().log.set_trace(origin.trace.clone());
-        let origin_trace = origin.trace.clone();
+        warm.store.data_mut().log.set_trace(origin.trace);
+        let origin_trace = origin.trace;
         warm.store
             .data_mut()
             .sql

@@ -17,7 +17,7 @@ use super::{
     Counted, Gateway, HttpError, HttpState, bearer_token, header_str, host, json_response,
     status_for, with_retry_after,
 };
-use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route, TraceId};
 use crate::doors::envelope::{self, Request};
 
 /// Ids for HTTP requests that do not bring an `X-Request-Id`.
@@ -63,6 +63,30 @@ async fn read_body(
             format!("cannot read the request body: {e}"),
         )),
     }
+}
+
+/// An envelope request's body and its `Authorization: Bearer` token, or
+/// the response that refuses it (logged).
+async fn body_and_bearer<'h>(
+    gateway: &Gateway,
+    parts: &'h axum::http::request::Parts,
+    body: Body,
+) -> Result<(Bytes, Option<&'h str>), Response> {
+    let read = async {
+        let body = read_body(
+            &parts.headers,
+            body,
+            gateway.state.max_body,
+            gateway.body_timeout,
+        )
+        .await?;
+        Ok::<_, HttpError>((body, bearer_token(&parts.headers)?))
+    }
+    .await;
+    read.map_err(|error| {
+        log_failure(parts.uri.path(), &error.0);
+        axum::response::IntoResponse::into_response(error)
+    })
 }
 
 /// The service and action of `/v1/{service}/{action}`, percent-decoded
@@ -140,7 +164,7 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
             timeout_ms,
             trusted: false,
             received,
-            trace: Some(&trace),
+            trace: Some(trace),
             caller: None,
         };
         state.pipeline.invoke(&invocation).await.map_err(HttpError)
@@ -153,23 +177,22 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
             axum::response::IntoResponse::into_response(error)
         }
     };
-    with_traceparent(response, &trace)
+    with_traceparent(response, trace)
 }
 
 /// The trace id of the request's `traceparent` header, or a new one.
-fn trace_for(headers: &axum::http::HeaderMap) -> std::sync::Arc<str> {
+fn trace_for(headers: &axum::http::HeaderMap) -> TraceId {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::core::invocation::trace_of_traceparent)
-        .map(std::sync::Arc::from)
-        .unwrap_or_else(crate::core::invocation::new_trace_id)
+        .and_then(TraceId::of_traceparent)
+        .unwrap_or_else(TraceId::new)
 }
 
 /// Answers the request's trace in a `traceparent` header of its own span.
-fn with_traceparent(mut response: Response, trace: &str) -> Response {
-    let span = &crate::core::invocation::new_trace_id()[16..];
-    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("00-{trace}-{span}-01")) {
+fn with_traceparent(mut response: Response, trace: TraceId) -> Response {
+    let span = trace.span();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("00-{trace}-{span:016x}-01")) {
         response.headers_mut().insert("traceparent", value);
     }
     response
@@ -184,18 +207,9 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let header_trace = trace_for(headers);
-    let read = async {
-        let body = read_body(headers, body, state.max_body, gateway.body_timeout).await?;
-        let bearer = bearer_token(headers)?;
-        Ok::<_, HttpError>((body, bearer))
-    }
-    .await;
-    let (body, bearer) = match read {
+    let (body, bearer) = match body_and_bearer(&gateway, &parts, body).await {
         Ok(read) => read,
-        Err(error) => {
-            log_failure(parts.uri.path(), &error.0);
-            return axum::response::IntoResponse::into_response(error);
-        }
+        Err(refused) => return refused,
     };
     let parsed = Request::parse(&body).and_then(|mut request| match (&request.token, bearer) {
         (Some(_), Some(_)) => Err(envelope::BadRequest {
@@ -228,26 +242,23 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
                 ),
             }
         }
-        Ok(mut request) => match {
-            if request.trace.is_none() {
-                request.trace = Some(std::borrow::Cow::Borrowed(&*header_trace));
+        Ok(request) => {
+            match run_envelope(state, &request, host(headers), received, header_trace).await {
+                Ok(result) => (
+                    StatusCode::OK,
+                    None,
+                    envelope::success_frame(request.id(), &result),
+                ),
+                Err(error) => {
+                    log_failure(parts.uri.path(), &error);
+                    (
+                        status_for(&error.code),
+                        error.retry_after_ms,
+                        envelope::error_frame(request.id(), &error),
+                    )
+                }
             }
-            run_envelope(state, &request, host(headers), received).await
-        } {
-            Ok(result) => (
-                StatusCode::OK,
-                None,
-                envelope::success_frame(request.id(), &result),
-            ),
-            Err(error) => {
-                log_failure(parts.uri.path(), &error);
-                (
-                    status_for(&error.code),
-                    error.retry_after_ms,
-                    envelope::error_frame(request.id(), &error),
-                )
-            }
-        },
+        }
     };
     // The same bytes as on a socket, without the length prefix.
     let response = with_retry_after(
@@ -255,7 +266,7 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
         retry_after_ms,
         json_response(status, Bytes::from(frame).slice(4..)),
     );
-    with_traceparent(response, &header_trace)
+    with_traceparent(response, header_trace)
 }
 
 /// Where an HTTP request came from, for asynchronous requests and batches.
@@ -280,21 +291,12 @@ pub async fn batch(State(gateway): State<Gateway>, request: HttpRequest) -> Resp
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let read = async {
-        let body = read_body(headers, body, state.max_body, gateway.body_timeout).await?;
-        let bearer = bearer_token(headers)?.map(str::to_owned);
-        Ok::<_, HttpError>((body, bearer))
-    }
-    .await;
-    let (body, bearer) = match read {
+    let (body, bearer) = match body_and_bearer(&gateway, &parts, body).await {
         Ok(read) => read,
-        Err(error) => {
-            log_failure(parts.uri.path(), &error.0);
-            return axum::response::IntoResponse::into_response(error);
-        }
+        Err(refused) => return refused,
     };
     let frame = match bearer {
-        Some(token) => crate::doors::replies::with_token(&body, &token),
+        Some(token) => crate::doors::replies::with_token(&body, token),
         None => body.to_vec(),
     };
     let (status, frame) = match crate::doors::replies::run_batch(
@@ -317,13 +319,16 @@ async fn run_envelope(
     request: &Request<'_>,
     host: Option<&str>,
     received: Instant,
+    header_trace: TraceId,
 ) -> Result<String, ErrorBody> {
     let service = request.service(None)?;
     let route = Route::Host {
         host,
         named: request.app.as_deref(),
     };
-    let invocation = request.invocation(DoorKind::Http, route, service, false, received);
+    let mut invocation = request.invocation(DoorKind::Http, route, service, false, received);
+    // The envelope's own `trace` wins over the header's.
+    invocation.trace = invocation.trace.or(Some(header_trace));
     state.pipeline.invoke(&invocation).await
 }
 
