@@ -371,6 +371,24 @@ async fn python_and_javascript_plugins_call_services_and_http_answers_the_trace(
     assert_eq!(reply.json()["trace_id"], trace);
     let answered = reply.header("traceparent").expect("a traceparent");
     assert!(answered.starts_with(&format!("00-{trace}-")), "{answered}");
+    // `/v1/rpc`: the envelope's own `trace` wins over the header's.
+    let envelope_trace = "0af7651916cd43dd8448eb211c80319c";
+    let reply = ferry
+        .http(
+            "POST",
+            "/v1/rpc",
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            json!({"id": 1, "service": "echo", "action": "context", "trace": envelope_trace})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.json()["result"]["trace_id"], envelope_trace);
+    let answered = reply.header("traceparent").expect("a traceparent");
+    assert!(
+        answered.starts_with(&format!("00-{envelope_trace}-")),
+        "{answered}"
+    );
     // Without one, the host makes a trace id and says which.
     let reply = ferry.http("POST", "/v1/echo/context", &[], b"{}").await;
     let made = reply.json()["trace_id"].as_str().unwrap().to_owned();

@@ -43,6 +43,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         shared.clone(),
     )?);
     let pipeline = Arc::new(Pipeline::new(apps, shared.clone()));
+    pipeline.set_loading_wait(config.defaults.timeout_ms);
     shared
         .switchboard
         .connect(Arc::downgrade(&pipeline)

@@ -50,6 +50,8 @@ impl Deployer {
         self.deployed.lock().await.refused.clear();
         let (changed, refused) = self.reconcile_all().await;
         self.pipeline.set_apps(apps);
+        self.pipeline
+            .set_loading_wait(self.config().defaults.timeout_ms);
         self.pipeline.sync_subscriptions();
         tracing::info!(plugins_changed = ?changed, plugins_refused = ?refused, "config reloaded");
         Ok(json!({

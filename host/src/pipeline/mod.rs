@@ -27,10 +27,6 @@ use crate::resources::bus::Bus;
 use crate::resources::hooks::{Hook, Tracker};
 use crate::runtime::{Call, Context, Plugin, Work};
 
-/// How long a request without a `timeout_ms` of its own waits for a
-/// service that is still loading.
-const LOADING_WAIT_MS: u64 = 5_000;
-
 pub struct Pipeline {
     table: Table,
     /// Every application's topics and their subscribers.
@@ -41,6 +37,9 @@ pub struct Pipeline {
     switchboard: Arc<Switchboard>,
     /// Asynchronous requests still owed an answer.
     tracker: Arc<Tracker>,
+    /// How long a request without a `timeout_ms` of its own waits for a
+    /// service that is still loading: the config's default `timeout_ms`.
+    loading_wait_ms: std::sync::atomic::AtomicU64,
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
@@ -53,6 +52,7 @@ impl Pipeline {
             bus: shared.bus,
             switchboard: shared.switchboard,
             tracker: Arc::default(),
+            loading_wait_ms: std::sync::atomic::AtomicU64::new(5_000),
             subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
         }
@@ -105,6 +105,13 @@ impl Pipeline {
             }
         }
         Ok(app)
+    }
+
+    /// Sets how long requests without a `timeout_ms` wait for a service
+    /// still loading (the config's `defaults.timeout_ms`).
+    pub fn set_loading_wait(&self, ms: u64) {
+        self.loading_wait_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Asynchronous requests: accepted, delivered, still tracked.
@@ -168,7 +175,10 @@ impl Pipeline {
         // answered a moment later.
         let waited;
         let inv = if self.table.is_loading(inv.service) {
-            let wait = inv.timeout_ms.unwrap_or(LOADING_WAIT_MS);
+            let wait = inv.timeout_ms.unwrap_or_else(|| {
+                self.loading_wait_ms
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
             self.table
                 .wait_loading(inv.service, inv.received + Duration::from_millis(wait))
                 .await;

@@ -222,6 +222,13 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
         }
         (_, None) => Ok(request),
     });
+    // The envelope's own `trace` wins over the header's, in the answer too.
+    let trace = parsed
+        .as_ref()
+        .ok()
+        .and_then(|r| r.trace.as_deref())
+        .and_then(TraceId::parse)
+        .unwrap_or(header_trace);
     let (status, retry_after_ms, frame) = match parsed {
         Err(bad) => {
             let error = ErrorBody::new(ErrorCode::BadRequest, bad.message);
@@ -242,23 +249,21 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
                 ),
             }
         }
-        Ok(request) => {
-            match run_envelope(state, &request, host(headers), received, header_trace).await {
-                Ok(result) => (
-                    StatusCode::OK,
-                    None,
-                    envelope::success_frame(request.id(), &result),
-                ),
-                Err(error) => {
-                    log_failure(parts.uri.path(), &error);
-                    (
-                        status_for(&error.code),
-                        error.retry_after_ms,
-                        envelope::error_frame(request.id(), &error),
-                    )
-                }
+        Ok(request) => match run_envelope(state, &request, host(headers), received, trace).await {
+            Ok(result) => (
+                StatusCode::OK,
+                None,
+                envelope::success_frame(request.id(), &result),
+            ),
+            Err(error) => {
+                log_failure(parts.uri.path(), &error);
+                (
+                    status_for(&error.code),
+                    error.retry_after_ms,
+                    envelope::error_frame(request.id(), &error),
+                )
             }
-        }
+        },
     };
     // The same bytes as on a socket, without the length prefix.
     let response = with_retry_after(
@@ -266,7 +271,7 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
         retry_after_ms,
         json_response(status, Bytes::from(frame).slice(4..)),
     );
-    with_traceparent(response, header_trace)
+    with_traceparent(response, trace)
 }
 
 /// Where an HTTP request came from, for asynchronous requests and batches.
@@ -319,7 +324,7 @@ async fn run_envelope(
     request: &Request<'_>,
     host: Option<&str>,
     received: Instant,
-    header_trace: TraceId,
+    trace: TraceId,
 ) -> Result<String, ErrorBody> {
     let service = request.service(None)?;
     let route = Route::Host {
@@ -327,8 +332,7 @@ async fn run_envelope(
         named: request.app.as_deref(),
     };
     let mut invocation = request.invocation(DoorKind::Http, route, service, false, received);
-    // The envelope's own `trace` wins over the header's.
-    invocation.trace = invocation.trace.or(Some(header_trace));
+    invocation.trace = Some(trace);
     state.pipeline.invoke(&invocation).await
 }
 
