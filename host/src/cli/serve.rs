@@ -88,7 +88,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         started,
         max_body: config.max_frame_bytes as usize,
         tally: doors.tally.clone(),
+        websocket: config.websocket.clone().map(|settings| {
+            Arc::new(crate::doors::websocket::Hub::new(
+                settings,
+                config.max_frame_bytes as usize,
+            ))
+        }),
     };
+    let websocket = state.websocket.clone();
     if let Some(gateway) = config.http {
         let listener = tokio::net::TcpListener::bind(gateway.listen)
             .await
@@ -153,6 +160,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
     let tracker = pipeline.tracker().clone();
     let finish = async {
+        // WebSocket clients finish what they run, then get 1001.
+        if let Some(hub) = &websocket {
+            hub.close_all().await;
+        }
         doors.finish().await;
         // Accepted asynchronous requests are owed their answers too.
         tracker.idle().await;

@@ -15,6 +15,7 @@ mod events;
 mod limits;
 mod manifest;
 mod server;
+mod websocket;
 
 pub use apps::{AppConfig, AppEvents};
 pub use auth::{AuthConfig, JwtConfig};
@@ -23,6 +24,7 @@ pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 pub use manifest::{Delivery, Manifest, Subscription};
 pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
+pub use websocket::WebSocketConfig;
 
 use crate::core::names::{DEFAULT_APP, valid_app_name, valid_service_name};
 
@@ -44,6 +46,9 @@ pub struct Config {
     /// The socket outside programs consume (and publish) events on; `null`
     /// turns it off.
     pub events: Option<EventsConfig>,
+    /// The WebSocket door (`GET /v1/ws` on the HTTP gateway); `null` turns
+    /// it off.
+    pub websocket: Option<WebSocketConfig>,
     /// Folder of plugins: `NAME.wasm` with an optional `NAME.yaml` manifest.
     pub plugins: PathBuf,
     /// Folder for the host's own state, such as the compile cache.
@@ -86,6 +91,7 @@ impl Default for Config {
             http: Some(HttpConfig::at(SocketAddr::from(([127, 0, 0, 1], 8080)))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             events: Some(EventsConfig::default()),
+            websocket: Some(WebSocketConfig::default()),
             plugins: PathBuf::from("deploy"),
             data: PathBuf::from("data"),
             max_frame_bytes: 1 << 20,
@@ -216,6 +222,9 @@ impl Config {
         }
         if let Some(http) = &self.http {
             http.validate()?;
+        }
+        if let Some(websocket) = &self.websocket {
+            websocket.validate()?;
         }
         if let Some(events) = &self.events {
             events.validate()?;

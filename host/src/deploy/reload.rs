@@ -81,6 +81,7 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<&'static str> {
         http,
         admin,
         events,
+        websocket,
         plugins,
         data,
         max_frame_bytes,

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod http;
 pub mod replies;
 pub mod unix;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -87,7 +87,9 @@ pub struct Subscriber {
     pub app: Arc<str>,
     pub consumer: String,
     pub event_key: String,
-    pub topics: Vec<String>,
+    /// Swapped whole when a WebSocket client changes its subscriptions;
+    /// read without a lock by every publish.
+    topics: arc_swap::ArcSwap<Vec<String>>,
     capacity: usize,
     queue: Mutex<Queue>,
     /// Wakes the subscriber's writer when an event is queued.
@@ -126,6 +128,16 @@ impl Subscriber {
         outcome
     }
 
+    /// The patterns it receives.
+    pub fn topics(&self) -> Arc<Vec<String>> {
+        self.topics.load_full()
+    }
+
+    /// Replaces the patterns it receives (already valid); its `seq` goes on.
+    pub fn set_topics(&self, topics: Vec<String>) {
+        self.topics.store(Arc::new(topics));
+    }
+
     /// Takes the oldest event waiting, with its `seq`.
     pub fn pop(&self) -> Option<(u64, Arc<Event>)> {
         let mut queue = self.queue.lock().expect("subscriber queue lock");
@@ -152,7 +164,7 @@ impl Subscriber {
         SubscriberStatus {
             consumer: self.consumer.clone(),
             event_key: self.event_key.clone(),
-            topics: self.topics.clone(),
+            topics: self.topics.load().to_vec(),
             seq: queue.seq,
             queued: queue.events.len(),
             dropped: queue.dropped,
@@ -267,7 +279,7 @@ impl Bus {
             let subscribers: Vec<Arc<Subscriber>> = bus
                 .subscribers
                 .iter()
-                .filter(|s| s.topics.iter().any(|p| topic_matches(p, topic)))
+                .filter(|s| s.topics.load().iter().any(|p| topic_matches(p, topic)))
                 .cloned()
                 .collect();
             (counters, subscribers)
@@ -318,7 +330,7 @@ impl Bus {
             app: app.clone(),
             consumer,
             event_key: event_key.clone(),
-            topics,
+            topics: arc_swap::ArcSwap::from_pointee(topics),
             capacity,
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub started: Instant,
     pub max_body: usize,
     pub tally: Arc<Tally>,
+    /// The WebSocket door, when it is on.
+    pub websocket: Option<Arc<crate::doors::websocket::Hub>>,
 }
 
 /// What the gateway's handlers share.
@@ -52,6 +54,7 @@ pub(super) struct Gateway {
 /// themselves.
 pub fn app(state: HttpState, body_timeout: Duration) -> axum::Router {
     axum::Router::new()
+        .route("/v1/ws", get(crate::doors::websocket::upgrade))
         .route("/v1/rpc", post(invoke::rpc))
         .route("/v1/batch", post(invoke::batch))
         .route("/v1/events/{topic}", post(invoke::publish))
@@ -127,7 +130,7 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub struct HttpError(pub ErrorBody);
 
 impl HttpError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         HttpError(ErrorBody::new(code, message))
     }
 }

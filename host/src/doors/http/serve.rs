@@ -141,7 +141,10 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                // `GET /v1/ws` takes the connection over; it then counts
+                // against the WebSocket door's own limit, not this one.
+                .with_upgrades();
             tokio::pin!(conn);
             let mut closing = false;
             loop {
