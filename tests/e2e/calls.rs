@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use ferry_tests::{Client, Ferry, eventually, expect_error, expect_success};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a calls test secret of thirty-two bytes or more";
@@ -18,17 +17,10 @@ fn may_call(services: &[&str]) -> String {
 }
 
 fn token(sub: &str, tenant: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "tenant": tenant, "aud": "shop", "exp": exp, "role": "buyer"}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+    ferry_tests::hs256_token(
+        SECRET,
+        &json!({"sub": sub, "tenant": tenant, "aud": "shop", "role": "buyer"}),
     )
-    .unwrap()
 }
 
 /// `relay`'s outcomes, one per call.

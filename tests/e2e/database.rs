@@ -380,13 +380,18 @@ async fn deadlines_cancel_statements_on_postgres() {
     deadline_cuts_a_slow_statement("postgres", &url, "SELECT pg_sleep(5) AS slept").await;
 }
 
+/// Generous: this test is about formats, and the database servers are
+/// shared with the tests running beside it (one CI run saw MariaDB take
+/// 2 s for a constant `SELECT`).
+const FORMATS_TIMEOUT_MS: u64 = 15_000;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn values_come_back_typed_and_in_the_documented_formats() {
     let ferry = start(None);
     let response = run_sql(
         &ferry,
         "SELECT 1 AS i, 1.5 AS f, 'x' AS t, NULL AS n, X'0102' AS b",
-        2000,
+        FORMATS_TIMEOUT_MS,
     )
     .await;
     let result = expect_success(&response);
@@ -401,14 +406,14 @@ async fn values_come_back_typed_and_in_the_documented_formats() {
         let response = run_sql(
             &ferry,
             "SELECT true AS yes, 7::int2 AS small, 12.50::numeric(10,2) AS price, DATE '2026-11-21' AS day, TIME '13:45:00.25' AS at, TIMESTAMP '2026-11-21 13:45:00' AS local, TIMESTAMPTZ '2026-11-21 14:45:00+01' AS utc, '\\x0102'::bytea AS b, 'é'::varchar AS v",
-            2000,
+            FORMATS_TIMEOUT_MS,
         )
         .await;
         assert_eq!(
             expect_success(&response)["rows"],
             json!([[true, 7, "12.50", "2026-11-21", "13:45:00.250000", "2026-11-21T13:45:00", "2026-11-21T13:45:00Z", {"blob": [1, 2]}, "é"]])
         );
-        let response = run_sql(&ferry, "SELECT '{}'::jsonb AS j", 2000).await;
+        let response = run_sql(&ferry, "SELECT '{}'::jsonb AS j", FORMATS_TIMEOUT_MS).await;
         assert!(expect_error(&response, "bad_request").contains("cast it to text"));
     }
     if let Some(url) = mariadb_url() {
@@ -416,7 +421,7 @@ async fn values_come_back_typed_and_in_the_documented_formats() {
         let response = run_sql(
             &ferry,
             "SELECT CAST(12.50 AS DECIMAL(10,2)) AS price, DATE '2026-11-21' AS day, CAST('2026-11-21 13:45:00' AS DATETIME) AS local, CAST(7 AS UNSIGNED) AS n, 'é' AS v",
-            2000,
+            FORMATS_TIMEOUT_MS,
         )
         .await;
         assert_eq!(

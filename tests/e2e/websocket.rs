@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -72,17 +71,7 @@ async fn closed_with(ws: &mut Ws) -> CloseCode {
 }
 
 fn token() -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "ada", "aud": "shop", "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    ferry_tests::hs256_token(SECRET, &json!({"sub": "ada", "aud": "shop"}))
 }
 
 #[tokio::test(flavor = "multi_thread")]

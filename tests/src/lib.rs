@@ -872,3 +872,21 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// A token signed with HS256 and `secret`, expiring in ten minutes, with
+/// `claims` besides `exp`.
+pub fn hs256_token(secret: &str, claims: &Value) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mut claims = claims.clone();
+    claims["exp"] = exp.into();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token signs")
+}

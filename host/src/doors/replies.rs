@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::envelope::{self, NO_ID, Request};
-use crate::core::{DoorKind, ErrorBody, ErrorCode, Route};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
 use crate::pipeline::Pipeline;
 
 /// Requests one batch may hold.
@@ -47,15 +47,19 @@ impl Arrival {
         pipeline: &Pipeline,
         request: &Request<'_>,
     ) -> Result<String, ErrorBody> {
+        pipeline.invoke(&self.invocation(request)?).await
+    }
+
+    /// `request` as the door-neutral invocation it is here.
+    fn invocation<'r>(&'r self, request: &'r Request<'_>) -> Result<Invocation<'r>, ErrorBody> {
         let service = request.service(self.service.as_deref())?;
-        let inv = request.invocation(
+        Ok(request.invocation(
             self.door,
             self.route(request.app.as_deref()),
             service,
             self.trusted,
             self.received,
-        );
-        pipeline.invoke(&inv).await
+        ))
     }
 
     fn route<'a>(&'a self, named: Option<&'a str>) -> Route<'a> {
@@ -85,19 +89,7 @@ pub fn accept(
         .reply_to
         .as_deref()
         .expect("an asynchronous request");
-    let checked = request
-        .service(arrival.service.as_deref())
-        .and_then(|service| {
-            let inv = request.invocation(
-                arrival.door,
-                arrival.route(request.app.as_deref()),
-                service,
-                arrival.trusted,
-                arrival.received,
-            );
-            pipeline.accept_async(&inv, reply_to)
-        });
-    let hook = checked?;
+    let hook = pipeline.accept_async(&arrival.invocation(request)?, reply_to)?;
     let tracked = pipeline.tracker().begin();
     let (pipeline, frame) = (pipeline.clone(), frame.to_vec());
     tokio::spawn(async move {
