@@ -246,3 +246,25 @@ async fn events_a_plugin_publishes_arrive_with_seq_and_sigterm_closes_with_1001(
     ferry.terminate();
     assert_eq!(closed.await.unwrap(), CloseCode::Away);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_answers_no_ping_is_closed_and_the_connection_cap_holds() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .config("websocket: {ping_interval_ms: 200, max_connections: 2}\n")
+        .start();
+    let mut quiet = open(&ferry, "localhost", &[]).await;
+    let _second = open(&ferry, "localhost", &[]).await;
+    // A third is refused at the upgrade.
+    let addr = ferry.http.unwrap();
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    // Not reading, the client answers no ping: closed with 4003.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(closed_with(&mut quiet).await, CloseCode::from(4003));
+}
