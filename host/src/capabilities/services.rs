@@ -228,7 +228,6 @@ impl ServicesHost for ServicesState {
                 }
             }
         });
-        let calls: Vec<_> = calls.collect();
         futures_util::future::join_all(calls).await
     }
 }

@@ -1,13 +1,14 @@
 //! Memory a compilation used, handed back when it is done. The host
 //! allocates with mimalloc, whose per-thread heaps keep freed pages for a
 //! short delay before returning them, and return them only when the same
-//! thread allocates again. Wasmtime compiles on rayon's threads, which then
-//! sit idle, so without help a cold start's compilation (hundreds of MiB
-//! for an interpreter component) would stay in the host's RSS for good.
+//! thread allocates again. Compilations run on threads that then go idle
+//! or exit (each has a rayon pool of its own, see `runtime::cache`), so
+//! without help a cold start's compilation (hundreds of MiB for an
+//! interpreter component) would stay in the host's RSS for good.
 //!
 //! While any compilation runs, freed pages are returned at once (purge
-//! delay 0); when the last one ends, the delay is put back and every rayon
-//! thread, and the caller's, collects what it holds.
+//! delay 0); when the last one ends, the delay is put back and a blocking
+//! thread, where the loads ran, collects what its heap still holds.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
@@ -48,16 +49,9 @@ impl Drop for Compiling {
     }
 }
 
-/// Asks every rayon thread, and a blocking thread of tokio's, to return
-/// the free memory its heap holds.
+/// Asks a blocking thread of tokio's to return the free memory its heap
+/// holds.
 pub async fn give_back() {
-    let collect = || {
-        // SAFETY: mi_collect only walks the calling thread's own heap.
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    };
-    let _ = tokio::task::spawn_blocking(move || {
-        rayon::broadcast(|_| collect());
-        collect();
-    })
-    .await;
+    // SAFETY: mi_collect only walks the calling thread's own heap.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libmimalloc_sys::mi_collect(true) }).await;
 }

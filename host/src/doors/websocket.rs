@@ -297,8 +297,8 @@ impl Connection {
                 message = stream.next() => match message {
                     None => break None,
                     Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") || text.to_lowercase().contains("size") {
+                        let too_big = e.into_inner().downcast_ref::<tungstenite::Error>().is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+                        if too_big {
                             break Some((1009, format!("a message is at most {} bytes", self.hub.max_message)));
                         }
                         break None;
