@@ -268,3 +268,161 @@ async fn a_client_that_answers_no_ping_is_closed_and_the_connection_cap_holds() 
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(closed_with(&mut quiet).await, CloseCode::from(4003));
 }
+
+/// A subscriber on a socket with a small receive buffer that stops reading
+/// after its subscription is acknowledged: the kernel absorbs little, so
+/// the host's send queue is what fills.
+async fn stalled_subscriber(ferry: &Ferry) -> Ws {
+    let addr = ferry.http.expect("the HTTP gateway");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), stream)
+        .await
+        .expect("upgrade");
+    send(
+        &mut ws,
+        "subscribe",
+        json!("s"),
+        json!({"topics": ["load"]}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await["payload"]["result"]["topics"],
+        json!(["load"])
+    );
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_evicted_while_a_hundred_others_keep_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const HEALTHY: usize = 100;
+    // The publisher stays at most this far ahead of the slowest healthy
+    // reader: well inside their queues (256 KiB; the message bound is set
+    // out of reach, so the byte bound is what evicts).
+    const AHEAD: u64 = 64;
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .config(
+            "websocket: {send_queue: 100000, send_queue_bytes: 262144, ping_interval_ms: 600000}\n",
+        )
+        .start();
+    let mut stalled = stalled_subscriber(&ferry).await;
+
+    let received: Arc<Vec<AtomicU64>> = Arc::new((0..HEALTHY).map(|_| AtomicU64::new(0)).collect());
+    let mut readers = Vec::new();
+    for i in 0..HEALTHY {
+        let mut ws = open(&ferry, "localhost", &[]).await;
+        send(&mut ws, "subscribe", json!(i), json!({"topics": ["load"]})).await;
+        assert_eq!(
+            recv(&mut ws).await["header"]["command"],
+            "subscribe-response"
+        );
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            // Every event, in order, without a gap, until `last` arrives.
+            loop {
+                let event = recv(&mut ws).await;
+                assert_eq!(event["header"]["command"], "event", "{event}");
+                let seq = event["payload"]["seq"].as_u64().unwrap();
+                let before = received[i].fetch_add(1, Ordering::Relaxed);
+                assert_eq!(seq, before + 1, "client {i} saw a gap");
+                if event["payload"]["data"]["last"] == true {
+                    return ws;
+                }
+            }
+        }));
+    }
+
+    let (mut publisher, _) =
+        ferry_tests::bus::Consumer::hello(&ferry.events_socket(), "publisher", "publisher", &[])
+            .await;
+    let pad = "p".repeat(1000);
+    let slowest = || {
+        received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .min()
+            .unwrap()
+    };
+    let mut published = 0u64;
+    let mut evicted_at = None;
+    // Until the stalled client is evicted, and some more after.
+    while evicted_at.is_none_or(|at| published < at + 512) {
+        assert!(published < 50_000, "50 MB published and nobody was evicted");
+        while published >= slowest() + AHEAD {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..32 {
+            publisher
+                .send(&json!({"type": "publish", "topic": "load", "payload": {"pad": pad, "last": false}}))
+                .await;
+        }
+        for _ in 0..32 {
+            publisher.recv_type("publish_ack").await;
+        }
+        published += 32;
+        if evicted_at.is_none() && published % 256 == 0 {
+            let status = ferry.status().await;
+            if status["websocket"]["evicted"] == 1 {
+                evicted_at = Some(published);
+            }
+        }
+    }
+    publisher
+        .send(&json!({"type": "publish", "topic": "load", "payload": {"last": true}}))
+        .await;
+    publisher.recv_type("publish_ack").await;
+    published += 1;
+
+    for reader in readers {
+        let mut ws = tokio::time::timeout(WAIT, reader)
+            .await
+            .expect("every healthy client receives every event")
+            .unwrap();
+        // Still connected: it answers a ping.
+        send(&mut ws, "ping", json!("p"), json!({"timestamp": 1})).await;
+        assert_eq!(recv(&mut ws).await["header"]["command"], "ping-response");
+    }
+    assert!(
+        received
+            .iter()
+            .all(|r| r.load(Ordering::Relaxed) == published)
+    );
+
+    // The stalled client reads now: the events the kernel held, in order,
+    // then the close with 4002.
+    let mut seen = 0u64;
+    let code = loop {
+        match tokio::time::timeout(WAIT, stalled.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                seen += 1;
+                assert_eq!(event["payload"]["seq"], seen);
+            }
+            Some(Ok(Message::Close(Some(frame)))) => break frame.code,
+            Some(Ok(_)) => {}
+            other => panic!("expected events then a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::from(4002));
+    assert!(seen < published, "it was evicted before the end");
+    let status = ferry.status().await;
+    assert_eq!(status["websocket"]["evicted"], 1, "{}", status["websocket"]);
+    let metrics = ferry.admin_http("GET", "/metrics").await.text();
+    assert!(
+        metrics.contains("ferry_websocket_evicted_total 1"),
+        "{metrics}"
+    );
+    eprintln!(
+        "evicted after {} events; it had read {seen} of {published}",
+        evicted_at.unwrap()
+    );
+}

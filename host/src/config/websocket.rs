@@ -16,6 +16,10 @@ pub struct WebSocketConfig {
     /// Messages waiting to be sent to one client; a client whose pushed
     /// events overflow it is disconnected (close code 4002).
     pub send_queue: usize,
+    /// Bytes of pushed events waiting to be sent to one client, the other
+    /// bound of the same queue (an event alone may be larger: it waits
+    /// for an empty queue).
+    pub send_queue_bytes: usize,
     /// How often the host pings; a client that has not answered the
     /// previous ping by the next is disconnected (close code 4003).
     pub ping_interval_ms: u64,
@@ -28,6 +32,7 @@ impl Default for WebSocketConfig {
             handshake_timeout_ms: 15_000,
             max_in_flight: 64,
             send_queue: 1_024,
+            send_queue_bytes: 4 << 20,
             ping_interval_ms: 20_000,
         }
     }
@@ -40,6 +45,7 @@ impl WebSocketConfig {
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("max_in_flight", self.max_in_flight as u64),
             ("send_queue", self.send_queue as u64),
+            ("send_queue_bytes", self.send_queue_bytes as u64),
             ("ping_interval_ms", self.ping_interval_ms),
         ] {
             if value == 0 {

@@ -8,12 +8,13 @@
 //! messages with a `seq` per connection).
 //!
 //! The connection is split in two: this task reads and answers, a writer
-//! task owns the socket's sending half and a bounded queue. Pushed events
-//! never wait for a slow client: when its queue overflows the client is
-//! disconnected (4002), and the publisher and the other clients go on.
+//! task owns the socket's sending half and a queue bounded in messages and
+//! in bytes. Pushed events never wait for a slow client: when its queue
+//! overflows, what it holds is dropped and the client is closed (4002),
+//! and the publisher and the other clients go on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -21,6 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -52,8 +54,20 @@ pub struct Hub {
     settings: WebSocketConfig,
     max_message: usize,
     open: AtomicUsize,
+    evicted: AtomicU64,
+    no_pong: AtomicU64,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// The door's counters, for the status document and the metrics.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HubCounts {
+    pub open: u64,
+    /// Closed with 4002: fell behind on pushed events.
+    pub evicted: u64,
+    /// Closed with 4003: no answer to a ping.
+    pub no_pong: u64,
 }
 
 impl Hub {
@@ -62,9 +76,44 @@ impl Hub {
             settings,
             max_message,
             open: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
+            no_pong: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    pub fn counts(&self) -> HubCounts {
+        HubCounts {
+            open: self.open.load(Ordering::Relaxed) as u64,
+            evicted: self.evicted.load(Ordering::Relaxed),
+            no_pong: self.no_pong.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn readings(&self) -> Vec<crate::ops::metrics::Reading> {
+        use crate::ops::metrics::Reading;
+        let counts = self.counts();
+        vec![
+            Reading {
+                name: "ferry_websocket_connections",
+                help: "WebSocket connections open.",
+                gauge: true,
+                value: counts.open,
+            },
+            Reading {
+                name: "ferry_websocket_evicted",
+                help: "WebSocket clients closed with 4002 for falling behind on pushed events.",
+                gauge: false,
+                value: counts.evicted,
+            },
+            Reading {
+                name: "ferry_websocket_no_pong",
+                help: "WebSocket clients closed with 4003 for not answering a ping.",
+                gauge: false,
+                value: counts.no_pong,
+            },
+        ]
     }
 
     /// SIGTERM: every connection stops reading, finishes what it runs and
@@ -140,9 +189,10 @@ pub async fn upgrade(
             Connection {
                 pipeline,
                 hub: hub2.clone(),
-                host,
+                host: host.map(Arc::from),
                 token: None,
                 subscriber: None,
+                pump: None,
             }
             .run(socket, token, needs_token)
             .await;
@@ -154,16 +204,84 @@ pub async fn upgrade(
 /// What the writer task is asked to send.
 enum Out {
     Message(Message),
+    /// A pushed event, counted in the queue's bytes until it is sent.
+    Event(Utf8Bytes),
     Close(u16, String),
+}
+
+/// Messages the writer sends with one flush, at most.
+const WRITE_BATCH: usize = 64;
+
+/// Sends a batch of queued messages with one flush; answers whether it held
+/// the close (nothing is sent after it).
+async fn write_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Out>,
+    queued: &AtomicUsize,
+) -> Result<bool, axum::Error> {
+    let mut last = false;
+    for out in batch.drain(..) {
+        let message = match out {
+            Out::Message(m) => m,
+            Out::Event(text) => {
+                queued.fetch_sub(text.len(), Ordering::Relaxed);
+                Message::Text(text)
+            }
+            Out::Close(code, reason) => {
+                last = true;
+                close_message(code, &reason)
+            }
+        };
+        sink.feed(message).await?;
+        if last {
+            break;
+        }
+    }
+    sink.flush().await?;
+    Ok(last)
+}
+
+/// The sending side of a connection's queue: pushed events are bounded in
+/// messages (the channel) and in bytes (`queued`), and never waited for.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Out>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+    /// Set when the client fell behind: the writer drops what is queued
+    /// and closes with 4002.
+    evicted: CancellationToken,
+}
+
+impl Outbox {
+    /// Queues an event, or evicts the client if there is no room.
+    fn push(&self, text: String) -> bool {
+        let len = text.len();
+        let before = self.queued.load(Ordering::Relaxed);
+        // An event larger than the bound alone still goes to an idle client.
+        if before > 0 && before + len > self.max_bytes {
+            self.evicted.cancel();
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if self.tx.try_send(Out::Event(Utf8Bytes::from(text))).is_err() {
+            self.evicted.cancel();
+            return false;
+        }
+        true
+    }
 }
 
 struct Connection {
     pipeline: Arc<Pipeline>,
     hub: Arc<Hub>,
-    host: Option<String>,
+    host: Option<Arc<str>>,
     /// The verified token the connection's requests carry.
     token: Option<Arc<str>>,
     subscriber: Option<Arc<Subscriber>>,
+    /// The task moving the subscriber's events to the queue; it holds a
+    /// sender, so it is stopped when the connection ends.
+    pump: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -174,12 +292,39 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// A message as it arrives, borrowed from its text.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    header: Header<'a>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    command: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
 /// One response message, as text.
-fn response(command: &str, id: &Value, payload: &str) -> Message {
-    let command = serde_json::to_string(&format!("{command}-response")).expect("a string");
-    Message::Text(Utf8Bytes::from(format!(
-        r#"{{"header":{{"command":{command},"id":{id}}},"payload":{payload}}}"#
-    )))
+fn response(command: &str, id: &str, payload: &str) -> Message {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(48 + command.len() + id.len() + payload.len());
+    text.push_str(r#"{"header":{"command":"#);
+    // Commands are names, but one sent with quotes comes back escaped.
+    if command
+        .bytes()
+        .all(|b| b >= b' ' && b != b'"' && b != b'\\')
+    {
+        let _ = write!(text, r#""{command}-response""#);
+    } else {
+        text.push_str(&serde_json::to_string(&format!("{command}-response")).expect("a string"));
+    }
+    let _ = write!(text, r#","id":{id}}},"payload":{payload}}}"#);
+    Message::Text(Utf8Bytes::from(text))
 }
 
 /// The payload of an error: request errors carry the message, internal
@@ -253,7 +398,7 @@ impl Connection {
                 let _ = sink
                     .send(response(
                         "auth",
-                        &id,
+                        &id.to_string(),
                         r#"{"result":{"authenticated":true}}"#,
                     ))
                     .await;
@@ -261,37 +406,85 @@ impl Connection {
         }
 
         let (tx, mut rx) = mpsc::channel::<Out>(settings.send_queue);
+        let outbox = Outbox {
+            tx: tx.clone(),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_bytes: settings.send_queue_bytes,
+            evicted: CancellationToken::new(),
+        };
+        let evicted = outbox.evicted.clone();
+        let queued = outbox.queued.clone();
         let write_timeout = Duration::from_secs(5);
         let writer = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                let (message, last) = match out {
-                    Out::Message(m) => (m, false),
-                    Out::Close(code, reason) => (close_message(code, &reason), true),
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    // What is queued for a client that fell behind is dropped.
+                    _ = evicted.cancelled() => Out::Close(close::TOO_SLOW, "fell behind on pushed events".to_owned()),
+                    out = rx.recv() => match out {
+                        Some(out) => out,
+                        None => break,
+                    },
                 };
-                let sent = tokio::time::timeout(write_timeout, sink.send(message)).await;
-                if last || !matches!(sent, Ok(Ok(()))) {
-                    break;
+                let closing = matches!(first, Out::Close(..));
+                batch.push(first);
+                if !closing && rx.is_empty() {
+                    // Requests finishing at about the same time share a
+                    // write: one send for many answers under load.
+                    tokio::task::yield_now().await;
+                }
+                // Whatever else is ready goes out in the same write.
+                while !closing
+                    && batch.len() < WRITE_BATCH
+                    && let Ok(out) = rx.try_recv()
+                {
+                    batch.push(out);
+                }
+                let write = tokio::time::timeout(
+                    write_timeout,
+                    write_batch(&mut sink, &mut batch, &queued),
+                );
+                let written = if closing {
+                    Some(write.await)
+                } else {
+                    tokio::select! {
+                        biased;
+                        written = write => Some(written),
+                        // A write stuck on a client that stopped reading
+                        // gives way to the close.
+                        _ = evicted.cancelled() => None,
+                    }
+                };
+                match written {
+                    None => batch.clear(),
+                    Some(Ok(Ok(false))) => {}
+                    Some(_) => break,
                 }
             }
-            let _ = sink.close().await;
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
         });
 
         let slots = Arc::new(Semaphore::new(settings.max_in_flight));
         let mut ping = tokio::time::interval(Duration::from_millis(settings.ping_interval_ms));
         ping.tick().await;
         let mut pong_owed = false;
-        let evicted = CancellationToken::new();
         let closing = loop {
             tokio::select! {
                 _ = self.hub.shutdown.cancelled() => break Some((1001, "the host is stopping".to_owned())),
-                _ = evicted.cancelled() => break Some((close::TOO_SLOW, "fell behind on pushed events".to_owned())),
+                // The writer sends the close itself, ahead of what is queued.
+                _ = outbox.evicted.cancelled() => {
+                    self.hub.evicted.fetch_add(1, Ordering::Relaxed);
+                    break None;
+                }
                 _ = ping.tick() => {
                     if pong_owed {
+                        self.hub.no_pong.fetch_add(1, Ordering::Relaxed);
                         break Some((close::NO_PONG, "no answer to the last ping".to_owned()));
                     }
                     pong_owed = true;
                     if tx.try_send(Out::Message(Message::Ping(Default::default()))).is_err() {
-                        break Some((close::TOO_SLOW, "fell behind".to_owned()));
+                        outbox.evicted.cancel();
                     }
                 }
                 message = stream.next() => match message {
@@ -308,7 +501,7 @@ impl Connection {
                             permit = slots.clone().acquire_owned() => permit.expect("never closed"),
                             _ = self.hub.shutdown.cancelled() => break Some((1001, "the host is stopping".to_owned())),
                         };
-                        self.message(text.as_str(), &tx, permit, &evicted).await;
+                        self.message(text.as_str(), &outbox, permit).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let _ = tx.send(Out::Message(Message::Text(Utf8Bytes::from(
@@ -329,10 +522,13 @@ impl Connection {
         if let Some(subscriber) = self.subscriber.take() {
             self.pipeline.bus().unsubscribe(&subscriber);
         }
+        if let Some(pump) = self.pump.take() {
+            pump.abort();
+        }
         if let Some((code, reason)) = closing {
             let _ = tx.send(Out::Close(code, reason)).await;
         }
-        drop(tx);
+        drop((tx, outbox));
         let _ = writer.await;
     }
 
@@ -340,19 +536,21 @@ impl Connection {
     async fn message(
         &mut self,
         text: &str,
-        tx: &mpsc::Sender<Out>,
+        outbox: &Outbox,
         permit: tokio::sync::OwnedSemaphorePermit,
-        evicted: &CancellationToken,
     ) {
+        let tx = &outbox.tx;
         let received = Instant::now();
-        let parsed: Result<Value, _> = serde_json::from_str(text);
-        let (command, id, payload) = match parsed {
-            Ok(v) if v["header"]["command"].is_string() => (
-                v["header"]["command"].as_str().unwrap_or("").to_owned(),
-                v["header"].get("id").cloned().unwrap_or(Value::Null),
-                v.get("payload").cloned().unwrap_or(Value::Null),
+        // Borrowed, with the payload and id left as JSON text: a request's
+        // params go to the plugin as they came.
+        let parsed: Result<Incoming, _> = serde_json::from_str(text);
+        let (command, id, raw_payload) = match parsed {
+            Ok(m) => (
+                m.header.command,
+                m.header.id.map_or("null", RawValue::get).to_owned(),
+                m.payload,
             ),
-            _ => {
+            Err(_) => {
                 let error = ErrorBody::new(
                     ErrorCode::BadRequest,
                     "a message is {\"header\": {\"command\", \"id\"}, \"payload\"}",
@@ -360,7 +558,7 @@ impl Connection {
                 let _ = tx
                     .send(Out::Message(response(
                         "error",
-                        &Value::Null,
+                        "null",
                         &error_payload(&error, "error"),
                     )))
                     .await;
@@ -368,10 +566,15 @@ impl Connection {
             }
         };
         let reply = |payload: String| Out::Message(response(&command, &id, &payload));
-        match command.as_str() {
+        let payload = || -> Value {
+            raw_payload
+                .and_then(|p| serde_json::from_str(p.get()).ok())
+                .unwrap_or(Value::Null)
+        };
+        match &*command {
             "ping" => {
                 let payload =
-                    json!({"origintimestamp": payload["timestamp"], "timestamp": now_ms()});
+                    json!({"origintimestamp": payload()["timestamp"], "timestamp": now_ms()});
                 let _ = tx.send(reply(payload.to_string())).await;
             }
             "auth" => {
@@ -380,7 +583,7 @@ impl Connection {
                 let _ = tx.send(reply(error_payload(&error, &command))).await;
             }
             "subscribe" | "unsubscribe" => {
-                let payload = match self.subscription(&command, &payload, tx, evicted) {
+                let payload = match self.subscription(&command, &payload(), outbox) {
                     Ok(topics) => json!({"result": {"topics": topics}}).to_string(),
                     Err(error) => error_payload(&error, &command),
                 };
@@ -398,6 +601,8 @@ impl Connection {
                     return;
                 };
                 let (service, action) = (service.to_owned(), action.to_owned());
+                let params = raw_payload.map_or("{}", RawValue::get).to_owned();
+                let command = command.to_string();
                 let (pipeline, host, token, tx) = (
                     self.pipeline.clone(),
                     self.host.clone(),
@@ -405,11 +610,6 @@ impl Connection {
                     tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let params = match &payload {
-                        Value::Null => "{}".to_owned(),
-                        other => other.to_string(),
-                    };
-                    let request_id = id.to_string();
                     let inv = Invocation {
                         door: DoorKind::Http,
                         route: Route::Host {
@@ -419,7 +619,7 @@ impl Connection {
                         service: &service,
                         action: &action,
                         params: &params,
-                        request_id: &request_id,
+                        request_id: &id,
                         token: token.as_deref(),
                         tenant: None,
                         timeout_ms: None,
@@ -447,8 +647,7 @@ impl Connection {
         &mut self,
         command: &str,
         payload: &Value,
-        tx: &mpsc::Sender<Out>,
-        evicted: &CancellationToken,
+        outbox: &Outbox,
     ) -> Result<Vec<String>, ErrorBody> {
         let bad = |m: String| ErrorBody::new(ErrorCode::BadRequest, m);
         let asked: Vec<String> = payload["topics"]
@@ -504,7 +703,7 @@ impl Connection {
                     self.hub.settings.send_queue.saturating_mul(8),
                 );
                 let subscriber = subscription.subscriber;
-                tokio::spawn(pump(subscriber.clone(), tx.clone(), evicted.clone()));
+                self.pump = Some(tokio::spawn(pump(subscriber.clone(), outbox.clone())));
                 self.subscriber = Some(subscriber);
             }
         }
@@ -515,15 +714,15 @@ impl Connection {
 /// Moves a connection's events from its bus queue to its send queue. A
 /// full send queue, or events dropped from the bus queue, means the client
 /// is behind: it is disconnected rather than waited for.
-async fn pump(subscriber: Arc<Subscriber>, tx: mpsc::Sender<Out>, evicted: CancellationToken) {
+async fn pump(subscriber: Arc<Subscriber>, outbox: Outbox) {
     loop {
         tokio::select! {
             _ = subscriber.ready.notified() => {}
-            _ = tx.closed() => return,
-            _ = evicted.cancelled() => return,
+            _ = outbox.tx.closed() => return,
+            _ = outbox.evicted.cancelled() => return,
         }
         while let Some((seq, event)) = subscriber.pop() {
-            let payload: &serde_json::value::RawValue =
+            let payload: &RawValue =
                 serde_json::from_str(&event.payload).expect("the bus holds JSON");
             let text = json!({
                 "header": {"command": "event"},
@@ -536,11 +735,11 @@ async fn pump(subscriber: Arc<Subscriber>, tx: mpsc::Sender<Out>, evicted: Cance
                 },
             })
             .to_string();
-            let full = tx
-                .try_send(Out::Message(Message::Text(Utf8Bytes::from(text))))
-                .is_err();
-            if full || subscriber.status().dropped > 0 {
-                evicted.cancel();
+            if !outbox.push(text) {
+                return;
+            }
+            if subscriber.status().dropped > 0 {
+                outbox.evicted.cancel();
                 return;
             }
         }

@@ -290,8 +290,18 @@ impl Collector for Calls {
     }
 }
 
-/// The exposition of every loaded plugin's metrics.
-pub fn render(pipeline: &Pipeline) -> String {
+/// One number a door keeps of its own (the WebSocket door's connections
+/// and closes), beside what the pipeline knows.
+pub struct Reading {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A gauge; a counter otherwise.
+    pub gauge: bool,
+    pub value: u64,
+}
+
+/// The exposition of every loaded plugin's metrics, and the doors' own.
+pub fn render(pipeline: &Pipeline, doors: &[Reading]) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Plugins(pipeline.table().plugins())));
     registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
@@ -328,6 +338,17 @@ pub fn render(pipeline: &Pipeline) -> String {
         let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
         counter.inc_by(value);
         registry.register(name, help, counter);
+    }
+    for reading in doors {
+        if reading.gauge {
+            let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+            gauge.set(reading.value as i64);
+            registry.register(reading.name, reading.help, gauge);
+        } else {
+            let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+            counter.inc_by(reading.value);
+            registry.register(reading.name, reading.help, counter);
+        }
     }
     let tracked = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     tracked.set(owed.tracked as i64);

@@ -222,7 +222,9 @@ impl Pipeline {
             }
         };
         let (plugin, call) = call;
-        plugin.call(call).await.map_err(ErrorBody::from)
+        // Boxed: a plugin call's state is kilobytes, which every door's
+        // per-request task would otherwise copy as it is spawned and moved.
+        Box::pin(plugin.call(call)).await.map_err(ErrorBody::from)
     }
 
     /// Everything before the plugin: route, authenticate, settle the tenant

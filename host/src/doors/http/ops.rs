@@ -37,14 +37,22 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
 
 pub async fn status(State(state): State<HttpState>) -> Response {
     let _counted = Counted::new(&state.tally);
-    let body = crate::ops::status::document(&state.pipeline, state.started).to_string();
-    json_response(StatusCode::OK, body)
+    let mut body = crate::ops::status::document(&state.pipeline, state.started);
+    if let Some(hub) = &state.websocket {
+        body["websocket"] = json!(hub.counts());
+    }
+    json_response(StatusCode::OK, body.to_string())
 }
 
 /// The counters and histograms in the OpenMetrics text format.
 pub async fn metrics(State(state): State<HttpState>) -> Response {
     let _counted = Counted::new(&state.tally);
-    let body = crate::ops::metrics::render(&state.pipeline);
+    let doors = state
+        .websocket
+        .as_ref()
+        .map(|hub| hub.readings())
+        .unwrap_or_default();
+    let body = crate::ops::metrics::render(&state.pipeline, &doors);
     let mut response = Response::new(body.into());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
