@@ -3,11 +3,11 @@
 
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-# The pinned Python and JavaScript plugin toolchains (componentize-py,
-# componentize-js) are installed here on first use.
+# The pinned Python, JavaScript and C plugin toolchains (componentize-py,
+# componentize-js, wit-bindgen) are installed here on first use.
 export FERRY_TOOLS ?= $(CURDIR)/.tools
 RUST_PLUGINS := echo faulty todo orders
-PLUGINS := $(RUST_PLUGINS) hello-py hello-js
+PLUGINS := $(RUST_PLUGINS) hello-py hello-js hello-c
 WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/plugin
 FERRY := $(CARGO_TARGET_DIR)/release/ferry
 
@@ -26,8 +26,8 @@ test: plugins host
 bench: plugins host wrk
 	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages --bench events --bench calls --bench cold_start --bench websocket
 
-## Build the example plugins (Rust, Python, JavaScript) into deploy/.
-plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm
+## Build the example plugins (Rust, Python, JavaScript, C) into deploy/.
+plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm $(WASM_DIR)/hello-c.wasm
 	@# The second build of echo, for the hot-swap tests, first: the plain
 	@# build below then leaves echo.wasm as it should be.
 	$(CARGO) build --profile plugin --target wasm32-wasip2 -p echo --features echo/v2
@@ -51,6 +51,11 @@ $(WASM_DIR)/hello-py.wasm: plugins/hello-py/app.py sdk/python/build.sh wit/plugi
 $(WASM_DIR)/hello-js.wasm: plugins/hello-js/app.js sdk/js/build.sh sdk/js/package.json sdk/js/package-lock.json wit/plugin.wit
 	@mkdir -p $(WASM_DIR)
 	sdk/js/build.sh plugins/hello-js $@ wit
+
+# The C plugin: clang and wasi-libc from Debian, bindings by wit-bindgen.
+$(WASM_DIR)/hello-c.wasm: plugins/hello-c/app.c sdk/c/build.sh sdk/c/ferry_json.c sdk/c/ferry_json.h wit/plugin.wit
+	@mkdir -p $(WASM_DIR)
+	sdk/c/build.sh plugins/hello-c $@ wit
 
 ## Regenerate wit/REFERENCE.md from wit/plugin.wit (a test checks they agree).
 wit-reference:

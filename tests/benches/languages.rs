@@ -2,7 +2,7 @@
 //! time on first load (empty cache), load time from the compile cache, the
 //! time until the service is ready in both cases (its first instance
 //! started), and the latency of `echo` through the socket (one request at
-//! a time), for the Rust `echo` (the baseline), `hello-py` and `hello-js`.
+//! a time), for the Rust `echo` (the baseline), `hello-py`, `hello-js` and `hello-c`.
 //! The host is held to CPU 0 and the client to CPU 1.
 //!
 //! `make bench`; `BENCH_ROUNDS` (default 3) rounds, `BENCH_REQUESTS`
@@ -66,6 +66,7 @@ fn main() {
         ("Rust", "echo"),
         ("Python", "hello-py"),
         ("JavaScript", "hello-js"),
+        ("C", "hello-c"),
     ];
     let mut measured: Vec<Measured> = plugins.iter().map(|_| Measured::default()).collect();
     println!(

@@ -1,5 +1,6 @@
-//! Plugins in other languages: `hello-py` (componentize-py) and `hello-js`
-//! (componentize-js) pass the same end-to-end cases as the Rust `echo`,
+//! Plugins in other languages: `hello-py` (componentize-py), `hello-js`
+//! (componentize-js) and `hello-c` (clang, wasi-libc and wit-bindgen's C
+//! bindings) pass the same end-to-end cases as the Rust `echo`,
 //! over HTTP and the socket, plus a trap, the database, and the circuit of
 //! a plugin without a health export; and `ferry new` writes a skeleton in
 //! each language that builds, passes its smoke test, deploys and answers.
@@ -34,7 +35,7 @@ fn token(subject: &str, tenant: &str) -> String {
 /// open application (the default on the socket and for `127.0.0.1`) and one
 /// behind JWT.
 fn start() -> Ferry {
-    let services = "[echo, hello-py, hello-js]";
+    let services = "[echo, hello-py, hello-js, hello-c]";
     let grant = "permissions: {database: true}\n";
     Ferry::options()
         .plugin("echo", "echo", None)
@@ -44,6 +45,7 @@ fn start() -> Ferry {
             "hello-js",
             Some(&format!("{grant}circuit: {{failures: 3, backoff_ms: 300}}\n")),
         )
+        .plugin("hello-c", "hello-c", Some(grant))
         .env("FERRY_TEST_SECRET", SECRET)
         .socket("{path: run/ferry.sock, app: open}")
         .config(&format!(
@@ -166,7 +168,7 @@ async fn echo_cases(ferry: &Ferry, service: &str) {
     assert_eq!(reply.status, 404);
 }
 
-/// What the Python and JavaScript plugins do beyond echo.
+/// What the Python, JavaScript and C plugins do beyond echo.
 async fn hello_cases(ferry: &Ferry, service: &str) {
     let mut client = ferry.connect().await;
     let call = |action: &str, params: Value| json!({"id": 1, "service": service, "action": action, "params": params, "tenant_id": format!("t-{service}")});
@@ -215,12 +217,12 @@ async fn hello_cases(ferry: &Ferry, service: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn python_and_javascript_plugins_pass_the_echo_cases_and_more() {
+async fn python_javascript_and_c_plugins_pass_the_echo_cases_and_more() {
     let ferry = start();
-    for service in ["echo", "hello-py", "hello-js"] {
+    for service in ["echo", "hello-py", "hello-js", "hello-c"] {
         echo_cases(&ferry, service).await;
     }
-    for service in ["hello-py", "hello-js"] {
+    for service in ["hello-py", "hello-js", "hello-c"] {
         hello_cases(&ferry, service).await;
     }
 
@@ -302,7 +304,7 @@ async fn ferry_new_writes_skeletons_that_build_pass_their_smoke_test_and_answer(
     let dir = scratch_dir();
     let ferry = Ferry::options().start();
     let mut client = ferry.connect().await;
-    for lang in ["rust", "python", "js"] {
+    for lang in ["rust", "python", "js", "c"] {
         let name = format!("greet-{lang}");
         let wasm = tokio::task::block_in_place(|| new_plugin(&dir, &name, lang));
         ferry.place(&format!("{name}.wasm"), &std::fs::read(&wasm).unwrap());

@@ -1,4 +1,4 @@
-//! `ferry new`: writes a plugin skeleton in Rust, Python or JavaScript that
+//! `ferry new`: writes a plugin skeleton in Rust, Python, JavaScript or C that
 //! builds with one command (`./build.sh`) and passes the smoke test it comes
 //! with (`ferry check NAME.wasm --smoke smoke.json`). The WIT and the build
 //! scripts are the repository's own, embedded at compile time, so a
@@ -16,12 +16,16 @@ const PYTHON_BUILD: &str = include_str!("../../../sdk/python/build.sh");
 const JS_BUILD: &str = include_str!("../../../sdk/js/build.sh");
 const JS_PACKAGE: &str = include_str!("../../../sdk/js/package.json");
 const JS_LOCK: &str = include_str!("../../../sdk/js/package-lock.json");
+const C_BUILD: &str = include_str!("../../../sdk/c/build.sh");
+const C_JSON_H: &str = include_str!("../../../sdk/c/ferry_json.h");
+const C_JSON_C: &str = include_str!("../../../sdk/c/ferry_json.c");
 
 const RUST_CARGO: &str = include_str!("scaffold/rust_cargo.toml");
 const RUST_LIB: &str = include_str!("scaffold/rust_lib.rs");
 const RUST_BUILD: &str = include_str!("scaffold/rust_build.sh");
 const PYTHON_APP: &str = include_str!("scaffold/app.py");
 const JS_APP: &str = include_str!("scaffold/app.js");
+const C_APP: &str = include_str!("scaffold/app.c");
 const SMOKE: &str = include_str!("scaffold/smoke.json");
 const README: &str = include_str!("scaffold/README.md");
 const GITIGNORE: &str = include_str!("scaffold/gitignore");
@@ -35,6 +39,7 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    C,
 }
 
 /// One file of a skeleton: its path inside the folder, its text, and
@@ -94,11 +99,17 @@ pub fn new(
             "; the first run installs the pinned componentize-js into .tools/ (or $FERRY_TOOLS)",
             "Writing plugins in JavaScript: `sdk/js/README.md` in the Ferry repository.",
         ),
+        Lang::C => (
+            "C",
+            "; the first run installs Debian's clang 14 and wasi-libc when missing, and the pinned wit-bindgen into .tools/ (or $FERRY_TOOLS)",
+            "Writing plugins in C: `sdk/c/README.md` in the Ferry repository.",
+        ),
     };
     let lang_word = match lang {
         Lang::Rust => "rust",
         Lang::Python => "python",
         Lang::Js => "js",
+        Lang::C => "c",
     };
     let readme = fill(README)
         .replace("{{language}}", language)
@@ -130,6 +141,13 @@ pub fn new(
             files.push(file("build.sh", JS_BUILD));
             files.push(file("package.json", JS_PACKAGE));
             files.push(file("package-lock.json", JS_LOCK));
+            files.push(file("wit/plugin.wit", WIT));
+        }
+        Lang::C => {
+            files.push(file("app.c", fill(C_APP)));
+            files.push(file("build.sh", C_BUILD));
+            files.push(file("ferry_json.h", C_JSON_H));
+            files.push(file("ferry_json.c", C_JSON_C));
             files.push(file("wit/plugin.wit", WIT));
         }
     }
