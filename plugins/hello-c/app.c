@@ -6,7 +6,10 @@
  * tenant's visits in the application's database (the manifest grants it),
  * `boom` logs and aborts, to show that a trap becomes `plugin_trap` and the
  * next request is served, and `publish` publishes `{topic, payload}` on the
- * application's bus. Events it is subscribed to are acknowledged.
+ * application's bus. Events it is subscribed to are published again on
+ * `seen.hello-c` with what the delivery said; a payload with
+ * `retry_until: N` is answered `retry` until attempt N, and `reject: true`
+ * is rejected.
  *
  * Memory, as the bindings want it: what the host hands an export belongs to
  * the plugin (freed below); what an export returns is freed by the
@@ -188,8 +191,85 @@ bool exports_ferry_plugin_handler_handle(context_t *ctx, str_t *action, str_t *p
     return ok;
 }
 
+typedef exports_ferry_plugin_event_handler_failure_t failure_t;
+
+static bool refuse(failure_t *err, uint8_t tag, const char *reason) {
+    err->tag = tag;
+    /* `retry` and `reject` both hold a string in the same place. */
+    service_with_events_string_dup(&err->val.retry, reason);
+    return false;
+}
+
+/* What the delivery said, published again on `seen.hello-c`: the shape
+ * hello-py and hello-js publish. */
+static bool seen(const exports_ferry_plugin_event_handler_event_t *event, failure_t *err) {
+    ferry_json_buf b = {0};
+    ferry_json_lit(&b, "{\"app\":");
+    put_str(&b, &event->app);
+    ferry_json_lit(&b, ",\"topic\":");
+    put_str(&b, &event->topic);
+    ferry_json_lit(&b, ",\"subscription\":");
+    put_str(&b, &event->subscription);
+    ferry_json_lit(&b, ",\"id\":");
+    put_str(&b, &event->id);
+    ferry_json_lit(&b, ",\"seq\":");
+    ferry_json_u64(&b, event->seq);
+    ferry_json_lit(&b, ",\"attempt\":");
+    ferry_json_u64(&b, event->attempt);
+    ferry_json_lit(&b, ",\"source_time_ms\":");
+    ferry_json_u64(&b, event->source_time_ms);
+    ferry_json_lit(&b, ",\"payload\":");
+    ferry_json_raw(&b, (const char *)event->payload.ptr, event->payload.len);
+    ferry_json_lit(&b, "}");
+    str_t topic, body = {(uint8_t *)b.ptr, b.len}, id;
+    service_with_events_string_set(&topic, "seen.hello-c");
+    error_t failed;
+    bool ok = ferry_plugin_events_publish(&topic, &body, &id, &failed);
+    free(b.ptr);
+    if (ok) {
+        service_with_events_string_free(&id);
+        return true;
+    }
+    ferry_json_buf reason = {0};
+    ferry_json_raw(&reason, (const char *)failed.code.ptr, failed.code.len);
+    ferry_json_lit(&reason, ": ");
+    ferry_json_raw(&reason, (const char *)failed.message.ptr, failed.message.len);
+    ferry_plugin_types_error_free(&failed);
+    err->tag = EXPORTS_FERRY_PLUGIN_EVENT_HANDLER_FAILURE_RETRY;
+    err->val.retry.ptr = (uint8_t *)reason.ptr;
+    err->val.retry.len = reason.len;
+    return false;
+}
+
+/* A payload with `retry_until: N` is answered `retry` until attempt N, and
+ * `reject: true` is rejected; every other event is reported by `seen`. */
+static bool handle_event(const exports_ferry_plugin_event_handler_event_t *event, failure_t *err) {
+    ferry_json_span payload = {(const char *)event->payload.ptr, event->payload.len}, value;
+    if (!ferry_json_valid(payload.ptr, payload.len))
+        return refuse(err, EXPORTS_FERRY_PLUGIN_EVENT_HANDLER_FAILURE_REJECT, "the payload is not JSON");
+    if (ferry_json_kind(payload) == '{') {
+        if (ferry_json_get(payload, "reject", &value) && ferry_json_kind(value) == 't')
+            return refuse(err, EXPORTS_FERRY_PLUGIN_EVENT_HANDLER_FAILURE_REJECT, "asked to reject");
+        int64_t until;
+        if (ferry_json_get(payload, "retry_until", &value) && ferry_json_int(value, &until) &&
+            (int64_t)event->attempt < until) {
+            ferry_json_buf reason = {0};
+            ferry_json_lit(&reason, "attempt ");
+            ferry_json_u64(&reason, event->attempt);
+            ferry_json_lit(&reason, " of ");
+            ferry_json_i64(&reason, until);
+            ferry_json_raw(&reason, "", 1); /* NUL */
+            bool answer = refuse(err, EXPORTS_FERRY_PLUGIN_EVENT_HANDLER_FAILURE_RETRY, reason.ptr);
+            free(reason.ptr);
+            return answer;
+        }
+    }
+    return seen(event, err);
+}
+
 bool exports_ferry_plugin_event_handler_handle_event(exports_ferry_plugin_event_handler_event_t *event,
-                                                     exports_ferry_plugin_event_handler_failure_t *err) {
+                                                     failure_t *err) {
+    bool ok = handle_event(event, err);
     exports_ferry_plugin_event_handler_event_free(event);
-    return true;
+    return ok;
 }

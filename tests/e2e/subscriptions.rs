@@ -59,7 +59,7 @@ fn subscription(status: &Value, service: &str, topic: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() {
+async fn a_plugin_publishes_and_rust_python_javascript_and_c_plugins_receive_it() {
     let subscribe = receiver("[orders.>]");
     let ferry = Ferry::options()
         .plugin(
@@ -70,6 +70,7 @@ async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() 
         .plugin("echo", "echo", Some(&subscribe))
         .plugin("hello-py", "hello-py", Some(&subscribe))
         .plugin("hello-js", "hello-js", Some(&subscribe))
+        .plugin("hello-c", "hello-c", Some(&subscribe))
         .start();
     let mut seen = watch(&ferry, &["seen.>"]).await;
     let mut client = ferry.connect().await;
@@ -85,10 +86,18 @@ async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() 
         .as_str()
         .unwrap()
         .to_owned();
-    let mut got = events(&mut seen, 3).await;
+    let mut got = events(&mut seen, 4).await;
     got.sort_by(|a, b| a.0.cmp(&b.0));
     let names: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(names, ["seen.echo", "seen.hello-js", "seen.hello-py"]);
+    assert_eq!(
+        names,
+        [
+            "seen.echo",
+            "seen.hello-c",
+            "seen.hello-js",
+            "seen.hello-py"
+        ]
+    );
     for (_, delivery) in &got {
         assert_eq!(delivery["topic"], "orders.created", "{delivery}");
         assert_eq!(delivery["subscription"], "orders.>");
@@ -103,7 +112,7 @@ async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() 
     // Each language's handler answers `retry` until attempt 2.
     let reply = publish("orders.paid", json!({"retry_until": 2})).await;
     expect_success(&reply);
-    for (_, delivery) in events(&mut seen, 3).await {
+    for (_, delivery) in events(&mut seen, 4).await {
         assert_eq!(
             (delivery["attempt"].clone(), delivery["seq"].clone()),
             (json!(2), json!(2)),
@@ -122,7 +131,7 @@ async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() 
     );
 
     let status = ferry.status().await;
-    for service in ["echo", "hello-py", "hello-js"] {
+    for service in ["echo", "hello-py", "hello-js", "hello-c"] {
         let s = subscription(&status, service, "orders.>");
         assert_eq!(
             (s["delivered"].clone(), s["retried"].clone()),
@@ -132,7 +141,7 @@ async fn a_plugin_publishes_and_rust_python_and_javascript_plugins_receive_it() 
         assert_eq!(s["lag"], 0, "{s}");
     }
     let metrics = ferry.admin_http("GET", "/metrics").await.text();
-    let line = r#"ferry_events_delivered_total{app="default",topic="orders.created"} 3"#;
+    let line = r#"ferry_events_delivered_total{app="default",topic="orders.created"} 4"#;
     assert!(
         metrics.lines().any(|l| l == line),
         "no `{line}` in\n{metrics}"
