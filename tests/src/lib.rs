@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod bus;
 pub mod load;
+pub mod receiver;
 pub mod services;
 pub mod wit_reference;
 
@@ -505,6 +506,16 @@ impl Ferry {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Kills the host with SIGKILL (no chance to finish anything) and keeps
+    /// its folder for another start.
+    pub fn kill_keeping_dir(mut self) -> PathBuf {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.keep = true;
+        self.dir.clone()
     }
 
     /// Stops the host and keeps its folder (data, cache) for another start.

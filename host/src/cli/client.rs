@@ -36,18 +36,19 @@ pub(super) async fn exchange(
     serde_json::from_slice(&frame).context("the host answered something that is not JSON")
 }
 
-/// Compiles, links and instantiates `file` exactly as `serve` would, and
-/// says what is wrong if any step fails; with `smoke`, then runs the cases
-
 /// Sends one command over a running host's control socket. Answers the
 /// result, or the error object the host sent back.
 pub(super) async fn control(path: &Path, command: &str) -> anyhow::Result<Result<Value, Value>> {
+    control_with(path, json!({ "id": 1, "command": command })).await
+}
+
+/// [`control`] with a whole request (a command and its fields).
+pub(super) async fn control_with(
+    path: &Path,
+    request: Value,
+) -> anyhow::Result<Result<Value, Value>> {
     // A reload may rebuild plugins whose limits changed.
-    let mut answer = exchange(
-        path,
-        &json!({ "id": 1, "command": command }),
-        Duration::from_secs(300),
-    )
+    let mut answer = exchange(path, &request, Duration::from_secs(300))
     .await
     .with_context(|| {
         format!(

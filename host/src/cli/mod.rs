@@ -10,6 +10,7 @@ mod reload;
 mod serve;
 mod status;
 mod token;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,12 @@ enum Command {
         /// binary was built with).
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+    /// The webhook deliveries a running host still owes, and retrying a
+    /// dead one.
+    Webhooks {
+        #[command(subcommand)]
+        action: webhooks::Action,
     },
     /// Re-read the config file of a running host and apply it.
     Reload {
@@ -238,6 +245,7 @@ pub fn main() -> ExitCode {
                 dir,
                 sdk,
             } => new::new(&name, lang, dir, sdk),
+            Command::Webhooks { action } => webhooks::run(action, load_config).await,
             Command::Reload { config } => match load_config(config.as_deref()) {
                 Ok(config) => reload::reload(&config).await,
                 // The host would refuse it the same way; no need to ask.

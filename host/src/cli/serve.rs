@@ -44,11 +44,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     )?);
     let pipeline = Arc::new(Pipeline::new(apps, shared.clone()));
     pipeline.set_loading_wait(config.defaults.timeout_ms);
+    // The outbox opens (and its secrets are read) before any door does.
+    let webhooks = crate::pipeline::webhooks::Webhooks::open(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    pipeline.set_webhooks(webhooks.clone());
     shared
         .switchboard
         .connect(Arc::downgrade(&pipeline)
             as std::sync::Weak<dyn crate::capabilities::services::Dispatch>);
     let shutdown = CancellationToken::new();
+    tokio::spawn(webhooks.dispatch(shutdown.clone()));
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),

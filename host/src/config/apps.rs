@@ -30,6 +30,9 @@ pub struct AppConfig {
     /// hook makes the host connect somewhere.
     #[serde(default)]
     pub reply_hooks: Vec<String>,
+    /// Where the application's events are POSTed, by endpoint name.
+    #[serde(default)]
+    pub webhooks: std::collections::BTreeMap<String, super::webhooks::WebhookConfig>,
 }
 
 /// An application's `events`: topic patterns outside callers may publish

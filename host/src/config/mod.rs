@@ -15,6 +15,7 @@ mod events;
 mod limits;
 mod manifest;
 mod server;
+mod webhooks;
 mod websocket;
 
 pub use apps::{AppConfig, AppEvents};
@@ -24,6 +25,7 @@ pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 pub use manifest::{Delivery, Manifest, Subscription};
 pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
+pub use webhooks::WebhookConfig;
 pub use websocket::WebSocketConfig;
 
 use crate::core::names::{DEFAULT_APP, valid_app_name, valid_service_name};
@@ -149,6 +151,13 @@ impl Config {
                 && !file.starts_with("//")
             {
                 *url = format!("sqlite:{}", base.join(file).display());
+            }
+            for hook in app.webhooks.values_mut() {
+                if let Some(p) = &mut hook.secret_file
+                    && p.is_relative()
+                {
+                    *p = base.join(&*p);
+                }
             }
             if let AuthConfig::Jwt(jwt) = &mut app.auth {
                 for p in [
@@ -292,6 +301,15 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("apps.{name}.database: {e}"))?;
             app.events.validate(name)?;
+            for (endpoint, hook) in &app.webhooks {
+                let key = format!("apps.{name}.webhooks.{endpoint}");
+                if !valid_service_name(endpoint) {
+                    return Err(format!(
+                        "{key}: not an endpoint name (lowercase letters, digits, `-` and `_`)"
+                    ));
+                }
+                hook.validate(&key)?;
+            }
             if let Some(bad) = app
                 .reply_hooks
                 .iter()

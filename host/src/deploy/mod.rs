@@ -422,4 +422,28 @@ impl Operator for Deployer {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
         Box::pin(Deployer::reload(self))
     }
+
+    fn webhooks(
+        &self,
+        dead: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+        Box::pin(async move {
+            match self.pipeline.webhooks() {
+                Some(webhooks) => webhooks.list(dead).await,
+                None => Err("this host has no webhooks outbox".into()),
+            }
+        })
+    }
+
+    fn retry_webhook(
+        &self,
+        id: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
+        Box::pin(async move {
+            match self.pipeline.webhooks() {
+                Some(webhooks) => webhooks.retry(&id).await,
+                None => Err("this host has no webhooks outbox".into()),
+            }
+        })
+    }
 }

@@ -38,6 +38,11 @@ impl Deployer {
         }
         let apps = Apps::build(&next, true, Some(&self.pipeline.apps()))
             .map_err(|e| format!("invalid config: {e}"))?;
+        if let Some(webhooks) = self.pipeline.webhooks() {
+            webhooks
+                .configure(&next)
+                .map_err(|e| format!("invalid config: {e}"))?;
+        }
         for key in &needs_restart {
             tracing::warn!(
                 key,

@@ -3,8 +3,10 @@
 //! framing as the main socket; only the host's own user (or root) may
 //! connect: the file is `0600`, and the peer's uid is checked as well.
 //!
-//! Requests: `{"id": 1, "command": "status" | "reload"}`; answers are the
-//! main socket's envelopes.
+//! Requests: `{"id": 1, "command": "status" | "reload"}`,
+//! `{"id", "command": "webhooks", "dead": bool}` and `{"id", "command":
+//! "webhooks_retry", "delivery": ID}`; answers are the main socket's
+//! envelopes.
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
@@ -32,6 +34,16 @@ pub trait Operator: Send + Sync + 'static {
     /// Re-reads and applies the config file; answers what changed, or why
     /// the file was refused.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+    /// Webhook deliveries still owed (or only the dead ones).
+    fn webhooks(
+        &self,
+        dead: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+    /// Makes a dead delivery due again.
+    fn retry_webhook(
+        &self,
+        id: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
 }
 
 /// Largest control request.
@@ -52,6 +64,10 @@ pub fn path(config: &Config) -> PathBuf {
 struct Command {
     id: Value,
     command: String,
+    #[serde(default)]
+    dead: bool,
+    #[serde(default)]
+    delivery: Option<String>,
 }
 
 /// The bound control socket; removes its file when the host stops.
@@ -108,6 +124,13 @@ impl Control {
     }
 }
 
+fn answer(id: &str, outcome: Result<Value, String>) -> Vec<u8> {
+    match outcome {
+        Ok(result) => envelope::success_frame(id, &result.to_string()),
+        Err(message) => envelope::error_frame(id, &ErrorBody::new(ErrorCode::BadRequest, message)),
+    }
+}
+
 async fn session(stream: UnixStream, operator: Arc<dyn Operator>) {
     let (read, mut write) = stream.into_split();
     let mut frames = FrameReader::new(read, MAX_FRAME, Duration::from_secs(10));
@@ -121,18 +144,25 @@ async fn session(stream: UnixStream, operator: Arc<dyn Operator>) {
                 let id = command.id.to_string();
                 match command.command.as_str() {
                     "status" => envelope::success_frame(&id, &operator.status().to_string()),
-                    "reload" => match operator.reload().await {
-                        Ok(summary) => envelope::success_frame(&id, &summary.to_string()),
-                        Err(message) => envelope::error_frame(
+                    "reload" => answer(&id, operator.reload().await),
+                    "webhooks" => answer(&id, operator.webhooks(command.dead).await),
+                    "webhooks_retry" => match command.delivery {
+                        Some(delivery) => answer(&id, operator.retry_webhook(delivery).await),
+                        None => envelope::error_frame(
                             &id,
-                            &ErrorBody::new(ErrorCode::BadRequest, message),
+                            &ErrorBody::new(
+                                ErrorCode::BadRequest,
+                                "`delivery` names the delivery to retry",
+                            ),
                         ),
                     },
                     other => envelope::error_frame(
                         &id,
                         &ErrorBody::new(
                             ErrorCode::NotFound,
-                            format!("no command `{other}` (commands: status, reload)"),
+                            format!(
+                                "no command `{other}` (commands: status, reload, webhooks, webhooks_retry)"
+                            ),
                         ),
                     ),
                 }

@@ -157,7 +157,20 @@ async fn queued(subscriber: Option<&Arc<Subscriber>>) {
 /// What one client line asks for.
 enum Step {
     Reply(Vec<u8>),
+    /// A publish ack, sent once the event's webhook deliveries are durable.
+    ReplyWhenKept(Vec<u8>, Kept),
     Close(Vec<u8>),
+}
+
+/// What resolves once a published event's deliveries are in the outbox.
+pub type Kept = Option<tokio::sync::oneshot::Receiver<()>>;
+
+/// Waits for `kept`; `false` when the host stopped before the write.
+pub async fn kept(kept: Kept) -> bool {
+    match kept {
+        None => true,
+        Some(done) => done.await.is_ok(),
+    }
 }
 
 async fn session(stream: UnixStream, shared: &Shared) {
@@ -184,6 +197,16 @@ async fn session(stream: UnixStream, shared: &Shared) {
                     Some(Ok(text)) => handle(&text, &mut subscriber, shared),
                 };
                 match step {
+                    Step::ReplyWhenKept(reply, done) => {
+                        let reply = if kept(done).await {
+                            reply
+                        } else {
+                            error_line(ErrorCode::Unavailable.as_str(), "the host is stopping; the event may not reach its webhooks")
+                        };
+                        if !send(&mut write, &reply, shared).await {
+                            break;
+                        }
+                    }
                     Step::Reply(reply) => {
                         if !send(&mut write, &reply, shared).await {
                             break;
@@ -332,7 +355,9 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
                 ));
             };
             match publish_line(&shared.pipeline, &app, &topic, &payload) {
-                Ok(id) => Step::Reply(line(json!({"type": "publish_ack", "event_id": id}))),
+                Ok((id, done)) => {
+                    Step::ReplyWhenKept(line(json!({"type": "publish_ack", "event_id": id})), done)
+                }
                 Err(e) => Step::Reply(error_line(&e.code, &e.message)),
             }
         }
@@ -340,14 +365,22 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
 }
 
 /// Publishes JSON text `payload` to `topic` of `app`, after the checks
-/// every door makes; answers the event's id.
-pub fn publish(
+/// every door makes; answers the event's id once its webhook deliveries,
+/// if any endpoint wants it, are durable.
+pub async fn publish(
     pipeline: &Pipeline,
     app: &App,
     topic: &str,
     payload: &str,
 ) -> Result<String, ErrorBody> {
-    publish_line(pipeline, app, topic, &compact(payload)?)
+    let (id, done) = publish_line(pipeline, app, topic, &compact(payload)?)?;
+    if !kept(done).await {
+        return Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            "the host is stopping; the event may not reach its webhooks",
+        ));
+    }
+    Ok(id)
 }
 
 /// [`publish`] for a payload already known to be one line of JSON.
@@ -356,7 +389,7 @@ fn publish_line(
     app: &App,
     topic: &str,
     payload: &str,
-) -> Result<String, ErrorBody> {
+) -> Result<(String, Kept), ErrorBody> {
     if !valid_topic(topic) {
         return Err(ErrorBody::new(
             ErrorCode::BadRequest,
@@ -380,7 +413,7 @@ fn publish_line(
             format!("an event's payload is at most {MAX_PAYLOAD} bytes"),
         ));
     }
-    Ok(pipeline.bus().publish(&app.name, topic, payload))
+    Ok(pipeline.bus().publish_kept(&app.name, topic, payload))
 }
 
 /// The payload as one line of JSON: a newline in JSON text can only be

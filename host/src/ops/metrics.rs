@@ -290,6 +290,67 @@ impl Collector for Calls {
     }
 }
 
+/// Webhook endpoints, from their status entries.
+#[derive(Debug)]
+struct Webhooks(Vec<serde_json::Value>);
+
+impl Collector for Webhooks {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let readings: [(&str, &str, &str, MetricType); 5] = [
+            (
+                "ferry_webhook_delivered",
+                "Deliveries a 2xx answered.",
+                "delivered",
+                MetricType::Counter,
+            ),
+            (
+                "ferry_webhook_retried",
+                "Attempts that failed and were scheduled again.",
+                "retried",
+                MetricType::Counter,
+            ),
+            (
+                "ferry_webhook_dead",
+                "Deliveries given up after their last attempt (or a 410).",
+                "dead",
+                MetricType::Counter,
+            ),
+            (
+                "ferry_webhook_pending",
+                "Deliveries in the outbox still to be sent.",
+                "pending",
+                MetricType::Gauge,
+            ),
+            (
+                "ferry_webhook_disabled",
+                "1 while a 410 keeps the endpoint disabled.",
+                "disabled",
+                MetricType::Gauge,
+            ),
+        ];
+        for (name, help, field, kind) in readings {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for e in &self.0 {
+                let labels = [
+                    ("app", e["app"].as_str().unwrap_or("")),
+                    ("endpoint", e["endpoint"].as_str().unwrap_or("")),
+                ];
+                let value = match field {
+                    "disabled" => u64::from(!e[field].is_null()),
+                    _ => e[field].as_u64().unwrap_or(0),
+                };
+                let mut family = metric.encode_family(&labels)?;
+                if kind == MetricType::Counter {
+                    family.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+                } else {
+                    family.encode_gauge(&(value as i64))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One number a door keeps of its own (the WebSocket door's connections
 /// and closes), beside what the pipeline knows.
 pub struct Reading {
@@ -307,6 +368,9 @@ pub fn render(pipeline: &Pipeline, doors: &[Reading]) -> String {
     registry.register_collector(Box::new(Topics(pipeline.bus().counts())));
     registry.register_collector(Box::new(Subscriptions(pipeline.subscriptions())));
     registry.register_collector(Box::new(Calls(pipeline.call_pairs())));
+    if let Some(webhooks) = pipeline.webhooks() {
+        registry.register_collector(Box::new(Webhooks(webhooks.status())));
+    }
     let owed = pipeline.tracker().status();
     for (name, help, value) in [
         (

@@ -84,6 +84,7 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
         "events": pipeline.bus().describe(),
         "subscriptions": pipeline.subscriptions(),
         "async_requests": pipeline.tracker().status(),
+        "webhooks": pipeline.webhooks().map(|w| w.status()).unwrap_or_default(),
         "calls": pipeline.call_pairs().into_iter().map(|(caller, callee, c)| json!({
             "caller": caller, "callee": callee, "calls": c.calls, "errors": c.errors,
         })).collect::<Vec<_>>(),

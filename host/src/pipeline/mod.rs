@@ -10,6 +10,7 @@ mod auth;
 mod subscriptions;
 mod table;
 mod verified;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct Pipeline {
     /// Swapped whole, so a request sees one consistent table; read without
     /// a lock.
     apps: ArcSwap<Apps>,
+    /// The outgoing webhooks, once their outbox is open.
+    webhooks: std::sync::OnceLock<Arc<webhooks::Webhooks>>,
 }
 
 impl Pipeline {
@@ -55,7 +58,18 @@ impl Pipeline {
             loading_wait_ms: std::sync::atomic::AtomicU64::new(5_000),
             subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
+            webhooks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Set once at start-up: the bus hands them the events they want.
+    pub fn set_webhooks(&self, webhooks: Arc<webhooks::Webhooks>) {
+        self.bus.set_keeper(webhooks.clone());
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    pub fn webhooks(&self) -> Option<&Arc<webhooks::Webhooks>> {
+        self.webhooks.get()
     }
 
     /// The services: serving, failed, refused and draining versions.

@@ -247,6 +247,21 @@ pub struct Bus {
     apps: Mutex<HashMap<Arc<str>, AppBus>>,
     next_subscriber: AtomicU64,
     next_event: AtomicU64,
+    keeper: std::sync::OnceLock<Arc<dyn Keeper>>,
+}
+
+/// What keeps events beyond the bus's memory: the webhooks, which turn the
+/// events their endpoints want into deliveries in the outbox.
+pub trait Keeper: Send + Sync {
+    /// Takes the event if it wants it; the answer resolves once it is kept.
+    fn keep(
+        &self,
+        app: &str,
+        topic: &str,
+        id: &str,
+        source_time_ms: u64,
+        payload: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>>;
 }
 
 /// What `subscribe` answers.
@@ -257,9 +272,26 @@ pub struct Subscription {
 }
 
 impl Bus {
+    /// Set once at start-up.
+    pub fn set_keeper(&self, keeper: Arc<dyn Keeper>) {
+        let _ = self.keeper.set(keeper);
+    }
+
     /// Publishes `payload` (JSON text, already checked) to `topic` (already
     /// valid) of `app`; answers the event's id.
     pub fn publish(&self, app: &str, topic: &str, payload: &str) -> String {
+        self.publish_kept(app, topic, payload).0
+    }
+
+    /// [`Bus::publish`], and what resolves once the event's deliveries
+    /// are durable, when an endpoint wants it: a publisher that is waiting
+    /// for an answer gets it after that.
+    pub fn publish_kept(
+        &self,
+        app: &str,
+        topic: &str,
+        payload: &str,
+    ) -> (String, Option<tokio::sync::oneshot::Receiver<()>>) {
         let number = self.next_event.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -309,7 +341,11 @@ impl Bus {
         }
         counters.queued.fetch_add(queued, Ordering::Relaxed);
         counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        id
+        let kept = self
+            .keeper
+            .get()
+            .and_then(|k| k.keep(app, topic, &id, now, payload));
+        (id, kept)
     }
 
     /// Adds a subscriber to `app`'s topics (patterns already valid). Only

@@ -103,6 +103,23 @@ impl Hook {
 /// POSTs `body` as JSON over a fresh HTTP/1.1 connection; a 2xx is a
 /// delivery, anything else (redirects included) a failure.
 async fn post(authority: &str, path: &str, body: &[u8]) -> Result<(), String> {
+    let (status, _) = post_signed(authority, path, &[], body).await?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("http://{authority}{path} answered {status}"))
+    }
+}
+
+/// POSTs `body` as JSON with `headers` over a fresh HTTP/1.1 connection;
+/// answers the status (redirects are not followed) and a `Retry-After` in
+/// seconds, when the receiver gave one.
+pub async fn post_signed(
+    authority: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Option<u64>), String> {
     use http_body_util::Full;
     use hyper::body::Bytes;
     let stream = tokio::net::TcpStream::connect(authority)
@@ -113,9 +130,14 @@ async fn post(authority: &str, path: &str, body: &[u8]) -> Result<(), String> {
             .await
             .map_err(|e| format!("{authority}: {e}"))?;
     let driver = tokio::spawn(conn);
-    let request = hyper::Request::post(path)
+    let mut request = hyper::Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "ferry");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(|e| e.to_string())?;
     let response = sender
@@ -123,12 +145,13 @@ async fn post(authority: &str, path: &str, body: &[u8]) -> Result<(), String> {
         .await
         .map_err(|e| format!("{authority}: {e}"));
     driver.abort();
-    let status = response?.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("http://{authority}{path} answered {status}"))
-    }
+    let response = response?;
+    let retry_after = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    Ok((response.status().as_u16(), retry_after))
 }
 
 /// Asynchronous requests over the host's life, and those still owed an

@@ -388,7 +388,9 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
             .pipeline
             .events_app(route, bearer_token(&parts.headers)?, false)
             .map_err(HttpError)?;
-        crate::doors::events::publish(&state.pipeline, &app, &topic, payload).map_err(HttpError)
+        crate::doors::events::publish(&state.pipeline, &app, &topic, payload)
+            .await
+            .map_err(HttpError)
     }
     .await;
     match outcome {
