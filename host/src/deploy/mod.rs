@@ -414,6 +414,14 @@ impl Deployer {
 
 /// The control socket's commands, answered here: status reads the table,
 /// reload goes through [`Deployer::reload`].
+impl Deployer {
+    fn outbox(&self) -> Result<&Arc<crate::pipeline::webhooks::Webhooks>, String> {
+        self.pipeline
+            .webhooks()
+            .ok_or_else(|| "this host has no webhooks outbox".to_owned())
+    }
+}
+
 impl Operator for Deployer {
     fn status(&self) -> Value {
         crate::ops::status::document(&self.pipeline, self.started)
@@ -427,23 +435,13 @@ impl Operator for Deployer {
         &self,
         dead: bool,
     ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
-        Box::pin(async move {
-            match self.pipeline.webhooks() {
-                Some(webhooks) => webhooks.list(dead).await,
-                None => Err("this host has no webhooks outbox".into()),
-            }
-        })
+        Box::pin(async move { self.outbox()?.list(dead).await })
     }
 
     fn retry_webhook(
         &self,
         id: String,
     ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
-        Box::pin(async move {
-            match self.pipeline.webhooks() {
-                Some(webhooks) => webhooks.retry(&id).await,
-                None => Err("this host has no webhooks outbox".into()),
-            }
-        })
+        Box::pin(async move { self.outbox()?.retry(&id).await })
     }
 }

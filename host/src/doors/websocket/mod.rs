@@ -8,7 +8,7 @@
 //! messages with a `seq` per connection).
 //!
 //! The connection is split in two: this task reads and answers, a writer
-//! task owns the socket's sending half and a queue bounded in messages and
+//! task (`send`) owns the socket's sending half and a queue bounded in messages and
 //! in bytes. Pushed events never wait for a slow client: when its queue
 //! overflows, what it holds is dropped and the client is closed (4002),
 //! and the publisher and the other clients go on.
@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +33,10 @@ use crate::config::WebSocketConfig;
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route, TraceId, names};
 use crate::pipeline::{Auth, Pipeline};
 use crate::resources::bus::{Kind, Subscriber};
+
+mod send;
+
+use send::{Out, Outbox, close_message, pump};
 
 /// Close codes of this door, beside the standard ones (1001 going away,
 /// 1009 too big).
@@ -201,77 +205,6 @@ pub async fn upgrade(
     })
 }
 
-/// What the writer task is asked to send.
-enum Out {
-    Message(Message),
-    /// A pushed event, counted in the queue's bytes until it is sent.
-    Event(Utf8Bytes),
-    Close(u16, String),
-}
-
-/// Messages the writer sends with one flush, at most.
-const WRITE_BATCH: usize = 64;
-
-/// Sends a batch of queued messages with one flush; answers whether it held
-/// the close (nothing is sent after it).
-async fn write_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    batch: &mut Vec<Out>,
-    queued: &AtomicUsize,
-) -> Result<bool, axum::Error> {
-    let mut last = false;
-    for out in batch.drain(..) {
-        let message = match out {
-            Out::Message(m) => m,
-            Out::Event(text) => {
-                queued.fetch_sub(text.len(), Ordering::Relaxed);
-                Message::Text(text)
-            }
-            Out::Close(code, reason) => {
-                last = true;
-                close_message(code, &reason)
-            }
-        };
-        sink.feed(message).await?;
-        if last {
-            break;
-        }
-    }
-    sink.flush().await?;
-    Ok(last)
-}
-
-/// The sending side of a connection's queue: pushed events are bounded in
-/// messages (the channel) and in bytes (`queued`), and never waited for.
-#[derive(Clone)]
-struct Outbox {
-    tx: mpsc::Sender<Out>,
-    queued: Arc<AtomicUsize>,
-    max_bytes: usize,
-    /// Set when the client fell behind: the writer drops what is queued
-    /// and closes with 4002.
-    evicted: CancellationToken,
-}
-
-impl Outbox {
-    /// Queues an event, or evicts the client if there is no room.
-    fn push(&self, text: String) -> bool {
-        let len = text.len();
-        let before = self.queued.load(Ordering::Relaxed);
-        // An event larger than the bound alone still goes to an idle client.
-        if before > 0 && before + len > self.max_bytes {
-            self.evicted.cancel();
-            return false;
-        }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(Out::Event(Utf8Bytes::from(text))).is_err() {
-            self.evicted.cancel();
-            return false;
-        }
-        true
-    }
-}
-
 struct Connection {
     pipeline: Arc<Pipeline>,
     hub: Arc<Hub>,
@@ -282,14 +215,6 @@ struct Connection {
     /// The task moving the subscriber's events to the queue; it holds a
     /// sender, so it is stopped when the connection ends.
     pump: Option<tokio::task::JoinHandle<()>>,
-}
-
-fn close_message(code: u16, reason: &str) -> Message {
-    let reason = crate::capabilities::log::truncate(reason, 120);
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
 }
 
 /// A message as it arrives, borrowed from its text.
@@ -405,65 +330,9 @@ impl Connection {
             }
         }
 
-        let (tx, mut rx) = mpsc::channel::<Out>(settings.send_queue);
-        let outbox = Outbox {
-            tx: tx.clone(),
-            queued: Arc::new(AtomicUsize::new(0)),
-            max_bytes: settings.send_queue_bytes,
-            evicted: CancellationToken::new(),
-        };
-        let evicted = outbox.evicted.clone();
-        let queued = outbox.queued.clone();
-        let write_timeout = Duration::from_secs(5);
-        let writer = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(WRITE_BATCH);
-            loop {
-                let first = tokio::select! {
-                    biased;
-                    // What is queued for a client that fell behind is dropped.
-                    _ = evicted.cancelled() => Out::Close(close::TOO_SLOW, "fell behind on pushed events".to_owned()),
-                    out = rx.recv() => match out {
-                        Some(out) => out,
-                        None => break,
-                    },
-                };
-                let closing = matches!(first, Out::Close(..));
-                batch.push(first);
-                if !closing && rx.is_empty() {
-                    // Requests finishing at about the same time share a
-                    // write: one send for many answers under load.
-                    tokio::task::yield_now().await;
-                }
-                // Whatever else is ready goes out in the same write.
-                while !closing
-                    && batch.len() < WRITE_BATCH
-                    && let Ok(out) = rx.try_recv()
-                {
-                    batch.push(out);
-                }
-                let write = tokio::time::timeout(
-                    write_timeout,
-                    write_batch(&mut sink, &mut batch, &queued),
-                );
-                let written = if closing {
-                    Some(write.await)
-                } else {
-                    tokio::select! {
-                        biased;
-                        written = write => Some(written),
-                        // A write stuck on a client that stopped reading
-                        // gives way to the close.
-                        _ = evicted.cancelled() => None,
-                    }
-                };
-                match written {
-                    None => batch.clear(),
-                    Some(Ok(Ok(false))) => {}
-                    Some(_) => break,
-                }
-            }
-            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-        });
+        let (outbox, rx) = Outbox::new(settings.send_queue, settings.send_queue_bytes);
+        let tx = outbox.tx.clone();
+        let writer = tokio::spawn(send::write(sink, rx, outbox.clone()));
 
         let slots = Arc::new(Semaphore::new(settings.max_in_flight));
         let mut ping = tokio::time::interval(Duration::from_millis(settings.ping_interval_ms));
@@ -708,40 +577,5 @@ impl Connection {
             }
         }
         Ok(topics)
-    }
-}
-
-/// Moves a connection's events from its bus queue to its send queue. A
-/// full send queue, or events dropped from the bus queue, means the client
-/// is behind: it is disconnected rather than waited for.
-async fn pump(subscriber: Arc<Subscriber>, outbox: Outbox) {
-    loop {
-        tokio::select! {
-            _ = subscriber.ready.notified() => {}
-            _ = outbox.tx.closed() => return,
-            _ = outbox.evicted.cancelled() => return,
-        }
-        while let Some((seq, event)) = subscriber.pop() {
-            let payload: &RawValue =
-                serde_json::from_str(&event.payload).expect("the bus holds JSON");
-            let text = json!({
-                "header": {"command": "event"},
-                "payload": {
-                    "topic": event.topic,
-                    "event_id": event.id,
-                    "seq": seq,
-                    "source_time": event.source_time_ms.to_string(),
-                    "data": payload,
-                },
-            })
-            .to_string();
-            if !outbox.push(text) {
-                return;
-            }
-            if subscriber.status().dropped > 0 {
-                outbox.evicted.cancel();
-                return;
-            }
-        }
     }
 }
