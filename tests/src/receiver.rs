@@ -43,6 +43,8 @@ struct Inner {
     /// Per path, the answer once the script is done (default 200).
     otherwise: HashMap<String, u16>,
     received: Vec<Received>,
+    /// Requests per path, for a cheap count.
+    counts: HashMap<String, usize>,
 }
 
 #[derive(Clone, Default)]
@@ -64,6 +66,7 @@ async fn record(
         .get_mut(&path)
         .and_then(VecDeque::pop_front)
         .unwrap_or_else(|| (*inner.otherwise.get(&path).unwrap_or(&200), None));
+    *inner.counts.entry(path.clone()).or_default() += 1;
     inner.received.push(Received {
         at: Instant::now(),
         path,
@@ -117,6 +120,11 @@ impl Receiver {
             .unwrap()
             .otherwise
             .insert(path.to_owned(), status);
+    }
+
+    /// How many requests `path` has had.
+    pub fn count(&self, path: &str) -> usize {
+        *self.inner.lock().unwrap().counts.get(path).unwrap_or(&0)
     }
 
     /// Every request to `path` so far.

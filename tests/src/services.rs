@@ -1,4 +1,4 @@
-//! The database servers the tests run against: reached on loopback, and
+//! The database servers and brokers the tests run against: reached on loopback, and
 //! started with the machine's own commands when they are down. Under
 //! `CI=true` a server that cannot be reached fails the test; elsewhere the
 //! test says so and skips.
@@ -56,4 +56,13 @@ pub fn mariadb_url() -> Option<String> {
 pub fn postgres_url() -> Option<String> {
     ensure("PostgreSQL", POSTGRES_ADDR, POSTGRES_START)
         .then(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
+pub const RABBITMQ_START: &str = "rabbitmq-server -detached";
+
+/// The RabbitMQ broker (guest/guest, vhost `/`), started if need be.
+pub fn rabbitmq_url() -> Option<String> {
+    ensure("RabbitMQ", RABBITMQ_ADDR, RABBITMQ_START)
+        .then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }

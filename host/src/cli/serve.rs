@@ -48,12 +48,19 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let webhooks = crate::pipeline::webhooks::Webhooks::open(&config)
         .await
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    pipeline.set_webhooks(webhooks.clone());
+    let shutdown = CancellationToken::new();
+    let bridges = crate::pipeline::bridges::Bridges::open(
+        &config,
+        pipeline.brokers().clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    pipeline.set_outboxes(webhooks.clone(), bridges);
     shared
         .switchboard
         .connect(Arc::downgrade(&pipeline)
             as std::sync::Weak<dyn crate::capabilities::services::Dispatch>);
-    let shutdown = CancellationToken::new();
     tokio::spawn(webhooks.dispatch(shutdown.clone()));
     let doors = Arc::new(Doors::new(&config, pipeline.clone(), shutdown.clone()));
     let deployer = Arc::new(Deployer::new(
@@ -161,7 +168,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     signals.serve(&deployer).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     shutdown.cancel();
-    pipeline.stop_subscriptions();
+    pipeline.stop_triggers();
     drop(watcher);
     let drain = Duration::from_millis(deployer.config().drain_timeout_ms);
     let tracker = pipeline.tracker().clone();
@@ -176,6 +183,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     };
     if tokio::time::timeout(drain, finish).await.is_err() {
         tracing::warn!("requests still running after {drain:?}; exiting anyway");
+    }
+    // Messages a consumer still holds go back to their queues at once.
+    for broker in pipeline.brokers().all() {
+        broker.close().await;
     }
     let owed = tracker.status();
     tracing::info!(

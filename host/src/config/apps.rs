@@ -1,4 +1,5 @@
-//! `apps`: one application's host names, services, auth and database.
+//! `apps`: one application's host names, services, auth, database, bus
+//! permissions, webhooks and broker.
 
 use serde::Deserialize;
 
@@ -33,6 +34,12 @@ pub struct AppConfig {
     /// Where the application's events are POSTed, by endpoint name.
     #[serde(default)]
     pub webhooks: std::collections::BTreeMap<String, super::webhooks::WebhookConfig>,
+    /// The RabbitMQ broker of the application's consumers and bridges.
+    #[serde(default)]
+    pub rabbitmq: Option<super::rabbitmq::RabbitConfig>,
+    /// Event topics published to a RabbitMQ exchange, by bridge name.
+    #[serde(default)]
+    pub bridges: std::collections::BTreeMap<String, super::rabbitmq::BridgeConfig>,
 }
 
 /// An application's `events`: topic patterns outside callers may publish

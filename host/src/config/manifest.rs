@@ -35,6 +35,10 @@ pub struct Manifest {
     /// Plain values the plugin reads through the WIT `config` interface.
     #[serde(default)]
     pub config: BTreeMap<String, ConfigValue>,
+    /// Broker queues whose messages call an action, in every application
+    /// that serves the plugin and has a broker.
+    #[serde(default)]
+    pub consume: Vec<super::rabbitmq::Consume>,
 }
 
 /// A manifest's `circuit`: each key overrides one of `defaults.circuit`.
@@ -294,6 +298,21 @@ impl Manifest {
         };
         limits.validate()?;
         Ok(limits)
+    }
+
+    /// The `consume` entries, once each is checked.
+    pub fn consumers(&self) -> Result<Vec<super::rabbitmq::Consume>, String> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.consume.iter().enumerate() {
+            c.validate(&format!("consume[{i}]"))?;
+            if !seen.insert(&c.rabbitmq) {
+                return Err(format!(
+                    "consume[{i}]: queue `{}` is consumed twice",
+                    c.rabbitmq
+                ));
+            }
+        }
+        Ok(self.consume.clone())
     }
 
     /// The `config` map as the plugin reads it.

@@ -14,6 +14,7 @@ mod database;
 mod events;
 mod limits;
 mod manifest;
+mod rabbitmq;
 mod server;
 mod webhooks;
 mod websocket;
@@ -24,6 +25,7 @@ pub use database::DatabaseConfig;
 pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
 pub use manifest::{Delivery, Manifest, Subscription};
+pub use rabbitmq::Consume;
 pub use server::{HttpConfig, MAX_SOCKET_PATH, SocketConfig};
 pub use webhooks::WebhookConfig;
 pub use websocket::WebSocketConfig;
@@ -309,6 +311,23 @@ impl Config {
                     ));
                 }
                 hook.validate(&key)?;
+            }
+            if let Some(broker) = &app.rabbitmq {
+                broker.validate(&format!("apps.{name}.rabbitmq"))?;
+            }
+            for (bridge, spec) in &app.bridges {
+                let key = format!("apps.{name}.bridges.{bridge}");
+                if !valid_service_name(bridge) {
+                    return Err(format!(
+                        "{key}: not a bridge name (lowercase letters, digits, `-` and `_`)"
+                    ));
+                }
+                if app.rabbitmq.is_none() {
+                    return Err(format!(
+                        "{key}: the application has no `rabbitmq` broker to bridge to"
+                    ));
+                }
+                spec.validate(&key)?;
             }
             if let Some(bad) = app
                 .reply_hooks

@@ -270,7 +270,7 @@ impl Deployer {
                 // main socket, its socket is there too.
                 self.doors.open_service(name).await;
                 let previous = table.insert(plugin.clone());
-                self.pipeline.sync_subscriptions();
+                self.pipeline.sync_triggers();
                 tokio::spawn(plugin.clone().supervise());
                 match &previous {
                     Some(previous) => tracing::info!(
@@ -399,7 +399,7 @@ impl Deployer {
     fn undeploy(&self, name: &str) {
         match self.pipeline.table().remove(name) {
             Some(plugin) => {
-                self.pipeline.sync_subscriptions();
+                self.pipeline.sync_triggers();
                 self.doors.close_service(name);
                 tracing::info!(
                     version = plugin.version(),

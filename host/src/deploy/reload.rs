@@ -43,6 +43,11 @@ impl Deployer {
                 .configure(&next)
                 .map_err(|e| format!("invalid config: {e}"))?;
         }
+        if let Some(bridges) = self.pipeline.bridges() {
+            bridges
+                .configure(&next)
+                .map_err(|e| format!("invalid config: {e}"))?;
+        }
         for key in &needs_restart {
             tracing::warn!(
                 key,
@@ -57,7 +62,7 @@ impl Deployer {
         self.pipeline.set_apps(apps);
         self.pipeline
             .set_loading_wait(self.config().defaults.timeout_ms);
-        self.pipeline.sync_subscriptions();
+        self.pipeline.sync_triggers();
         tracing::info!(plugins_changed = ?changed, plugins_refused = ?refused, "config reloaded");
         Ok(json!({
             "apps": self.pipeline.apps().names(),

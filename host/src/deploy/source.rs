@@ -33,6 +33,10 @@ pub fn settings(
             path: manifest_path.to_owned(),
             message,
         })?;
+    let consume = manifest.consumers().map_err(|message| ConfigError {
+        path: manifest_path.to_owned(),
+        message,
+    })?;
     if let Some(bad) = manifest
         .permissions
         .calls
@@ -52,6 +56,7 @@ pub fn settings(
         publish: Arc::new(manifest.permissions.events.publish),
         subscriptions: Arc::new(subscriptions),
         calls: Arc::new(manifest.permissions.calls),
+        consume: Arc::new(consume),
     })
 }
 

@@ -173,11 +173,62 @@ pub async fn kept(kept: Kept) -> bool {
     }
 }
 
+/// Answers read but not yet sent, in the order of their lines: a publish
+/// ack waits for its event to be kept, and whatever came after it waits
+/// behind it, while the lines after it are already read and handled. So a
+/// client that sends many publishes gets many events into one outbox
+/// commit instead of one commit per line.
+#[derive(Default)]
+struct Owed(std::collections::VecDeque<(Vec<u8>, Kept)>);
+
+/// Publishes one connection may have waiting for their acks before the
+/// host stops reading its lines.
+const MAX_OWED: usize = 1024;
+
+const NOT_KEPT: &str = "the host is stopping; the event may not reach its webhooks";
+
+impl Owed {
+    /// Resolves once the first answer owed is ready to go; `false` when its
+    /// event could not be kept.
+    async fn first_ready(&mut self) -> bool {
+        match self.0.front_mut() {
+            Some((_, Some(done))) => done.await.is_ok(),
+            _ => true,
+        }
+    }
+
+    /// The first answer (whose readiness `first_ready` said) and every one
+    /// after it that is ready too, as one buffer.
+    fn take_ready(&mut self, first_kept: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut first = Some(first_kept);
+        while let Some((_, kept)) = self.0.front_mut() {
+            let ok = match (first.take(), kept) {
+                (Some(ok), _) => ok,
+                (None, None) => true,
+                (None, Some(done)) => match done.try_recv() {
+                    Ok(()) => true,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+                },
+            };
+            let (reply, _) = self.0.pop_front().expect("a front");
+            if ok {
+                out.extend_from_slice(&reply);
+            } else {
+                out.extend_from_slice(&error_line(ErrorCode::Unavailable.as_str(), NOT_KEPT));
+            }
+        }
+        out
+    }
+}
+
 async fn session(stream: UnixStream, shared: &Shared) {
     let (read, mut write) = stream.into_split();
     let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
     let mut subscriber: Option<Arc<Subscriber>> = None;
     let mut out = Vec::new();
+    let mut owed = Owed::default();
     loop {
         tokio::select! {
             biased;
@@ -186,7 +237,13 @@ async fn session(stream: UnixStream, shared: &Shared) {
                 let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&bye)).await;
                 break;
             }
-            next = lines.next() => {
+            kept = owed.first_ready(), if !owed.0.is_empty() => {
+                let ready = owed.take_ready(kept);
+                if !send(&mut write, &ready, shared).await {
+                    break;
+                }
+            }
+            next = lines.next(), if owed.0.len() < MAX_OWED => {
                 let step = match next {
                     None => break,
                     Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Step::Close(error_line(
@@ -197,22 +254,22 @@ async fn session(stream: UnixStream, shared: &Shared) {
                     Some(Ok(text)) => handle(&text, &mut subscriber, shared),
                 };
                 match step {
-                    Step::ReplyWhenKept(reply, done) => {
-                        let reply = if kept(done).await {
-                            reply
-                        } else {
-                            error_line(ErrorCode::Unavailable.as_str(), "the host is stopping; the event may not reach its webhooks")
-                        };
-                        if !send(&mut write, &reply, shared).await {
-                            break;
-                        }
-                    }
+                    Step::ReplyWhenKept(reply, done) => owed.0.push_back((reply, done)),
+                    // Behind the acks still owed, to keep the order.
+                    Step::Reply(reply) if !owed.0.is_empty() => owed.0.push_back((reply, None)),
                     Step::Reply(reply) => {
                         if !send(&mut write, &reply, shared).await {
                             break;
                         }
                     }
                     Step::Close(reply) => {
+                        while !owed.0.is_empty() {
+                            let kept = owed.first_ready().await;
+                            let ready = owed.take_ready(kept);
+                            if !send(&mut write, &ready, shared).await {
+                                break;
+                            }
+                        }
                         let _ = send(&mut write, &reply, shared).await;
                         break;
                     }
@@ -340,6 +397,10 @@ fn handle(text: &str, subscriber: &mut Option<Arc<Subscriber>>, shared: &Shared)
                 "active_conns": consumers.len(),
                 "app": &*subscriber.app,
                 "consumers": consumers,
+                "source_status": shared
+                    .pipeline
+                    .bridges()
+                    .map_or_else(|| json!({}), |b| b.source_status(&subscriber.app)),
             })))
         }
         ClientLine::Publish { topic, payload } => {
@@ -375,10 +436,7 @@ pub async fn publish(
 ) -> Result<String, ErrorBody> {
     let (id, done) = publish_line(pipeline, app, topic, &compact(payload)?)?;
     if !kept(done).await {
-        return Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "the host is stopping; the event may not reach its webhooks",
-        ));
+        return Err(ErrorBody::new(ErrorCode::Unavailable, NOT_KEPT));
     }
     Ok(id)
 }

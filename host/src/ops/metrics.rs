@@ -292,55 +292,33 @@ impl Collector for Calls {
 
 /// Webhook endpoints, from their status entries.
 #[derive(Debug)]
-struct Webhooks(Vec<serde_json::Value>);
+/// Metrics read from the rows of a status list (webhook endpoints, queue
+/// consumers, bridges): one family per reading, labelled by some of each
+/// row's fields. A reading's field is a number, `up`/`down` (1/0), or
+/// anything else (1 unless null).
+struct Rows {
+    rows: Vec<serde_json::Value>,
+    labels: &'static [(&'static str, &'static str)],
+    readings: &'static [(&'static str, &'static str, &'static str, MetricType)],
+}
 
-impl Collector for Webhooks {
+impl Collector for Rows {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let readings: [(&str, &str, &str, MetricType); 5] = [
-            (
-                "ferry_webhook_delivered",
-                "Deliveries a 2xx answered.",
-                "delivered",
-                MetricType::Counter,
-            ),
-            (
-                "ferry_webhook_retried",
-                "Attempts that failed and were scheduled again.",
-                "retried",
-                MetricType::Counter,
-            ),
-            (
-                "ferry_webhook_dead",
-                "Deliveries given up after their last attempt (or a 410).",
-                "dead",
-                MetricType::Counter,
-            ),
-            (
-                "ferry_webhook_pending",
-                "Deliveries in the outbox still to be sent.",
-                "pending",
-                MetricType::Gauge,
-            ),
-            (
-                "ferry_webhook_disabled",
-                "1 while a 410 keeps the endpoint disabled.",
-                "disabled",
-                MetricType::Gauge,
-            ),
-        ];
-        for (name, help, field, kind) in readings {
-            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-            for e in &self.0 {
-                let labels = [
-                    ("app", e["app"].as_str().unwrap_or("")),
-                    ("endpoint", e["endpoint"].as_str().unwrap_or("")),
-                ];
-                let value = match field {
-                    "disabled" => u64::from(!e[field].is_null()),
-                    _ => e[field].as_u64().unwrap_or(0),
+        for (name, help, field, kind) in self.readings {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind.clone())?;
+            for row in &self.rows {
+                let labels: Vec<(&str, &str)> = self
+                    .labels
+                    .iter()
+                    .map(|(label, key)| (*label, row[*key].as_str().unwrap_or("")))
+                    .collect();
+                let value = match &row[*field] {
+                    serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
+                    serde_json::Value::String(s) if s == "down" => 0,
+                    other => u64::from(!other.is_null()),
                 };
                 let mut family = metric.encode_family(&labels)?;
-                if kind == MetricType::Counter {
+                if *kind == MetricType::Counter {
                     family.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
                 } else {
                     family.encode_gauge(&(value as i64))?;
@@ -350,6 +328,93 @@ impl Collector for Webhooks {
         Ok(())
     }
 }
+
+const WEBHOOKS: &[(&str, &str, &str, MetricType)] = &[
+    (
+        "ferry_webhook_delivered",
+        "Deliveries a 2xx answered.",
+        "delivered",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_webhook_retried",
+        "Attempts that failed and were scheduled again.",
+        "retried",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_webhook_dead",
+        "Deliveries given up after their last attempt (or a 410).",
+        "dead",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_webhook_pending",
+        "Deliveries in the outbox still to be sent.",
+        "pending",
+        MetricType::Gauge,
+    ),
+    (
+        "ferry_webhook_disabled",
+        "1 while a 410 keeps the endpoint disabled.",
+        "disabled",
+        MetricType::Gauge,
+    ),
+];
+
+const CONSUMERS: &[(&str, &str, &str, MetricType)] = &[
+    (
+        "ferry_rabbitmq_acked",
+        "Messages the action handled and the host acknowledged.",
+        "acked",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_rabbitmq_retried",
+        "Messages moved to a retry queue after a failed attempt.",
+        "retried",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_rabbitmq_dead",
+        "Messages moved to the dead-letter queue.",
+        "dead",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_rabbitmq_in_flight",
+        "Messages being handled.",
+        "in_flight",
+        MetricType::Gauge,
+    ),
+    (
+        "ferry_rabbitmq_consumer_up",
+        "1 while the consumer is consuming.",
+        "state",
+        MetricType::Gauge,
+    ),
+];
+
+const BRIDGES: &[(&str, &str, &str, MetricType)] = &[
+    (
+        "ferry_bridge_published",
+        "Events the broker confirmed.",
+        "published",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_bridge_pending",
+        "Events in the outbox still to be published.",
+        "pending",
+        MetricType::Gauge,
+    ),
+    (
+        "ferry_bridge_up",
+        "1 while the broker takes the bridge's events.",
+        "state",
+        MetricType::Gauge,
+    ),
+];
 
 /// One number a door keeps of its own (the WebSocket door's connections
 /// and closes), beside what the pipeline knows.
@@ -369,7 +434,33 @@ pub fn render(pipeline: &Pipeline, doors: &[Reading]) -> String {
     registry.register_collector(Box::new(Subscriptions(pipeline.subscriptions())));
     registry.register_collector(Box::new(Calls(pipeline.call_pairs())));
     if let Some(webhooks) = pipeline.webhooks() {
-        registry.register_collector(Box::new(Webhooks(webhooks.status())));
+        registry.register_collector(Box::new(Rows {
+            rows: webhooks.status(),
+            labels: &[("app", "app"), ("endpoint", "endpoint")],
+            readings: WEBHOOKS,
+        }));
+    }
+    let rabbitmq = pipeline.rabbitmq_status();
+    for (list, labels, readings) in [
+        (
+            "consumers",
+            &[("app", "app"), ("service", "service"), ("queue", "queue")][..],
+            CONSUMERS,
+        ),
+        (
+            "bridges",
+            &[("app", "app"), ("bridge", "bridge")][..],
+            BRIDGES,
+        ),
+    ] {
+        let rows = rabbitmq[list].as_array().cloned().unwrap_or_default();
+        if !rows.is_empty() {
+            registry.register_collector(Box::new(Rows {
+                rows,
+                labels,
+                readings,
+            }));
+        }
     }
     let owed = pipeline.tracker().status();
     for (name, help, value) in [

@@ -34,6 +34,9 @@ pub struct App {
     pub events: AppEvents,
     /// Patterns of the response hooks asynchronous requests may name.
     pub reply_hooks: Vec<String>,
+    /// The URL of its RabbitMQ broker, read from the config or its
+    /// environment variable.
+    pub rabbitmq: Option<String>,
 }
 
 impl App {
@@ -112,6 +115,7 @@ impl Apps {
                 database: open(DEFAULT_APP, &DatabaseConfig::default())?,
                 events: AppEvents::default(),
                 reply_hooks: Vec::new(),
+                rabbitmq: None,
             });
             return Ok(Apps {
                 by_name: BTreeMap::from([(DEFAULT_APP.to_owned(), app.clone())]),
@@ -138,6 +142,11 @@ impl Apps {
                 database: open(name, &app.database)?,
                 events: app.events.clone(),
                 reply_hooks: app.reply_hooks.clone(),
+                rabbitmq: app
+                    .rabbitmq
+                    .as_ref()
+                    .map(|r| r.resolve(&format!("apps.{name}.rabbitmq")))
+                    .transpose()?,
             });
             for host in hosts {
                 by_host.insert(host, entry.clone());

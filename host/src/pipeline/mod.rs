@@ -7,6 +7,8 @@
 
 mod apps;
 mod auth;
+pub mod bridges;
+mod consumers;
 mod subscriptions;
 mod table;
 mod verified;
@@ -26,6 +28,7 @@ use crate::capabilities::services::{Dispatch, Nested, PairCounts, Switchboard};
 use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Origin, Route};
 use crate::resources::bus::Bus;
 use crate::resources::hooks::{Hook, Tracker};
+use crate::resources::rabbitmq::Brokers;
 use crate::runtime::{Call, Context, Plugin, Work};
 
 pub struct Pipeline {
@@ -46,6 +49,12 @@ pub struct Pipeline {
     apps: ArcSwap<Apps>,
     /// The outgoing webhooks, once their outbox is open.
     webhooks: std::sync::OnceLock<Arc<webhooks::Webhooks>>,
+    /// The RabbitMQ brokers, one connection each.
+    brokers: Arc<Brokers>,
+    /// Plugins' queue consumers.
+    consumers: consumers::Consumers,
+    /// Event topics bridged to brokers, once their outbox is open.
+    bridges: std::sync::OnceLock<Arc<bridges::Bridges>>,
 }
 
 impl Pipeline {
@@ -59,17 +68,46 @@ impl Pipeline {
             subscriptions: Default::default(),
             apps: ArcSwap::from_pointee(apps),
             webhooks: std::sync::OnceLock::new(),
+            brokers: Arc::default(),
+            consumers: Default::default(),
+            bridges: std::sync::OnceLock::new(),
         }
     }
 
     /// Set once at start-up: the bus hands them the events they want.
-    pub fn set_webhooks(&self, webhooks: Arc<webhooks::Webhooks>) {
-        self.bus.set_keeper(webhooks.clone());
+    pub fn set_outboxes(&self, webhooks: Arc<webhooks::Webhooks>, bridges: Arc<bridges::Bridges>) {
+        self.bus
+            .set_keepers(vec![webhooks.clone(), bridges.clone()]);
         let _ = self.webhooks.set(webhooks);
+        let _ = self.bridges.set(bridges);
     }
 
     pub fn webhooks(&self) -> Option<&Arc<webhooks::Webhooks>> {
         self.webhooks.get()
+    }
+
+    pub fn bridges(&self) -> Option<&Arc<bridges::Bridges>> {
+        self.bridges.get()
+    }
+
+    pub fn brokers(&self) -> &Arc<Brokers> {
+        &self.brokers
+    }
+
+    /// The brokers, consumers and bridges, for the status document.
+    pub fn rabbitmq_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "brokers": self.brokers.all().iter().map(|b| b.status()).collect::<Vec<_>>(),
+            "consumers": self.consumers.status(),
+            "bridges": self.bridges().map(|b| b.status()).unwrap_or_default(),
+        })
+    }
+
+    /// Starts and stops what delivers to plugins without a request (bus
+    /// subscriptions, queue consumers) after a deploy or a reload.
+    pub fn sync_triggers(self: &Arc<Self>) {
+        self.sync_subscriptions();
+        self.sync_consumers();
     }
 
     /// The services: serving, failed, refused and draining versions.
@@ -86,9 +124,11 @@ impl Pipeline {
         self.subscriptions.snapshot()
     }
 
-    /// Ends every plugin subscription (the host is stopping).
-    pub fn stop_subscriptions(&self) {
+    /// Ends every plugin subscription and queue consumer (the host is
+    /// stopping); consumers finish the messages they hold.
+    pub fn stop_triggers(&self) {
         self.subscriptions.stop_all(self);
+        self.consumers.stop_all();
     }
 
     /// The application an events door acts for, once `token` is checked:

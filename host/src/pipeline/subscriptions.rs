@@ -143,7 +143,7 @@ impl Pipeline {
     /// plugin, application or settings are gone. Subscribing is done
     /// before this returns, so an event published once a deploy is
     /// reported reaches the new subscription.
-    pub fn sync_subscriptions(self: &Arc<Self>) {
+    pub(super) fn sync_subscriptions(self: &Arc<Self>) {
         // Held while the table and applications are read, so of two syncs
         // the later one always works from the later state.
         let mut running = self

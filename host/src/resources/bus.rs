@@ -247,11 +247,11 @@ pub struct Bus {
     apps: Mutex<HashMap<Arc<str>, AppBus>>,
     next_subscriber: AtomicU64,
     next_event: AtomicU64,
-    keeper: std::sync::OnceLock<Arc<dyn Keeper>>,
+    keepers: std::sync::OnceLock<Vec<Arc<dyn Keeper>>>,
 }
 
-/// What keeps events beyond the bus's memory: the webhooks, which turn the
-/// events their endpoints want into deliveries in the outbox.
+/// What keeps events beyond the bus's memory: the webhooks and the broker
+/// bridges, which turn the events they want into deliveries in an outbox.
 pub trait Keeper: Send + Sync {
     /// Takes the event if it wants it; the answer resolves once it is kept.
     fn keep(
@@ -273,8 +273,8 @@ pub struct Subscription {
 
 impl Bus {
     /// Set once at start-up.
-    pub fn set_keeper(&self, keeper: Arc<dyn Keeper>) {
-        let _ = self.keeper.set(keeper);
+    pub fn set_keepers(&self, keepers: Vec<Arc<dyn Keeper>>) {
+        let _ = self.keepers.set(keepers);
     }
 
     /// Publishes `payload` (JSON text, already checked) to `topic` (already
@@ -341,10 +341,29 @@ impl Bus {
         }
         counters.queued.fetch_add(queued, Ordering::Relaxed);
         counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        let kept = self
-            .keeper
+        let mut kept: Vec<tokio::sync::oneshot::Receiver<()>> = self
+            .keepers
             .get()
-            .and_then(|k| k.keep(app, topic, &id, now, payload));
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.keep(app, topic, &id, now, payload))
+            .collect();
+        let kept = match kept.len() {
+            0 | 1 => kept.pop(),
+            _ => {
+                // Kept once every keeper has it.
+                let (done, all) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    for one in kept {
+                        if one.await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = done.send(());
+                });
+                Some(all)
+            }
+        };
         (id, kept)
     }
 

@@ -52,6 +52,8 @@ pub struct Settings {
     pub subscriptions: Arc<Vec<Subscription>>,
     /// Services it may call.
     pub calls: Arc<Vec<String>>,
+    /// Broker queues whose messages call its actions.
+    pub consume: Arc<Vec<crate::config::Consume>>,
 }
 
 /// What a call asks of the plugin.

@@ -3,7 +3,8 @@
 //! servers they compare against do the same work); `sum` shows typed params; `config` answers the manifest's `config` map;
 //! `version` says which build this is (built with `--features v2` it says
 //! `2`: the deployment tests swap between the two builds); `publish`
-//! publishes `{topic, payload}` on the bus.
+//! publishes `{topic, payload}` on the bus (after `spin_ms` busy, if
+//! given: the queue consumers' tests use it as their handler).
 //!
 //! `context` answers who called and with what identity, trace and time
 //! left; `spin` keeps the instance busy for `ms` milliseconds; `relay`
@@ -101,6 +102,9 @@ fn version(_: &Ctx, _: Value) -> Result<Version, Error> {
 struct Publish {
     topic: String,
     payload: Value,
+    /// Busy for this long first (the queue tests' slow consumer).
+    #[serde(default)]
+    spin_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -109,6 +113,10 @@ struct Published {
 }
 
 fn publish(_: &Ctx, p: Publish) -> Result<Published, Error> {
+    if let Some(ms) = p.spin_ms {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        while std::time::Instant::now() < until {}
+    }
     let event_id = ferry_sdk::events::publish(&p.topic, &p.payload)?;
     Ok(Published { event_id })
 }

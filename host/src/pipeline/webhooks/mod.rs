@@ -15,41 +15,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, WebhookConfig};
+use crate::config::Config;
 use crate::core::names::topic_matches;
 use crate::resources::bus::Keeper;
 use crate::resources::hooks::post_signed;
 use crate::resources::outbox::{Delivery, NewDelivery, Outbox, Outcome};
 
+mod endpoints;
+use endpoints::{Endpoint, endpoints, iso8601, jittered, signature};
+
+/// Deliveries claimed ahead of the endpoint's free slots, per slot: enough
+/// that slots never wait for the outbox's next commit.
+const AHEAD: usize = 4;
 /// Deliveries looked at per pass of the dispatcher.
-const BATCH: i64 = 256;
+const BATCH: usize = 256;
+/// Delivered deliveries are kept an hour (for a look with sqlite3), then
+/// forgotten; the check runs once a minute.
+pub(super) const KEEP_DELIVERED_MS: i64 = 3_600_000;
+pub(super) const PRUNE_EVERY_MS: i64 = 60_000;
 /// The longest `Retry-After` taken as it is.
 const MAX_RETRY_AFTER_MS: i64 = 24 * 3600 * 1000;
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// One configured endpoint.
-struct Endpoint {
-    app: String,
-    name: String,
-    url: String,
-    authority: String,
-    path: String,
-    secrets: Vec<Vec<u8>>,
-    patterns: Vec<String>,
-    timeout: Duration,
-    retry_ms: Vec<u64>,
-    slots: Arc<Semaphore>,
 }
 
 /// What an endpoint has done since the host started, beside what the
@@ -75,121 +69,19 @@ pub struct Webhooks {
     wake: Notify,
 }
 
-/// Reads an endpoint's secrets: `whsec_<base64>`, several separated by
-/// spaces.
-fn secrets(app: &str, name: &str, config: &WebhookConfig) -> Result<Vec<Vec<u8>>, String> {
-    let key = format!("apps.{app}.webhooks.{name}");
-    let text = match (&config.secret_env, &config.secret_file) {
-        (Some(var), _) => std::env::var(var)
-            .map_err(|_| format!("{key}.secret_env: environment variable `{var}` is not set"))?,
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| format!("{key}.secret_file: cannot read {}: {e}", file.display()))?,
-        (None, None) => unreachable!("validated: one of the two is set"),
-    };
-    let keys: Result<Vec<Vec<u8>>, String> = text
-        .split_whitespace()
-        .map(|s| {
-            let encoded = s.strip_prefix("whsec_").ok_or_else(|| {
-                format!("{key}: a secret has the form whsec_<base64> (Standard Webhooks)")
-            })?;
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("{key}: the secret after whsec_ is not base64: {e}"))
-        })
-        .collect();
-    let keys = keys?;
-    if keys.is_empty() || keys.iter().any(Vec::is_empty) {
-        return Err(format!("{key}: the secret is empty"));
-    }
-    Ok(keys)
-}
-
-/// The endpoints `config` names, with their secrets read; an error names
-/// the endpoint and the key.
-fn endpoints(config: &Config) -> Result<BTreeMap<Key, Arc<Endpoint>>, String> {
-    let mut out = BTreeMap::new();
-    for (app, app_config) in &config.apps {
-        for (name, hook) in &app_config.webhooks {
-            let rest = hook.url.strip_prefix("http://").expect("validated");
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            out.insert(
-                (app.clone(), name.clone()),
-                Arc::new(Endpoint {
-                    app: app.clone(),
-                    name: name.clone(),
-                    url: hook.url.clone(),
-                    authority: authority.to_owned(),
-                    path: path.to_owned(),
-                    secrets: secrets(app, name, hook)?,
-                    patterns: hook.events.clone(),
-                    timeout: Duration::from_millis(hook.timeout_ms),
-                    retry_ms: hook.retry_ms.clone(),
-                    slots: Arc::new(Semaphore::new(hook.concurrency)),
-                }),
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// Milliseconds since the epoch as ISO-8601 in UTC.
-fn iso8601(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
-/// The `webhook-signature` header: one `v1,<base64>` per secret.
-fn signature(secrets: &[Vec<u8>], id: &str, timestamp: i64, body: &str) -> String {
-    secrets
-        .iter()
-        .map(|key| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
-            mac.update(format!("{id}.{timestamp}.").as_bytes());
-            mac.update(body.as_bytes());
-            let digest = mac.finalize().into_bytes();
-            format!(
-                "v1,{}",
-                base64::engine::general_purpose::STANDARD.encode(digest)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A wait of `ms` give or take a tenth, so that retries of many
-/// deliveries spread out.
-fn jittered(ms: u64) -> i64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let spread = (ms / 10) as i64;
-    let offset = if spread == 0 {
-        0
-    } else {
-        (i64::from(nanos) % (2 * spread + 1)) - spread
-    };
-    ms as i64 + offset
-}
-
 impl Webhooks {
     /// Opens the outbox under the config's data folder, with the config's
     /// endpoints (secrets read now: a missing one refuses the start).
     pub async fn open(config: &Config) -> Result<Arc<Webhooks>, String> {
         let endpoints = endpoints(config)?;
-        let outbox = Outbox::open(&config.data.join("webhooks.sqlite")).await?;
+        let outbox = Outbox::open(&config.data.join("webhooks.sqlite"), "webhooks").await?;
+        match outbox.release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "webhooks: {n} deliveries were in flight when the host last stopped; sending them again"
+            ),
+            Err(e) => return Err(format!("the webhooks outbox: {e}")),
+        }
         let webhooks = Arc::new(Webhooks {
             outbox,
             endpoints: ArcSwap::from_pointee(endpoints),
@@ -252,51 +144,87 @@ impl Webhooks {
 
     /// Sends due deliveries until `stop`.
     pub async fn dispatch(self: Arc<Self>, stop: CancellationToken) {
+        let mut commits = self.outbox.commits();
+        let mut pruned_at = 0;
         loop {
             let now = now_ms();
-            let due = match self.outbox.due(now, BATCH).await {
-                Ok(due) => due,
-                Err(e) => {
-                    tracing::error!("webhooks outbox: cannot read due deliveries: {e}");
-                    Vec::new()
+            if now - pruned_at > PRUNE_EVERY_MS {
+                pruned_at = now;
+                if let Err(e) = self.outbox.prune(now - KEEP_DELIVERED_MS).await {
+                    tracing::warn!("webhooks outbox: cannot forget delivered deliveries: {e}");
                 }
-            };
+            }
             let endpoints = self.endpoints.load();
-            for delivery in due {
-                let key = (delivery.app.clone(), delivery.endpoint.clone());
-                // An endpoint no longer configured keeps its deliveries
-                // pending, for when it comes back.
-                let Some(endpoint) = endpoints.get(&key).cloned() else {
+            // Per endpoint, as many due deliveries as it has free slots and
+            // room ahead, claimed together in one transaction. Those claimed
+            // ahead wait in memory for a slot: an attempt that ends takes
+            // the next at once, without waiting for the outbox.
+            let mut claims = Vec::new();
+            for (key, endpoint) in endpoints.iter() {
+                if self.disabled(&key.0, &key.1) {
+                    endpoint.ahead.lock().expect("ahead lock").clear();
                     continue;
+                }
+                let free = endpoint.slots.available_permits();
+                let room = (AHEAD * endpoint.concurrency)
+                    .saturating_sub(endpoint.ahead.lock().expect("ahead lock").len());
+                let want = (free + room).min(BATCH);
+                if want == 0 {
+                    continue;
+                }
+                let due = match self.outbox.due_for(&key.0, &key.1, now, want as i64).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::error!("webhooks outbox: cannot read due deliveries: {e}");
+                        continue;
+                    }
                 };
-                if self.disabled(&delivery.app, &delivery.endpoint)
-                    || self
+                // Time for its turn and its attempt.
+                let lease = now + (AHEAD as i64 + 1) * endpoint.timeout.as_millis() as i64 + 5_000;
+                for delivery in due {
+                    if !self
                         .running
                         .lock()
                         .expect("running lock")
                         .contains(&delivery.id)
-                {
-                    continue;
+                    {
+                        claims.push((delivery, endpoint.clone(), lease));
+                    }
                 }
-                let Ok(permit) = endpoint.slots.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let lease = now + endpoint.timeout.as_millis() as i64 + 5_000;
-                if !matches!(self.outbox.claim(&delivery.id, now, lease).await, Ok(true)) {
+            }
+            let leases: Vec<(String, i64)> = claims
+                .iter()
+                .map(|(d, _, lease)| (d.id.clone(), *lease))
+                .collect();
+            let taken: HashSet<String> = if leases.is_empty() {
+                HashSet::new()
+            } else {
+                match self.outbox.claim_many(leases, now).await {
+                    Ok(taken) => taken.into_iter().collect(),
+                    Err(e) => {
+                        tracing::error!("webhooks outbox: cannot claim deliveries: {e}");
+                        HashSet::new()
+                    }
+                }
+            };
+            for (delivery, endpoint, _) in claims {
+                if !taken.contains(&delivery.id) {
                     continue;
                 }
                 self.running
                     .lock()
                     .expect("running lock")
                     .insert(delivery.id.clone());
-                let webhooks = self.clone();
-                tokio::spawn(async move {
-                    let id = delivery.id.clone();
-                    webhooks.attempt(&endpoint, delivery).await;
-                    webhooks.running.lock().expect("running lock").remove(&id);
-                    drop(permit);
-                    webhooks.wake.notify_one();
-                });
+                match endpoint.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(self.clone().send_in_turn(endpoint, delivery, permit));
+                    }
+                    Err(_) => endpoint
+                        .ahead
+                        .lock()
+                        .expect("ahead lock")
+                        .push_back(delivery),
+                }
             }
             let wait = match self.outbox.next_due().await {
                 Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(20, 1_000) as u64),
@@ -305,10 +233,39 @@ impl Webhooks {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = self.outbox.committed.notified() => {}
+                _ = commits.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Sends `delivery`, then whatever the endpoint has claimed ahead, in
+    /// one of its slots.
+    async fn send_in_turn(
+        self: Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        mut delivery: Delivery,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        loop {
+            let id = delivery.id.clone();
+            self.attempt(&endpoint, delivery).await;
+            self.running.lock().expect("running lock").remove(&id);
+            let (next, left) = {
+                let mut ahead = endpoint.ahead.lock().expect("ahead lock");
+                (ahead.pop_front(), ahead.len())
+            };
+            // The dispatcher refills once half of what is ahead is gone,
+            // not after every attempt: each pass costs queries.
+            if left <= AHEAD * endpoint.concurrency / 2 {
+                self.wake.notify_one();
+            }
+            match next {
+                Some(next) if !self.disabled(&endpoint.app, &endpoint.name) => delivery = next,
+                _ => break,
+            }
+        }
+        drop(permit);
     }
 
     async fn attempt(&self, endpoint: &Endpoint, delivery: Delivery) {
@@ -414,14 +371,9 @@ impl Webhooks {
                 );
             }
         }
-        // Until this is written the lease stands, so a crash here sends
-        // the delivery again (with the same id) after the lease.
-        if let Err(e) = self.outbox.finish(&delivery.id, now, &outcome).await {
-            tracing::error!(
-                id = delivery.id,
-                "webhooks outbox: cannot record an attempt: {e}"
-            );
-        }
+        // Until this is written the lease stands, so a crash before it
+        // sends the delivery again (with the same id) after the lease.
+        self.outbox.finish(&delivery.id, now, outcome);
     }
 
     /// Per endpoint: its URL, counts and state, for the status document.
