@@ -24,7 +24,7 @@ test: plugins host
 ## Benchmarks: socket and HTTP echo, and todo.get on each database engine,
 ## Ferry against native servers, in one run each; and the plugin languages.
 bench: plugins host wrk
-	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages --bench events --bench calls --bench cold_start --bench websocket --bench brokers
+	$(CARGO) bench -p ferry-host -p ferry-tests --bench socket_echo --bench http_echo --bench todo_get --bench languages --bench events --bench calls --bench cold_start --bench websocket --bench brokers --bench cluster
 
 ## Build the example plugins (Rust, Python, JavaScript, C) into deploy/.
 plugins: toolchain $(WASM_DIR)/hello-py.wasm $(WASM_DIR)/hello-js.wasm $(WASM_DIR)/hello-c.wasm

@@ -3,7 +3,9 @@
 //! Standard Webhooks reference library (the `standardwebhooks` crate), not
 //! the host's code; retries that keep the id with growing gaps,
 //! `Retry-After`, 410 disabling the endpoint, `ferry webhooks list` and
-//! `retry`, and a `kill -9` with 100 deliveries pending that loses none.
+//! `retry`, a `kill -9` with 100 deliveries pending that loses none, and
+//! an HTTPS receiver (trusted through the endpoint's `ca_file`; refused
+//! against the public roots).
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -325,4 +327,53 @@ async fn kill_9_with_100_deliveries_pending_loses_none() {
         "{}",
         status["webhooks"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_endpoint_is_verified_and_one_that_cannot_be_is_not_sent_to() {
+    let (receiver, ca) = Receiver::start_tls().await;
+    let key = secret(3);
+    let hooks = format!(
+        "      trusted:\n        url: {}\n        ca_file: ca.pem\n        secret_env: HOOK_SECRET\n        events: [\"orders.>\"]\n        retry_ms: [60000]\n        timeout_ms: 2000\n      \
+         untrusted:\n        url: {}\n        secret_env: HOOK_SECRET\n        events: [\"orders.>\"]\n        retry_ms: [60000]\n        timeout_ms: 2000\n",
+        receiver.https_url("/trusted"),
+        receiver.https_url("/untrusted"),
+    );
+    let ferry = Ferry::options()
+        .plugin(
+            "echo",
+            "echo",
+            Some("permissions: {events: {publish: [\"orders.*\"]}}\n"),
+        )
+        .env("HOOK_SECRET", &key)
+        .file("ca.pem", ca.as_bytes())
+        .socket("{path: run/ferry.sock, app: shop}")
+        .config(&format!(
+            "apps:\n  shop:\n    hosts: [127.0.0.1]\n    services: [echo]\n    auth: none\n    webhooks:\n{hooks}"
+        ))
+        .start();
+    let id = publish(&ferry, "orders.created", json!({"order": 8})).await;
+    // Over TLS, trusting only the endpoint's own CA: signed as over http.
+    let got = received(&receiver, "/trusted", 1).await;
+    verify(&got[0], std::slice::from_ref(&key));
+    assert_eq!(got[0].header("webhook-id"), format!("msg_{id}_trusted"));
+    assert_eq!(got[0].json()["data"], json!({"order": 8}));
+    // The same receiver checked against the public roots fails the
+    // handshake: nothing is sent, and the error says why.
+    let untrusted = eventually("the untrusted attempt fails", WAIT, async || {
+        let status = ferry.status().await;
+        status["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["endpoint"] == "untrusted" && h["retried"] == 1)
+            .cloned()
+    })
+    .await;
+    let error = untrusted["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("TLS") && error.contains("certificate"),
+        "{error}"
+    );
+    assert!(receiver.received("/untrusted").is_empty());
 }

@@ -98,6 +98,55 @@ impl Receiver {
         receiver
     }
 
+    /// Starts serving HTTPS on 127.0.0.1 (a free port) with a certificate
+    /// for `localhost` made now; answers it with the certificate's PEM, for
+    /// the host to trust.
+    pub async fn start_tls() -> (Receiver, String) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Receiver {
+            addr: Some(listener.local_addr().unwrap()),
+            ..Receiver::default()
+        };
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(receiver.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (receiver, made.cert.pem())
+    }
+
+    /// `https://localhost:PORT/path` of a receiver from `start_tls`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.unwrap().port())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr.unwrap())
     }

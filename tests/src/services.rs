@@ -66,3 +66,11 @@ pub fn rabbitmq_url() -> Option<String> {
     ensure("RabbitMQ", RABBITMQ_ADDR, RABBITMQ_START)
         .then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
+
+pub const NATS_ADDR: &str = "127.0.0.1:4222";
+pub const NATS_START: &str = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
+
+/// The NATS server (with JetStream), started if need be.
+pub fn nats_url() -> Option<String> {
+    ensure("NATS", NATS_ADDR, NATS_START).then(|| "nats://127.0.0.1:4222".into())
+}

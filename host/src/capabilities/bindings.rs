@@ -11,6 +11,7 @@ mod generated {
             "ferry:plugin/sql": async | trappable,
             "ferry:plugin/invocation": trappable,
             "ferry:plugin/services": async,
+            "ferry:plugin/events": async,
         },
         with: {
             "ferry:plugin/sql.transaction": crate::capabilities::sql::Transaction,

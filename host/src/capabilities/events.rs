@@ -1,7 +1,9 @@
 //! `ferry:plugin/events`: publishing on the bus of the application the
 //! request came through. A plugin reaches only its own application's
 //! topics, and only those its manifest grants; the checks happen here, so
-//! the bus takes only valid topics and JSON payloads.
+//! the bus takes only valid topics and JSON payloads. A publish returns to
+//! the plugin once the event is durable where it must be (webhooks,
+//! bridges).
 
 use std::sync::Arc;
 
@@ -35,9 +37,10 @@ impl EventsState {
         self.app = Some(app);
     }
 
-    /// Publishes as the plugin; answers the event id, or the typed error
-    /// the guest receives.
-    pub fn publish(&self, topic: &str, payload: &str) -> Result<String, WitError> {
+    /// Publishes as the plugin; answers the event id and what resolves
+    /// once the event is kept by the webhooks and bridges that want it, or
+    /// the typed error the guest receives.
+    pub fn publish(&self, topic: &str, payload: &str) -> Result<(String, Kept), WitError> {
         let error = |code: &str, message: String| WitError {
             code: code.to_owned(),
             message,
@@ -81,12 +84,27 @@ impl EventsState {
                 "events can be published only while handling a call".into(),
             ));
         };
-        Ok(self.bus.publish(app, topic, payload))
+        Ok(self.bus.publish_kept(app, topic, payload))
     }
 }
 
+type Kept = Option<tokio::sync::oneshot::Receiver<()>>;
+
 impl EventsHost for EventsState {
-    fn publish(&mut self, topic: String, payload: String) -> Result<String, WitError> {
-        EventsState::publish(self, &topic, &payload)
+    /// The plugin goes on once the event's webhook deliveries and bridged
+    /// copies are in their outbox, as an outside publisher's ack waits, so
+    /// an answer the plugin gives after publishing is never followed by
+    /// the loss of what it published.
+    async fn publish(&mut self, topic: String, payload: String) -> Result<String, WitError> {
+        let (id, kept) = EventsState::publish(self, &topic, &payload)?;
+        if let Some(done) = kept
+            && done.await.is_err()
+        {
+            return Err(WitError {
+                code: "unavailable".into(),
+                message: "the host is stopping; the event may not reach its webhooks".into(),
+            });
+        }
+        Ok(id)
     }
 }

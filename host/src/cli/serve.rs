@@ -57,6 +57,12 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     .await
     .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     pipeline.set_outboxes(webhooks.clone(), bridges);
+    if let Some(cluster) = &config.cluster {
+        let cluster = crate::pipeline::cluster::Cluster::connect(cluster)
+            .await
+            .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+        pipeline.set_cluster(cluster);
+    }
     shared
         .switchboard
         .connect(Arc::downgrade(&pipeline)

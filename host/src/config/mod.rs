@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 mod apps;
 mod auth;
+mod cluster;
 mod database;
 mod events;
 mod limits;
@@ -21,6 +22,7 @@ mod websocket;
 
 pub use apps::{AppConfig, AppEvents};
 pub use auth::{AuthConfig, JwtConfig};
+pub use cluster::ClusterConfig;
 pub use database::DatabaseConfig;
 pub use events::EventsConfig;
 pub use limits::{Circuit, Limits, MAX_INSTANCES, MAX_MEMORY_MB};
@@ -86,6 +88,9 @@ pub struct Config {
     /// Applications by name. Without any, one application named `default`
     /// serves every loaded service with no authentication.
     pub apps: BTreeMap<String, AppConfig>,
+    /// Other hosts to share services with, through NATS; `null` (the
+    /// default) is one host on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             max_call_depth: 8,
             compile_jobs: None,
             apps: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -146,6 +152,16 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let Some(cluster) = &mut config.cluster {
+            for p in [&mut cluster.credentials_file, &mut cluster.ca_file]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         for app in config.apps.values_mut() {
             if let Some(url) = &mut app.database.url
                 && let Some(file) = url.strip_prefix("sqlite:")
@@ -155,10 +171,13 @@ impl Config {
                 *url = format!("sqlite:{}", base.join(file).display());
             }
             for hook in app.webhooks.values_mut() {
-                if let Some(p) = &mut hook.secret_file
-                    && p.is_relative()
+                for p in [&mut hook.secret_file, &mut hook.ca_file]
+                    .into_iter()
+                    .flatten()
                 {
-                    *p = base.join(&*p);
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
                 }
             }
             if let AuthConfig::Jwt(jwt) = &mut app.auth {
@@ -192,6 +211,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if self.compile_jobs == Some(0) {
             return Err("compile_jobs must be at least 1 (or null: one per core)".into());
         }

@@ -47,7 +47,7 @@ fn check_url(key: &str, url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{key}.url: an amqp:// URL is needed (the host makes no TLS connections to the broker)"
+            "{key}.url: an amqp:// URL is needed (amqps:// is not supported: reach the broker over a network you trust)"
         ))
     }
 }

@@ -10,9 +10,14 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` (the host makes no TLS connections of its
-    /// own; put a TLS proxy beside it for an `https://` receiver).
+    /// `https://host[:port]/path`, or `http://host:port/path` for a
+    /// receiver on a network you trust.
     pub url: String,
+    /// For `https://`: a PEM file of the certificate authorities to trust
+    /// instead of the public ones built in (a private CA, a self-signed
+    /// receiver).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The variable holding the secret(s), `whsec_<base64>`; several,
     /// separated by spaces, while a secret is rotated: each signs.
     #[serde(default)]
@@ -54,18 +59,34 @@ fn default_concurrency() -> usize {
 impl WebhookConfig {
     pub(super) fn validate(&self, key: &str) -> Result<(), String> {
         use crate::core::names::valid_topic_pattern;
-        let rest = self.url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "{key}.url: `{}` is not an http:// URL (the host makes no TLS connections; put a TLS proxy beside it for https)",
-                self.url
-            )
-        })?;
-        let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() || authority.contains('@') || !authority.contains(':') {
+        let (rest, tls) = match (
+            self.url.strip_prefix("https://"),
+            self.url.strip_prefix("http://"),
+        ) {
+            (Some(rest), _) => (rest, true),
+            (None, Some(rest)) => (rest, false),
+            _ => {
+                return Err(format!(
+                    "{key}.url: `{}` is not an https:// or http:// URL",
+                    self.url
+                ));
+            }
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        // https has its default port; a plain http receiver names its own.
+        if authority.is_empty()
+            || authority.starts_with(':')
+            || authority.contains('@')
+            || (!tls && !authority.contains(':'))
+        {
             return Err(format!(
-                "{key}.url: `{}` needs a host and a port, and no user",
-                self.url
+                "{key}.url: `{}` needs a host{}, and no user",
+                self.url,
+                if tls { "" } else { " and a port" }
             ));
+        }
+        if self.ca_file.is_some() && !tls {
+            return Err(format!("{key}.ca_file: only for an https:// URL"));
         }
         match (&self.secret_env, &self.secret_file) {
             (None, None) => return Err(format!("{key}: set secret_env or secret_file")),
@@ -91,5 +112,41 @@ impl WebhookConfig {
             return Err(format!("{key}.retry_ms: at most 32 retries"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn endpoint(url_and_more: &str) -> Result<Config, String> {
+        Config::parse(&format!(
+            "apps:\n  shop:\n    services: [echo]\n    auth: none\n    webhooks:\n      billing: {{url: {url_and_more}, secret_env: S, events: [orders.>]}}\n"
+        ))
+    }
+
+    #[test]
+    fn urls_are_https_or_http_with_a_port() {
+        for ok in [
+            "https://billing.example/hooks",
+            "https://billing.example:8443/hooks?x=1",
+            "\"https://localhost:9443/h\", ca_file: ca.pem",
+            "http://127.0.0.1:9000/h",
+        ] {
+            endpoint(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("ftp://billing.example/", "not an https:// or http://"),
+            ("http://billing.example/h", "needs a host and a port"),
+            ("https://user@billing.example/h", "no user"),
+            ("https:///h", "needs a host"),
+            (
+                "\"http://127.0.0.1:9000/h\", ca_file: ca.pem",
+                "only for an https://",
+            ),
+        ] {
+            let e = endpoint(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

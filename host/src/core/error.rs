@@ -46,7 +46,7 @@ impl fmt::Display for ErrorCode {
 
 /// The `error` object of a response: `{"code", "message"}`, and
 /// `retry_after_ms` when the host knows when trying again makes sense.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,

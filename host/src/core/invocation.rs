@@ -15,6 +15,8 @@ pub enum DoorKind {
     Http,
     /// A plugin calling another service through `services`.
     Plugin,
+    /// Forwarded by another host of the cluster (never forwarded again).
+    Cluster,
 }
 
 impl DoorKind {
@@ -23,6 +25,7 @@ impl DoorKind {
             DoorKind::Unix => "unix",
             DoorKind::Http => "http",
             DoorKind::Plugin => "plugin",
+            DoorKind::Cluster => "cluster",
         }
     }
 }

@@ -101,7 +101,8 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<&'static str> {
         write_timeout_ms,
         max_instances,
         max_call_depth,
-        compile_jobs
+        compile_jobs,
+        cluster
     );
     kept
 }

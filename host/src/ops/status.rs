@@ -86,6 +86,7 @@ pub fn document(pipeline: &Pipeline, started: Instant) -> Value {
         "async_requests": pipeline.tracker().status(),
         "webhooks": pipeline.webhooks().map(|w| w.status()).unwrap_or_default(),
         "rabbitmq": pipeline.rabbitmq_status(),
+        "cluster": pipeline.cluster().map(|c| c.status()),
         "calls": pipeline.call_pairs().into_iter().map(|(caller, callee, c)| json!({
             "caller": caller, "callee": callee, "calls": c.calls, "errors": c.errors,
         })).collect::<Vec<_>>(),

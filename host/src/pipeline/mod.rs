@@ -8,6 +8,7 @@
 mod apps;
 mod auth;
 pub mod bridges;
+pub mod cluster;
 mod consumers;
 mod subscriptions;
 mod table;
@@ -25,7 +26,7 @@ pub use table::{Rejection, Table};
 
 use crate::capabilities::Shared;
 use crate::capabilities::services::{Dispatch, Nested, PairCounts, Switchboard};
-use crate::core::{ErrorBody, ErrorCode, Identity, Invocation, Origin, Route};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Identity, Invocation, Origin, Route};
 use crate::resources::bus::Bus;
 use crate::resources::hooks::{Hook, Tracker};
 use crate::resources::rabbitmq::Brokers;
@@ -55,6 +56,8 @@ pub struct Pipeline {
     consumers: consumers::Consumers,
     /// Event topics bridged to brokers, once their outbox is open.
     bridges: std::sync::OnceLock<Arc<bridges::Bridges>>,
+    /// The other hosts, in cluster mode.
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 impl Pipeline {
@@ -71,7 +74,17 @@ impl Pipeline {
             brokers: Arc::default(),
             consumers: Default::default(),
             bridges: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Set once at start-up, in cluster mode.
+    pub fn set_cluster(&self, cluster: Arc<cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// Set once at start-up: the bus hands them the events they want.
@@ -108,6 +121,9 @@ impl Pipeline {
     pub fn sync_triggers(self: &Arc<Self>) {
         self.sync_subscriptions();
         self.sync_consumers();
+        if let Some(cluster) = self.cluster.get() {
+            cluster.sync(self);
+        }
     }
 
     /// The services: serving, failed, refused and draining versions.
@@ -129,6 +145,9 @@ impl Pipeline {
     pub fn stop_triggers(&self) {
         self.subscriptions.stop_all(self);
         self.consumers.stop_all();
+        if let Some(cluster) = self.cluster.get() {
+            cluster.stop();
+        }
     }
 
     /// The application an events door acts for, once `token` is checked:
@@ -261,6 +280,33 @@ impl Pipeline {
         } else {
             inv
         };
+        // In a cluster, a service this host does not serve is asked of the
+        // hosts that do (a request another host forwarded is never sent
+        // on again).
+        if let Some(cluster) = self.cluster.get()
+            && inv.door != DoorKind::Cluster
+            && self.table.get(inv.service).is_none()
+        {
+            let apps = self.apps.load();
+            if let Ok(app) = route(&apps, inv.route)
+                && app.serves(inv.service)
+            {
+                let mut timeout_ms = inv.timeout_ms.unwrap_or_else(|| {
+                    self.loading_wait_ms
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                });
+                if let Some(caller) = inv.caller {
+                    let left = caller
+                        .deadline
+                        .saturating_duration_since(inv.received)
+                        .as_millis() as u64;
+                    timeout_ms = timeout_ms.min(left);
+                }
+                let (name, listed) = (app.name.clone(), app.lists(inv.service));
+                drop(apps);
+                return cluster.forward(&name, listed, inv, timeout_ms).await;
+            }
+        }
         let call = match self.prepare(inv) {
             Ok(ready) => ready,
             Err(refused) => {

@@ -4,8 +4,8 @@
 //! accepted requests are still owed an answer. A delivery that fails is
 //! tried again after a back-off, a few times, then counted and logged.
 //!
-//! Only `http://` URLs: the host makes no TLS connections of its own, and
-//! hooks are meant for services beside it.
+//! Response hooks take only `http://` URLs: they are meant for services
+//! beside the host. Webhooks may also be `https://` (`resources::tls`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -103,7 +103,7 @@ impl Hook {
 /// POSTs `body` as JSON over a fresh HTTP/1.1 connection; a 2xx is a
 /// delivery, anything else (redirects included) a failure.
 async fn post(authority: &str, path: &str, body: &[u8]) -> Result<(), String> {
-    let (status, _) = post_signed(authority, path, &[], body).await?;
+    let (status, _) = post_signed(authority, None, path, &[], body).await?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
@@ -111,20 +111,44 @@ async fn post(authority: &str, path: &str, body: &[u8]) -> Result<(), String> {
     }
 }
 
-/// POSTs `body` as JSON with `headers` over a fresh HTTP/1.1 connection;
-/// answers the status (redirects are not followed) and a `Retry-After` in
-/// seconds, when the receiver gave one.
+/// POSTs `body` as JSON with `headers` over a fresh HTTP/1.1 connection,
+/// in TLS when `tls` says how; answers the status (redirects are not
+/// followed) and a `Retry-After` in seconds, when the receiver gave one.
 pub async fn post_signed(
     authority: &str,
+    tls: Option<&crate::resources::tls::Tls>,
     path: &str,
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<(u16, Option<u64>), String> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    match tls {
+        None => exchange(stream, authority, path, headers, body).await,
+        Some(tls) => {
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| format!("{authority}: TLS: {e}"))?;
+            exchange(stream, authority, path, headers, body).await
+        }
+    }
+}
+
+/// One request and its answer's head on a connection.
+async fn exchange<S>(
+    stream: S,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Option<u64>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -1,9 +1,10 @@
 //! What the host owns and shares between capabilities: the database pools,
 //! the event bus, the response hooks, the outbox of webhooks and bridges,
-//! and the RabbitMQ brokers.
+//! the RabbitMQ brokers, and TLS for outgoing HTTPS.
 
 pub mod bus;
 pub mod database;
 pub mod hooks;
 pub mod outbox;
 pub mod rabbitmq;
+pub mod tls;

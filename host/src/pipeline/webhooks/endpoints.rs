@@ -19,7 +19,10 @@ pub(super) struct Endpoint {
     pub(super) app: String,
     pub(super) name: String,
     pub(super) url: String,
+    /// `host:port`, to connect to and to name in `Host`.
     pub(super) authority: String,
+    /// For an `https://` URL.
+    pub(super) tls: Option<crate::resources::tls::Tls>,
     pub(super) path: String,
     pub(super) secrets: Vec<Vec<u8>>,
     pub(super) patterns: Vec<String>,
@@ -66,19 +69,43 @@ pub(super) fn endpoints(config: &Config) -> Result<BTreeMap<Key, Arc<Endpoint>>,
     let mut out = BTreeMap::new();
     for (app, app_config) in &config.apps {
         for (name, hook) in &app_config.webhooks {
-            let rest = hook.url.strip_prefix("http://").expect("validated");
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
+            let key = format!("apps.{app}.webhooks.{name}");
+            let (rest, https) = match hook.url.strip_prefix("https://") {
+                Some(rest) => (rest, true),
+                None => (hook.url.strip_prefix("http://").expect("validated"), false),
             };
+            let (authority, path) = match rest.find(['/', '?']) {
+                Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+                Some(i) => (&rest[..i], rest[i..].to_owned()),
+                None => (rest, "/".to_owned()),
+            };
+            // The host part, without a port ("[::1]:8443" is "::1").
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            let has_port = match authority.strip_prefix('[') {
+                Some(v6) => v6.contains("]:"),
+                None => authority.contains(':'),
+            };
+            let authority = if has_port {
+                authority.to_owned()
+            } else {
+                format!("{authority}:443")
+            };
+            let tls = https
+                .then(|| crate::resources::tls::Tls::new(host, hook.ca_file.as_deref()))
+                .transpose()
+                .map_err(|e| format!("{key}: {e}"))?;
             out.insert(
                 (app.clone(), name.clone()),
                 Arc::new(Endpoint {
                     app: app.clone(),
                     name: name.clone(),
                     url: hook.url.clone(),
-                    authority: authority.to_owned(),
-                    path: path.to_owned(),
+                    authority,
+                    tls,
+                    path,
                     secrets: secrets(app, name, hook)?,
                     patterns: hook.events.clone(),
                     timeout: Duration::from_millis(hook.timeout_ms),

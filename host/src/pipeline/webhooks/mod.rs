@@ -282,6 +282,7 @@ impl Webhooks {
             endpoint.timeout,
             post_signed(
                 &endpoint.authority,
+                endpoint.tls.as_ref(),
                 &endpoint.path,
                 &headers,
                 delivery.body.as_bytes(),
