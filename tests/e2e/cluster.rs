@@ -183,3 +183,78 @@ async fn a_plugins_call_to_a_service_on_another_host_keeps_its_identity() {
     assert_eq!(outcome["service"], "echo");
     assert_eq!(b.plugin_requests("echo").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_killed_under_load_fails_only_what_it_held_and_the_others_take_over() {
+    let Some(url) = nats_url() else { return };
+    let app = unique_app();
+    let public = Some("public: [params, spin]\n");
+    let a = host(&url, &app, "host-a", &[]);
+    let b = host(&url, &app, "host-b", &[("echo", "echo", public)]);
+    let c = host(&url, &app, "host-c", &[("echo", "echo", public)]);
+    answering(&b, &app, "echo").await;
+    answering(&c, &app, "echo").await;
+    let socket = a.socket.clone();
+    let started = std::time::Instant::now();
+    // Four clients, each one request at a time (5 ms of work, 1 s
+    // deadline), for three seconds; B dies after one.
+    let mut clients = Vec::new();
+    for k in 0..4u64 {
+        let socket = socket.clone();
+        clients.push(tokio::spawn(async move {
+            let mut client = ferry_tests::Client::connect(&socket).await;
+            let mut outcomes = Vec::new();
+            let mut n = 0u64;
+            while started.elapsed() < Duration::from_secs(3) {
+                n += 1;
+                let sent = std::time::Instant::now();
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    client.request(&json!({"id": k * 100_000 + n, "service": "echo",
+                        "action": "spin", "params": {"ms": 5}, "timeout_ms": 1000})),
+                )
+                .await
+                .expect("no request hangs");
+                outcomes.push((sent.duration_since(started), sent.elapsed(), reply));
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = started.elapsed();
+    let served_by_b = b.plugin_requests("echo").await;
+    b.kill_keeping_dir();
+    let mut failed = 0;
+    let mut total = 0;
+    for client in clients {
+        for (at, took, reply) in client.await.unwrap() {
+            total += 1;
+            if reply["status"] == "success" {
+                continue;
+            }
+            failed += 1;
+            // Only what B held when it died, and within its deadline.
+            let code = reply["error"]["code"].as_str().unwrap_or("");
+            assert!(matches!(code, "timeout" | "unavailable"), "{reply}");
+            assert!(
+                took < Duration::from_millis(1_500),
+                "a failure took {took:?}"
+            );
+            assert!(
+                at + took >= killed_at && at < killed_at + Duration::from_millis(1_200),
+                "a request sent {at:?} (B died at {killed_at:?}) failed: {reply}"
+            );
+        }
+    }
+    assert!(served_by_b > 0, "B took no share before it died");
+    assert!(failed <= 4, "{failed} of {total} failed");
+    assert!(total > 100, "only {total} requests in three seconds");
+    // Everything after is C's.
+    let mut client = a.connect().await;
+    for n in 0..10 {
+        let reply = client
+            .request(&json!({"id": n, "service": "echo", "action": "params", "params": {"n": n}}))
+            .await;
+        assert_eq!(expect_success(&reply), &json!({"n": n}), "{reply}");
+    }
+}

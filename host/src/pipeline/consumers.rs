@@ -18,7 +18,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -34,9 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
 use crate::config::Consume;
-use crate::core::Origin;
 use crate::resources::rabbitmq::{Backoff, Broker};
-use crate::runtime::{Call, CallError, Context, Work};
+use crate::runtime::{CallError, Work};
 
 const ATTEMPTS: &str = "x-ferry-attempts";
 const ERROR: &str = "x-ferry-error";
@@ -413,50 +411,15 @@ impl Consuming {
 
     /// One call of the action, on the version serving now.
     async fn call(&self, body: &str, delivery: &Delivery) -> Result<(), CallError> {
-        let service = &self.key.service;
-        let unavailable = |detail: &str| CallError::Overloaded {
-            service: service.clone(),
-            detail: detail.into(),
-        };
-        let pipeline = self
-            .pipeline
-            .upgrade()
-            .ok_or_else(|| unavailable("the host is stopping"))?;
-        let plugin = pipeline
-            .table
-            .get(service)
-            .ok_or_else(|| unavailable("the service is not loaded"))?;
-        let database = pipeline
-            .apps()
-            .get(&self.key.app)
-            .and_then(|app| app.database.clone());
-        drop(pipeline);
         let id = match delivery.properties.message_id() {
             Some(id) => id.to_string(),
             None => format!("{}:{}", self.queue(), delivery.delivery_tag),
         };
-        let timeout_ms = plugin.limits().timeout_ms;
-        let call = Call {
-            ctx: Context {
-                request_id: serde_json::to_string(&id).expect("a string serializes"),
-                app: self.key.app.to_string(),
-                service: service.clone(),
-                tenant: None,
-                subject: None,
-                claims: "{}".into(),
-                time_left_ms: timeout_ms,
-            },
-            app: self.key.app.clone(),
-            database,
-            work: Work::Request {
-                action: &self.key.spec.action,
-                params: body,
-            },
-            deadline: Instant::now() + Duration::from_millis(timeout_ms),
-            timeout_ms,
-            origin: Origin::outside(None),
+        let work = Work::Request {
+            action: &self.key.spec.action,
+            params: body,
         };
-        Box::pin(plugin.call(call)).await.map(drop)
+        super::trigger(&self.pipeline, &self.key.app, &self.key.service, &id, work).await
     }
 }
 

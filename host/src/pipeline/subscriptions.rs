@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -28,9 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use crate::capabilities::bindings::WitEvent;
 use crate::config::{Delivery, Subscription};
-use crate::core::Origin;
 use crate::resources::bus::{Event, Kind, Subscriber};
-use crate::runtime::{Call, CallError, Context, Work};
+use crate::runtime::{CallError, Work};
 
 /// One subscription of one plugin in one application.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -323,24 +322,6 @@ impl Delivering {
 
     /// One call of the handler, on the version serving now.
     async fn attempt(&self, seq: u64, event: &Event, attempt: u32) -> Result<(), CallError> {
-        let service = &self.key.service;
-        let unavailable = |detail: String| CallError::Overloaded {
-            service: service.clone(),
-            detail,
-        };
-        let pipeline = self
-            .pipeline
-            .upgrade()
-            .ok_or_else(|| unavailable("the host is stopping".into()))?;
-        let plugin = pipeline
-            .table
-            .get(service)
-            .ok_or_else(|| unavailable("the service is not loaded".into()))?;
-        let database = pipeline
-            .apps()
-            .get(&self.key.app)
-            .and_then(|app| app.database.clone());
-        drop(pipeline);
         let wit = WitEvent {
             app: self.key.app.to_string(),
             topic: event.topic.clone(),
@@ -351,25 +332,14 @@ impl Delivering {
             attempt,
             payload: event.payload.clone(),
         };
-        let timeout_ms = plugin.limits().timeout_ms;
-        let call = Call {
-            ctx: Context {
-                request_id: serde_json::to_string(&event.id).expect("a string serializes"),
-                app: self.key.app.to_string(),
-                service: service.clone(),
-                tenant: None,
-                subject: None,
-                claims: "{}".into(),
-                time_left_ms: timeout_ms,
-            },
-            app: self.key.app.clone(),
-            database,
-            work: Work::Event(&wit),
-            deadline: Instant::now() + Duration::from_millis(timeout_ms),
-            timeout_ms,
-            origin: Origin::outside(None),
-        };
-        plugin.call(call).await.map(drop)
+        super::trigger(
+            &self.pipeline,
+            &self.key.app,
+            &self.key.service,
+            &event.id,
+            Work::Event(&wit),
+        )
+        .await
     }
 
     /// Counts an event the subscription gave up on, logs it, and sends it
