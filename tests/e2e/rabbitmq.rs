@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use ferry_tests::bus::Consumer;
 use ferry_tests::services::rabbitmq_url;
-use ferry_tests::{Ferry, eventually, expect_success};
+use ferry_tests::{Ferry, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -417,15 +417,7 @@ async fn a_broker_restart_mid_stream_loses_no_message_and_the_consumer_resumes()
 
 /// Publishes through the plugin, as a plugin's event; answers its id.
 async fn publish(ferry: &Ferry, topic: &str, payload: Value) -> String {
-    let mut client = ferry.connect().await;
-    let reply = client
-        .request(&json!({"id": 1, "service": "echo", "action": "publish",
-            "params": {"topic": topic, "payload": payload}}))
-        .await;
-    expect_success(&reply)["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    ferry.publish_through_echo(topic, payload).await
 }
 
 /// The events socket's `source_status` for the bridge `orders`.

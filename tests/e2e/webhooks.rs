@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use ferry_tests::receiver::{Received, Receiver};
-use ferry_tests::{Ferry, eventually, expect_success, ferry_bin};
+use ferry_tests::{Ferry, eventually, ferry_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -58,15 +58,7 @@ fn start(endpoints: &[(&str, String, &str, &str)], secrets: &str) -> Ferry {
 
 /// Publishes through the plugin, as a plugin's event.
 async fn publish(ferry: &Ferry, topic: &str, payload: Value) -> String {
-    let mut client = ferry.connect().await;
-    let reply = client
-        .request(&json!({"id": 1, "service": "echo", "action": "publish",
-            "params": {"topic": topic, "payload": payload}}))
-        .await;
-    expect_success(&reply)["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    ferry.publish_through_echo(topic, payload).await
 }
 
 /// Checks a request with the reference library, for each secret given.

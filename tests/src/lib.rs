@@ -558,6 +558,22 @@ impl Ferry {
     pub async fn status(&self) -> Value {
         self.admin_http("GET", "/v1/status").await.json()
     }
+
+    /// Publishes through the `echo` plugin's `publish` action, as a
+    /// plugin's event; answers the event's id.
+    pub async fn publish_through_echo(&self, topic: &str, payload: Value) -> String {
+        let mut client = self.connect().await;
+        let reply = client
+            .request(
+                &serde_json::json!({"id": 1, "service": "echo", "action": "publish",
+                "params": {"topic": topic, "payload": payload}}),
+            )
+            .await;
+        expect_success(&reply)["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
 }
 
 /// The bytes of a built example plugin.

@@ -84,6 +84,13 @@ async fn record(
 }
 
 impl Receiver {
+    /// Every path recorded and answered by its script.
+    fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(record)
+            .with_state(self.clone())
+    }
+
     /// Starts serving on 127.0.0.1 (a free port) on the current runtime.
     pub async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,9 +98,7 @@ impl Receiver {
             addr: Some(listener.local_addr().unwrap()),
             ..Receiver::default()
         };
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(receiver.clone());
+        let app = receiver.router();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         receiver
     }
@@ -118,9 +123,7 @@ impl Receiver {
             addr: Some(listener.local_addr().unwrap()),
             ..Receiver::default()
         };
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(receiver.clone());
+        let app = receiver.router();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
