@@ -166,7 +166,7 @@ impl Outbox {
         Ok(done.rows_affected())
     }
 
-    /// Changes after every commit of new deliveries.
+    /// Changes after every commit of new deliveries or ended attempts.
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
     }
@@ -398,7 +398,11 @@ async fn write_batches(
                 }
             }
         };
-        let kept = batch.iter().any(|(w, _)| matches!(w, Write::Keep(_)));
+        // New deliveries, and attempts that ended (a retry's next time is
+        // now known), change when a worker should look next.
+        let kept = batch
+            .iter()
+            .any(|(w, _)| matches!(w, Write::Keep(_) | Write::Finish(..)));
         for ((_, reply), answer) in batch.drain(..).zip(answers) {
             match reply {
                 Reply::Written(done) => {
