@@ -256,10 +256,18 @@ impl Consuming {
             "consuming"
         );
         let mut handling = JoinSet::new();
+        // A connection cut abruptly (a reset, not a close) does not always
+        // end the consumer's stream: the channel's state is looked at too.
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
         let ended = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => break Ok(()),
                 Some(_) = handling.join_next(), if !handling.is_empty() => {}
+                _ = check.tick() => {
+                    if !channel.status().connected() || !publisher.status().connected() {
+                        break Err(format!("the connection of the consumer of `{}` was lost", self.queue()));
+                    }
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
