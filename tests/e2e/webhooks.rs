@@ -5,7 +5,10 @@
 //! `Retry-After`, 410 disabling the endpoint, `ferry webhooks list` and
 //! `retry`, a `kill -9` with 100 deliveries pending that loses none, and
 //! an HTTPS receiver (trusted through the endpoint's `ca_file`; refused
-//! against the public roots).
+//! against the public roots). In cluster mode, with two hosts on a real
+//! NATS server with JetStream: each delivery is sent once, whichever host
+//! took it, and one whose host is killed between its attempts is sent by
+//! the other, with the same id.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -15,6 +18,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use ferry_tests::receiver::{Received, Receiver};
+use ferry_tests::services::OwnNats;
 use ferry_tests::{Ferry, eventually, ferry_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -368,4 +372,107 @@ async fn an_https_endpoint_is_verified_and_one_that_cannot_be_is_not_sent_to() {
         "{error}"
     );
     assert!(receiver.received("/untrusted").is_empty());
+}
+
+/// A host of cluster `url` named `name`, publishing `orders.*` events
+/// (through `echo`) of application `shop` to one endpoint, `billing`.
+fn cluster_host(url: &str, name: &str, receiver: &Receiver, secret: &str) -> Ferry {
+    let endpoints = [("billing", receiver.url("/billing"), "orders.*", "[1500]")];
+    Ferry::options()
+        .plugin(
+            "echo",
+            "echo",
+            Some("permissions: {events: {publish: [\"orders.*\"]}}\n"),
+        )
+        .env("HOOK_SECRET", secret)
+        .socket("{path: run/ferry.sock, app: shop}")
+        .config(&format!(
+            "cluster: {{nats: \"{url}\", name: {name}}}\n{}",
+            config(&endpoints)
+        ))
+        .start()
+}
+
+/// The `billing` endpoint's line in `ferry`'s status.
+async fn billing(ferry: &Ferry) -> Value {
+    ferry.status().await["webhooks"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_cluster_each_delivery_is_sent_once_and_another_host_finishes_a_dead_hosts_retry() {
+    // A JetStream of the test's own: the stream starts empty.
+    let nats = OwnNats::with_jetstream();
+    let receiver = Receiver::start().await;
+    let secret = secret(7);
+    let a = cluster_host(&nats.url(), "host-a", &receiver, &secret);
+    let b = cluster_host(&nats.url(), "host-b", &receiver, &secret);
+    for host in [&a, &b] {
+        eventually("the host uses the cluster's stream", WAIT, async || {
+            billing(host).await["queued_in_cluster"].as_u64()
+        })
+        .await;
+    }
+
+    // Published on either host, sent once by one of them.
+    let mut ids = BTreeSet::new();
+    for n in 0..20 {
+        let on = if n % 2 == 0 { &a } else { &b };
+        ids.insert(publish(on, &format!("orders.{n}"), json!({"n": n})).await);
+    }
+    let got = received(&receiver, "/billing", 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count("/billing"), 20, "a delivery was sent twice");
+    let sent: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    let wanted: BTreeSet<String> = ids.iter().map(|id| format!("msg_{id}_billing")).collect();
+    assert_eq!(sent, wanted);
+    for r in &got {
+        verify(r, std::slice::from_ref(&secret));
+    }
+    let delivered = |v: &Value| v["delivered"].as_u64().unwrap();
+    assert_eq!(
+        delivered(&billing(&a).await) + delivered(&billing(&b).await),
+        20
+    );
+
+    // The next attempt fails; the host that made it dies before its retry
+    // (due 1.5 s later), and the other host sends it.
+    receiver.script("/billing", &[(500, None)]);
+    let id = publish(&a, "orders.last", json!({"last": true})).await;
+    received(&receiver, "/billing", 21).await;
+    let (tried, other) = eventually("one host counts the retry", WAIT, async || {
+        let (on_a, on_b) = (billing(&a).await, billing(&b).await);
+        match (on_a["retried"].as_u64()?, on_b["retried"].as_u64()?) {
+            (1, 0) => Some(("a", "b")),
+            (0, 1) => Some(("b", "a")),
+            _ => None,
+        }
+    })
+    .await;
+    let (dying, survivor) = if tried == "a" { (a, b) } else { (b, a) };
+    let before = delivered(&billing(&survivor).await);
+    // Time for its negative acknowledgement to reach the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dying.kill_keeping_dir();
+    let got = received(&receiver, "/billing", 22).await;
+    let (first, second) = (&got[20], &got[21]);
+    assert_eq!(first.header("webhook-id"), format!("msg_{id}_billing"));
+    assert_eq!(second.header("webhook-id"), first.header("webhook-id"));
+    assert_eq!(second.body, first.body);
+    verify(second, std::slice::from_ref(&secret));
+    let gap = second.at.duration_since(first.at);
+    assert!(
+        gap >= Duration::from_millis(1_200),
+        "the retry came after {gap:?}, before its time"
+    );
+    eventually(
+        &format!("host-{other} counts it delivered"),
+        WAIT,
+        async || (delivered(&billing(&survivor).await) == before + 1).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count("/billing"), 22);
 }

@@ -74,3 +74,87 @@ pub const NATS_START: &str = "start-stop-daemon --start --oknodo --background --
 pub fn nats_url() -> Option<String> {
     ensure("NATS", NATS_ADDR, NATS_START).then(|| "nats://127.0.0.1:4222".into())
 }
+
+/// A NATS server of a test's own, on a port of its own, so the test may
+/// stop and start it without touching the machine's server. Killed (by
+/// its pid) when dropped.
+pub struct OwnNats {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    /// JetStream's store, when it has one.
+    store: Option<std::path::PathBuf>,
+}
+
+impl OwnNats {
+    /// Starts `nats-server` on a free loopback port and waits until it
+    /// listens.
+    pub fn start() -> OwnNats {
+        Self::start_in(None)
+    }
+
+    /// With JetStream, storing in a scratch folder of its own.
+    pub fn with_jetstream() -> OwnNats {
+        Self::start_in(Some(crate::scratch_dir().join("jetstream")))
+    }
+
+    fn start_in(store: Option<std::path::PathBuf>) -> OwnNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = OwnNats {
+            port,
+            child: None,
+            store,
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server, at once (SIGKILL: clients see the connection cut).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut command = Command::new("/usr/sbin/nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(store) = &self.store {
+            command.arg("-js").arg("-sd").arg(store);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs (it is installed with the NATS service)");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !reachable(addr) {
+            assert!(
+                Instant::now() < deadline,
+                "our own nats-server does not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(store) = &self.store {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! `ferry deploy` and `ferry undeploy`: check a file as the host would,
-//! move it into the plugins folder the safe way, and wait for the running
-//! host to serve it (or to unload it).
+//! move it into the plugins folder the safe way (or into the cluster's
+//! bucket, from which every host takes it), and wait for the running host
+//! to serve it (or to unload it).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,47 +13,16 @@ use anyhow::{Context as _, bail};
 use super::check::load_and_start;
 use super::client::{service_entry, watch_status};
 use crate::config::Config;
+use crate::deploy::Staged;
 use crate::runtime::Runtime;
 
-/// A file written under a hidden name in its destination's folder (which
-/// the host ignores), flushed, and not yet renamed into place.
-struct Staged {
-    temporary: PathBuf,
-    dest: PathBuf,
-}
-
-impl Staged {
-    fn write(dest: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
-        use std::io::Write;
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let name = dest
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("plugin");
-        let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let staged = Staged {
-            temporary,
-            dest: dest.to_owned(),
-        };
-        let mut file = std::fs::File::create(&staged.temporary)
-            .with_context(|| format!("cannot write {}", staged.temporary.display()))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", staged.temporary.display()))?;
-        Ok(staged)
-    }
-
-    /// Renames the file into place: the host only ever sees it whole.
-    fn commit(self) -> anyhow::Result<()> {
-        std::fs::rename(&self.temporary, &self.dest)
-            .with_context(|| format!("cannot move the file into place at {}", self.dest.display()))
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temporary);
-    }
+/// Where `ferry deploy` puts a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// The plugins folder of this machine's host.
+    Folder,
+    /// The cluster's object store bucket.
+    Cluster,
 }
 
 /// `ferry deploy`: checks the file (and its manifest) exactly as the host
@@ -63,8 +33,16 @@ pub async fn deploy(
     file: &Path,
     name: Option<String>,
     manifest: Option<PathBuf>,
+    to: To,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
+    // Said before the file is compiled, so a config without a cluster
+    // costs nothing.
+    let cluster = match (to, &config.cluster) {
+        (To::Folder, _) => None,
+        (To::Cluster, Some(cluster)) => Some(cluster),
+        (To::Cluster, None) => bail!("--cluster needs a `cluster` block in the config"),
+    };
     let name = match name {
         Some(name) => name,
         None => file
@@ -124,28 +102,45 @@ pub async fn deploy(
     drop(plugin);
     let deployment = crate::deploy::deployment_id(&digest, effective_manifest.as_deref());
 
-    // Both files are written first and renamed one right after the other,
-    // the manifest before the code, so the host takes them in together.
-    std::fs::create_dir_all(&config.plugins)
-        .with_context(|| format!("cannot create {}", config.plugins.display()))?;
-    let manifest = match &manifest_text {
-        Some(text) => Some(Staged::write(
-            &dest.with_extension("yaml"),
-            text.as_bytes(),
-        )?),
-        None => None,
-    };
-    let code = Staged::write(&dest, &bytes)?;
     let moved = std::time::Instant::now();
-    if let Some(manifest) = manifest {
-        manifest.commit()?;
-    }
-    code.commit()?;
+    let place = match cluster {
+        Some(cluster) => {
+            let client = crate::pipeline::cluster::client(cluster, false)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let bucket = crate::deploy::cluster::bucket(&client, &cluster.bucket)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            crate::deploy::cluster::store(&bucket, &name, &bytes, manifest_text.as_deref())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            // The put is acknowledged by JetStream: what is stored stays.
+            client.flush().await.ok();
+            format!("the cluster's bucket `{}`", cluster.bucket)
+        }
+        None => {
+            // Both files are written first and renamed one right after the
+            // other, the manifest before the code, so the host takes them
+            // in together.
+            std::fs::create_dir_all(&config.plugins)
+                .with_context(|| format!("cannot create {}", config.plugins.display()))?;
+            let manifest = match &manifest_text {
+                Some(text) => Some(Staged::write(
+                    &dest.with_extension("yaml"),
+                    text.as_bytes(),
+                )?),
+                None => None,
+            };
+            let code = Staged::write(&dest, &bytes)?;
+            if let Some(manifest) = manifest {
+                manifest.commit()?;
+            }
+            code.commit()?;
+            config.plugins.display().to_string()
+        }
+    };
     if !wait {
-        println!(
-            "deployed {name} (version {version}, deployment {deployment}) into {}",
-            config.plugins.display()
-        );
+        println!("deployed {name} (version {version}, deployment {deployment}) into {place}");
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = watch_status(
@@ -169,8 +164,7 @@ pub async fn deploy(
     match outcome {
         None => {
             println!(
-                "deployed {name} (version {version}, deployment {deployment}) into {}; no host is running to serve it",
-                config.plugins.display()
+                "deployed {name} (version {version}, deployment {deployment}) into {place}; no host is running here to serve it"
             );
             Ok(ExitCode::SUCCESS)
         }

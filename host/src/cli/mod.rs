@@ -149,6 +149,10 @@ enum Command {
         /// Do not wait for a running host to serve it.
         #[arg(long)]
         no_wait: bool,
+        /// Put it in the cluster's object store bucket (the config's
+        /// `cluster` block), from which every host takes it.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Remove a service from the plugins folder; a running host unloads it
     /// once its requests in flight are done.
@@ -260,9 +264,15 @@ pub fn main() -> ExitCode {
                 manifest,
                 config,
                 no_wait,
+                cluster,
             } => {
                 let config = load_config(config.as_deref())?;
-                deploy::deploy(&config, &file, name, manifest, !no_wait).await
+                let to = if cluster {
+                    deploy::To::Cluster
+                } else {
+                    deploy::To::Folder
+                };
+                deploy::deploy(&config, &file, name, manifest, to, !no_wait).await
             }
             Command::Undeploy { name, config } => {
                 deploy::undeploy(&load_config(config.as_deref())?, &name).await

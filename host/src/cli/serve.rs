@@ -57,10 +57,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     .await
     .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     pipeline.set_outboxes(webhooks.clone(), bridges);
-    if let Some(cluster) = &config.cluster {
-        let cluster = crate::pipeline::cluster::Cluster::connect(cluster)
+    if let Some(settings) = &config.cluster {
+        let cluster = crate::pipeline::cluster::Cluster::connect(settings)
             .await
             .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+        // Versions deployed to the cluster land in this host's folder,
+        // where the watcher (started below, before the first scan) sees them.
+        tokio::spawn(crate::deploy::cluster::follow(
+            cluster.client().clone(),
+            settings.bucket.clone(),
+            config.plugins.clone(),
+            shutdown.clone(),
+        ));
+        // Webhook deliveries go through the cluster's stream: any host
+        // sends them, and one that dies leaves its share to the others.
+        webhooks.join_cluster(cluster.client().clone(), shutdown.clone());
         pipeline.set_cluster(cluster);
     }
     shared

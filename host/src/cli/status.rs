@@ -129,6 +129,18 @@ fn status_table(status: &Value) -> String {
             ));
         }
     }
+    let mut out = table(&headers, &rows);
+    for note in notes {
+        out.push_str(&format!("\n{note}\n"));
+    }
+    if status["cluster"].is_object() {
+        out.push_str(&cluster_tables(&status["cluster"]));
+    }
+    out
+}
+
+/// Aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()
@@ -149,11 +161,82 @@ fn status_table(status: &Value) -> String {
         out.push('\n');
     };
     line(headers.to_vec());
-    for row in &rows {
+    for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
-    for note in notes {
-        out.push_str(&format!("\n{note}\n"));
-    }
+    out
+}
+
+/// The cluster as this host sees it: the hosts heard from, and per
+/// service where it is served.
+fn cluster_tables(cluster: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let pair = |v: &Value| format!("{}/{}", text(&v["app"]), text(&v["service"]));
+    let mut out = format!(
+        "\ncluster: this host is {} ({}); forwarded {}, failed {}, served for others {}\n\n",
+        text(&cluster["name"]),
+        if cluster["connected"] == true {
+            "connected"
+        } else {
+            "NOT connected to NATS"
+        },
+        cluster["forwarded"],
+        cluster["forward_failures"],
+        cluster["served_for_others"],
+    );
+    let hosts: Vec<Vec<String>> = cluster["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let serves: Vec<String> = h["serves"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(pair)
+                .collect();
+            let mut name = text(&h["name"]);
+            if h["this"] == true {
+                name.push_str(" (this)");
+            }
+            vec![
+                name,
+                format!(
+                    "{:.1} s",
+                    h["last_seen_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                ),
+                if serves.is_empty() {
+                    "-".into()
+                } else {
+                    serves.join(", ")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["HOST", "LAST SEEN", "SERVES"], &hosts));
+    let services: Vec<Vec<String>> = cluster["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let others: Vec<String> = s["remote_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            vec![
+                pair(s),
+                text(&s["served"]),
+                if others.is_empty() {
+                    "-".into()
+                } else {
+                    others.join(", ")
+                },
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["SERVICE", "SERVED", "OTHER HOSTS"], &services));
     out
 }

@@ -22,6 +22,14 @@ pub struct ClusterConfig {
     /// A PEM file of the certificate authorities to trust for `tls://`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The JetStream object store bucket `ferry deploy --cluster` puts
+    /// components in, and every host takes them from.
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+}
+
+fn default_bucket() -> String {
+    "ferry-plugins".into()
 }
 
 impl ClusterConfig {
@@ -39,6 +47,18 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.name: `{}` is not a host name for the cluster (lowercase letters, digits, `-` and `_`)",
                 self.name
+            ));
+        }
+        if self.bucket.is_empty()
+            || self.bucket.len() > 64
+            || !self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "cluster.bucket: `{}` is not a bucket name (letters, digits, `-` and `_`, up to 64)",
+                self.bucket
             ));
         }
         if self.credentials_file.is_some() && self.token_env.is_some() {

@@ -7,9 +7,11 @@
 //! fails leaves the previous version serving. Config reloads (`reload`) go
 //! through here too, since limits in the config shape every plugin.
 
+pub mod cluster;
 mod memory;
 mod reload;
 mod source;
+mod staged;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use serde_json::Value;
 
 use source::{NotRead, Source, read_source};
 pub use source::{deployment_id, service_of, settings};
+pub use staged::Staged;
 
 use crate::config::Config;
 use crate::doors::Doors;

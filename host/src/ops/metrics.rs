@@ -315,6 +315,7 @@ impl Collector for Rows {
                 let value = match &row[*field] {
                     serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
                     serde_json::Value::String(s) if s == "down" => 0,
+                    serde_json::Value::Bool(b) => u64::from(*b),
                     other => u64::from(!other.is_null()),
                 };
                 let mut family = metric.encode_family(&labels)?;
@@ -416,6 +417,57 @@ const BRIDGES: &[(&str, &str, &str, MetricType)] = &[
     ),
 ];
 
+const CLUSTER: &[(&str, &str, &str, MetricType)] = &[
+    (
+        "ferry_cluster_forwarded",
+        "Requests sent to another host of the cluster.",
+        "forwarded",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_cluster_forward_failures",
+        "Forwarded requests that got no answer (unavailable, timeout).",
+        "forward_failures",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_cluster_served_for_others",
+        "Requests other hosts forwarded to this one.",
+        "served_for_others",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_cluster_connected",
+        "1 while the host is connected to NATS.",
+        "connected",
+        MetricType::Gauge,
+    ),
+    (
+        "ferry_cluster_hosts",
+        "Hosts of the cluster heard from lately, this one included.",
+        "hosts",
+        MetricType::Gauge,
+    ),
+    (
+        "ferry_cluster_events_sent",
+        "Events sent to the other hosts.",
+        "events_sent",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_cluster_events_not_sent",
+        "Events not sent to the other hosts because NATS did not take them in time.",
+        "events_not_sent",
+        MetricType::Counter,
+    ),
+    (
+        "ferry_cluster_events_received",
+        "Events from other hosts handed to this host's consumers.",
+        "events_received",
+        MetricType::Counter,
+    ),
+];
+
 /// One number a door keeps of its own (the WebSocket door's connections
 /// and closes), beside what the pipeline knows.
 pub struct Reading {
@@ -438,6 +490,25 @@ pub fn render(pipeline: &Pipeline, doors: &[Reading]) -> String {
             rows: webhooks.status(),
             labels: &[("app", "app"), ("endpoint", "endpoint")],
             readings: WEBHOOKS,
+        }));
+    }
+    if let Some(cluster) = pipeline.cluster() {
+        let status = cluster.status();
+        let events = &status["events"];
+        registry.register_collector(Box::new(Rows {
+            rows: vec![serde_json::json!({
+                "name": status["name"],
+                "forwarded": status["forwarded"],
+                "forward_failures": status["forward_failures"],
+                "served_for_others": status["served_for_others"],
+                "connected": status["connected"],
+                "hosts": status["hosts"].as_array().map_or(0, Vec::len),
+                "events_sent": events["sent"],
+                "events_not_sent": events["not_sent"],
+                "events_received": events["received"],
+            })],
+            labels: &[("host", "name")],
+            readings: CLUSTER,
         }));
     }
     let rabbitmq = pipeline.rabbitmq_status();

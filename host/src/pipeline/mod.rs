@@ -82,6 +82,7 @@ impl Pipeline {
 
     /// Set once at start-up, in cluster mode.
     pub fn set_cluster(&self, cluster: Arc<cluster::Cluster>) {
+        self.bus.set_relay(cluster.clone(), cluster.name());
         let _ = self.cluster.set(cluster);
     }
 

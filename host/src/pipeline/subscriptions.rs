@@ -74,6 +74,22 @@ impl Subscriptions {
         }
     }
 
+    /// Every subscription's subscriber, for the cluster to feed: `(app,
+    /// service, pattern, subscriber)`.
+    pub(super) fn feeds(&self) -> Vec<(Arc<str>, String, String, Arc<Subscriber>)> {
+        let map = self.running.lock().expect("subscriptions lock");
+        map.iter()
+            .map(|(key, r)| {
+                (
+                    key.app.clone(),
+                    key.service.clone(),
+                    key.spec.topic.clone(),
+                    r.subscriber.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Every subscription with its counters, sorted by application,
     /// service and topic.
     pub fn snapshot(&self) -> Vec<SubscriptionStatus> {

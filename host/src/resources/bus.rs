@@ -40,6 +40,27 @@ pub struct Event {
 }
 
 impl Event {
+    fn new(
+        topic: &str,
+        id: String,
+        source_time_ms: u64,
+        payload: String,
+        counters: Arc<TopicCounters>,
+    ) -> Arc<Event> {
+        let topic_json = serde_json::to_string(topic).expect("a string serializes");
+        let id_json = serde_json::to_string(&id).expect("a string serializes");
+        Arc::new(Event {
+            head: format!(
+                r#"{{"type":"event","event_type":{topic_json},"event_id":{id_json},"source_time":"{source_time_ms}","seq":"#
+            ),
+            topic: topic.to_owned(),
+            id,
+            source_time_ms,
+            payload,
+            counters,
+        })
+    }
+
     /// Counts a plugin subscription's failure to handle it.
     pub fn count_failed(&self) {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +200,23 @@ enum Pushed {
     Closed,
 }
 
+/// Queues `event` for each of `subscribers` and counts what it did.
+fn fan_out(counters: &TopicCounters, event: &Arc<Event>, subscribers: &[Arc<Subscriber>]) {
+    let (mut queued, mut dropped) = (0, 0);
+    for subscriber in subscribers {
+        match subscriber.push(event) {
+            Pushed::Queued => queued += 1,
+            Pushed::DroppedOldest => {
+                queued += 1;
+                dropped += 1;
+            }
+            Pushed::Closed => {}
+        }
+    }
+    counters.queued.fetch_add(queued, Ordering::Relaxed);
+    counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+}
+
 /// Consumers sharing one `event_key`, for `first_for_key` and
 /// `pre_shutdown_check`.
 #[derive(Default)]
@@ -234,6 +272,13 @@ struct AppBus {
 }
 
 impl AppBus {
+    fn counters(&mut self, topic: &str) -> Arc<TopicCounters> {
+        match self.topics.get(topic) {
+            Some(counters) => counters.clone(),
+            None => self.topics.entry(topic.to_owned()).or_default().clone(),
+        }
+    }
+
     fn topic_counts(&self) -> BTreeMap<String, TopicCounts> {
         self.topics
             .iter()
@@ -248,6 +293,17 @@ pub struct Bus {
     next_subscriber: AtomicU64,
     next_event: AtomicU64,
     keepers: std::sync::OnceLock<Vec<Arc<dyn Keeper>>>,
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
+    /// In a cluster, this host's name, in every event id it makes.
+    origin: std::sync::OnceLock<String>,
+}
+
+/// What carries events to the other hosts of a cluster. With one set,
+/// plugin subscriptions are no longer fed by local publishes: every event
+/// goes out, and each plugin subscription takes its share back through
+/// [`Bus::deliver_remote`], so it handles an event once per cluster.
+pub trait Relay: Send + Sync {
+    fn relay(&self, app: &str, topic: &str, id: &str, source_time_ms: u64, payload: &str);
 }
 
 /// What keeps events beyond the bus's memory: the webhooks and the broker
@@ -277,6 +333,14 @@ impl Bus {
         let _ = self.keepers.set(keepers);
     }
 
+    /// Set once at start-up, in cluster mode.
+    /// `origin` (the host's name) goes into event ids, which stay unique
+    /// across the cluster.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>, origin: &str) {
+        let _ = self.relay.set(relay);
+        let _ = self.origin.set(origin.to_owned());
+    }
+
     /// Publishes `payload` (JSON text, already checked) to `topic` (already
     /// valid) of `app`; answers the event's id.
     pub fn publish(&self, app: &str, topic: &str, payload: &str) -> String {
@@ -297,50 +361,32 @@ impl Bus {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         // Unique over restarts too: the start of the millisecond and a count.
-        let id = format!("{now:x}-{number}");
+        let id = match self.origin.get() {
+            Some(origin) => format!("{now:x}-{origin}-{number}"),
+            None => format!("{now:x}-{number}"),
+        };
+        let relay = self.relay.get();
         let (counters, subscribers) = {
             let mut apps = self.apps.lock().expect("bus lock");
             let bus = match apps.get_mut(app) {
                 Some(bus) => bus,
                 None => apps.entry(Arc::from(app)).or_default(),
             };
-            let counters = match bus.topics.get(topic) {
-                Some(counters) => counters.clone(),
-                None => bus.topics.entry(topic.to_owned()).or_default().clone(),
-            };
             let subscribers: Vec<Arc<Subscriber>> = bus
                 .subscribers
                 .iter()
+                .filter(|s| relay.is_none() || s.kind == Kind::Consumer)
                 .filter(|s| s.topics.load().iter().any(|p| topic_matches(p, topic)))
                 .cloned()
                 .collect();
-            (counters, subscribers)
+            (bus.counters(topic), subscribers)
         };
         counters.published.fetch_add(1, Ordering::Relaxed);
-        let topic_json = serde_json::to_string(topic).expect("a string serializes");
-        let event = Arc::new(Event {
-            head: format!(
-                r#"{{"type":"event","event_type":{topic_json},"event_id":"{id}","source_time":"{now}","seq":"#
-            ),
-            topic: topic.to_owned(),
-            id: id.clone(),
-            source_time_ms: now,
-            payload: payload.to_owned(),
-            counters: counters.clone(),
-        });
-        let (mut queued, mut dropped) = (0, 0);
-        for subscriber in &subscribers {
-            match subscriber.push(&event) {
-                Pushed::Queued => queued += 1,
-                Pushed::DroppedOldest => {
-                    queued += 1;
-                    dropped += 1;
-                }
-                Pushed::Closed => {}
-            }
+        let event = Event::new(topic, id.clone(), now, payload.to_owned(), counters.clone());
+        fan_out(&counters, &event, &subscribers);
+        if let Some(relay) = relay {
+            relay.relay(app, topic, &id, now, payload);
         }
-        counters.queued.fetch_add(queued, Ordering::Relaxed);
-        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         let mut kept: Vec<tokio::sync::oneshot::Receiver<()>> = self
             .keepers
             .get()
@@ -365,6 +411,41 @@ impl Bus {
             }
         };
         (id, kept)
+    }
+
+    /// An event published on another host of the cluster: to `plugin`, a
+    /// plugin subscription that took it from its queue group, or else to
+    /// every outside consumer of `app` on this host whose patterns cover it.
+    pub fn deliver_remote(
+        &self,
+        app: &str,
+        topic: &str,
+        id: String,
+        source_time_ms: u64,
+        payload: String,
+        plugin: Option<&Arc<Subscriber>>,
+    ) {
+        let (counters, subscribers) = {
+            let mut apps = self.apps.lock().expect("bus lock");
+            // Only applications this host knows of: no entry for others'.
+            let Some(bus) = apps.get_mut(app) else { return };
+            let subscribers: Vec<Arc<Subscriber>> = match plugin {
+                Some(plugin) => vec![plugin.clone()],
+                None => bus
+                    .subscribers
+                    .iter()
+                    .filter(|s| s.kind == Kind::Consumer)
+                    .filter(|s| s.topics.load().iter().any(|p| topic_matches(p, topic)))
+                    .cloned()
+                    .collect(),
+            };
+            if subscribers.is_empty() {
+                return;
+            }
+            (bus.counters(topic), subscribers)
+        };
+        let event = Event::new(topic, id, source_time_ms, payload, counters.clone());
+        fan_out(&counters, &event, &subscribers);
     }
 
     /// Adds a subscriber to `app`'s topics (patterns already valid). Only

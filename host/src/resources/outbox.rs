@@ -332,6 +332,37 @@ impl Outbox {
             .collect())
     }
 
+    /// Keeps a delivery that died elsewhere (the cluster's stream) as dead
+    /// here, where listing and reviving find it.
+    pub async fn bury(
+        &self,
+        d: NewDelivery,
+        attempts: i64,
+        status: Option<u16>,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO deliveries (id, app, endpoint, topic, body, state, attempts,
+             next_at_ms, last_status, last_error, created_ms, done_ms)
+             VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.id)
+        .bind(&d.app)
+        .bind(&d.endpoint)
+        .bind(&d.topic)
+        .bind(&d.body)
+        .bind(attempts)
+        .bind(now_ms)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(d.at_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Endpoints disabled by a 410, with the URL they had then.
     pub async fn disabled(&self) -> Result<Vec<(String, String, String, String)>, sqlx::Error> {
         let rows = sqlx::query("SELECT app, endpoint, url, reason FROM disabled")

@@ -7,11 +7,12 @@
 //! HMAC-SHA256 of "{id}.{timestamp}.{body}">`). A 2xx delivers; anything
 //! else retries on the endpoint's schedule with jitter (`Retry-After` on
 //! 429 and 503 is honoured) until the last attempt, which makes it dead;
-//! a 410 disables the endpoint.
+//! a 410 disables the endpoint. In cluster mode the deliveries go through
+//! the cluster's JetStream stream instead (`queue`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -26,6 +27,7 @@ use crate::resources::hooks::post_signed;
 use crate::resources::outbox::{Delivery, NewDelivery, Outbox, Outcome};
 
 mod endpoints;
+mod queue;
 use endpoints::{Endpoint, endpoints, iso8601, jittered, signature};
 
 /// Deliveries claimed ahead of the endpoint's free slots, per slot: enough
@@ -54,6 +56,8 @@ struct Counts {
     retried: AtomicU64,
     dead: AtomicU64,
     pending: AtomicU64,
+    /// In the cluster's stream (cluster mode), as last seen.
+    queued: AtomicU64,
     last_error: Mutex<Option<String>>,
     disabled: Mutex<Option<String>>,
 }
@@ -61,7 +65,9 @@ struct Counts {
 type Key = (String, String);
 
 pub struct Webhooks {
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    /// Cluster mode's stream, once joined.
+    queue: OnceLock<Arc<queue::Queue>>,
     endpoints: ArcSwap<BTreeMap<Key, Arc<Endpoint>>>,
     counts: Mutex<BTreeMap<Key, Arc<Counts>>>,
     /// Deliveries with an attempt running in this process.
@@ -83,7 +89,8 @@ impl Webhooks {
             Err(e) => return Err(format!("the webhooks outbox: {e}")),
         }
         let webhooks = Arc::new(Webhooks {
-            outbox,
+            outbox: Arc::new(outbox),
+            queue: OnceLock::new(),
             endpoints: ArcSwap::from_pointee(endpoints),
             counts: Mutex::default(),
             running: Mutex::default(),
@@ -94,8 +101,9 @@ impl Webhooks {
     }
 
     /// A reloaded config's endpoints; refused whole when one is not usable.
-    pub fn configure(&self, config: &Config) -> Result<(), String> {
+    pub fn configure(self: &Arc<Self>, config: &Config) -> Result<(), String> {
         self.endpoints.store(Arc::new(endpoints(config)?));
+        self.sync_workers();
         self.wake.notify_one();
         Ok(())
     }
@@ -269,13 +277,38 @@ impl Webhooks {
     }
 
     async fn attempt(&self, endpoint: &Endpoint, delivery: Delivery) {
+        let attempts = delivery.attempts as usize + 1;
+        let outcome = self
+            .try_once(endpoint, &delivery.id, &delivery.body, attempts)
+            .await;
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            let _ = self
+                .counts(&endpoint.app, &endpoint.name)
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+        // Until this is written the lease stands, so a crash before it
+        // sends the delivery again (with the same id) after the lease.
+        self.outbox.finish(&delivery.id, now_ms(), outcome);
+    }
+
+    /// Attempt number `attempts` of delivery `id`: sent, judged, counted.
+    async fn try_once(
+        &self,
+        endpoint: &Endpoint,
+        id: &str,
+        body: &str,
+        attempts: usize,
+    ) -> Outcome {
         let timestamp = now_ms() / 1000;
         let headers = [
-            ("webhook-id", delivery.id.clone()),
+            ("webhook-id", id.to_owned()),
             ("webhook-timestamp", timestamp.to_string()),
             (
                 "webhook-signature",
-                signature(&endpoint.secrets, &delivery.id, timestamp, &delivery.body),
+                signature(&endpoint.secrets, id, timestamp, body),
             ),
         ];
         let sent = tokio::time::timeout(
@@ -285,7 +318,7 @@ impl Webhooks {
                 endpoint.tls.as_ref(),
                 &endpoint.path,
                 &headers,
-                delivery.body.as_bytes(),
+                body.as_bytes(),
             ),
         )
         .await;
@@ -304,7 +337,6 @@ impl Webhooks {
         };
         let counts = self.counts(&endpoint.app, &endpoint.name);
         let now = now_ms();
-        let attempts = delivery.attempts as usize + 1;
         let outcome = match status {
             Some(s) if (200..300).contains(&s) => Outcome::Delivered { status: s },
             Some(410) => {
@@ -345,11 +377,6 @@ impl Webhooks {
         match &outcome {
             Outcome::Delivered { .. } => {
                 counts.delivered.fetch_add(1, Ordering::Relaxed);
-                let _ = counts
-                    .pending
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
             }
             Outcome::Retry { error, .. } => {
                 counts.retried.fetch_add(1, Ordering::Relaxed);
@@ -357,14 +384,9 @@ impl Webhooks {
             }
             Outcome::Dead { error, .. } => {
                 counts.dead.fetch_add(1, Ordering::Relaxed);
-                let _ = counts
-                    .pending
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
                 *counts.last_error.lock().expect("lock") = Some(error.clone());
                 tracing::warn!(
-                    id = delivery.id,
+                    id,
                     app = endpoint.app,
                     endpoint = endpoint.name,
                     attempts,
@@ -372,14 +394,13 @@ impl Webhooks {
                 );
             }
         }
-        // Until this is written the lease stands, so a crash before it
-        // sends the delivery again (with the same id) after the lease.
-        self.outbox.finish(&delivery.id, now, outcome);
+        outcome
     }
 
     /// Per endpoint: its URL, counts and state, for the status document.
     pub fn status(&self) -> Vec<Value> {
         let endpoints = self.endpoints.load();
+        let in_cluster = self.queue.get().is_some_and(|q| q.ready());
         endpoints
             .values()
             .map(|e| {
@@ -388,7 +409,9 @@ impl Webhooks {
                     "app": e.app,
                     "endpoint": e.name,
                     "url": e.url,
-                    "pending": c.pending.load(Ordering::Relaxed),
+                    "pending": c.pending.load(Ordering::Relaxed) + c.queued.load(Ordering::Relaxed),
+                    // Cluster mode, once the stream is there: what it holds.
+                    "queued_in_cluster": in_cluster.then(|| c.queued.load(Ordering::Relaxed)),
                     "delivered": c.delivered.load(Ordering::Relaxed),
                     "retried": c.retried.load(Ordering::Relaxed),
                     "dead": c.dead.load(Ordering::Relaxed),
@@ -457,22 +480,30 @@ impl Keeper for Webhooks {
             iso8601(source_time_ms)
         );
         let at_ms = now_ms();
-        let deliveries = wanted
+        let queue = self.queue.get().filter(|q| q.ready());
+        let deliveries: Vec<(NewDelivery, Arc<Counts>)> = wanted
             .iter()
             .map(|e| {
-                self.counts(&e.app, &e.name)
-                    .pending
-                    .fetch_add(1, Ordering::Relaxed);
-                NewDelivery {
+                let counts = self.counts(&e.app, &e.name);
+                if queue.is_none() {
+                    counts.pending.fetch_add(1, Ordering::Relaxed);
+                }
+                let delivery = NewDelivery {
                     id: format!("msg_{id}_{}", e.name),
                     app: app.to_owned(),
                     endpoint: e.name.clone(),
                     topic: topic.to_owned(),
                     body: body.clone(),
                     at_ms,
-                }
+                };
+                (delivery, counts)
             })
             .collect();
-        Some(self.outbox.keep(deliveries))
+        Some(match queue {
+            Some(queue) => queue.keep(self.outbox.clone(), deliveries),
+            None => self
+                .outbox
+                .keep(deliveries.into_iter().map(|(d, _)| d).collect()),
+        })
     }
 }

@@ -1,36 +1,32 @@
-//! Cluster mode: hosts joined through NATS share their services. Every
-//! host answers, for each service it serves in each application, on a
-//! NATS queue subscription (`ferry.req.<app>.<service>`, queue group the
-//! same), so the hosts serving one service share its requests. A request
-//! that reaches a host for a service it does not serve itself goes over
-//! NATS request/reply with its remaining deadline (`Ferry-Timeout-Ms`),
-//! its trace (`traceparent`) and what it was sent with (token, tenant,
-//! a calling plugin's identity) in an envelope; the serving host runs it
-//! through its own pipeline, as if it had come through a door of its own,
-//! and the answer comes back unchanged. NATS's "no responders" answers
-//! `unavailable`. Hosts of one cluster trust each other: a forwarded
-//! plugin call keeps its caller's verified identity.
+//! Requests across hosts: every host answers, for each service it serves
+//! in each application, on a NATS queue subscription
+//! (`ferry.req.<app>.<service>`, queue group the same), so the hosts
+//! serving one service share its requests. A request for a service this
+//! host does not serve goes over NATS request/reply with its remaining
+//! deadline (`Ferry-Timeout-Ms`), its trace (`traceparent`) and what it
+//! was sent with (token, tenant, a calling plugin's identity) in an
+//! envelope; the serving host runs it through its own pipeline, and the
+//! answer comes back unchanged. "No responders" answers `unavailable`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::client::RequestErrorKind;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::Pipeline;
-use crate::config::ClusterConfig;
+use super::Cluster;
 use crate::core::{Caller, DoorKind, ErrorBody, ErrorCode, Identity, Invocation, Route, TraceId};
+use crate::pipeline::Pipeline;
 
 const TIMEOUT_HEADER: &str = "Ferry-Timeout-Ms";
 const TRACE_HEADER: &str = "traceparent";
 
-fn subject(app: &str, service: &str) -> String {
+pub(super) fn subject(app: &str, service: &str) -> String {
     format!("ferry.req.{app}.{service}")
 }
 
@@ -61,64 +57,9 @@ struct Calling {
     depth: u32,
 }
 
-/// One (application, service) this host answers for.
-struct Serving {
-    stop: CancellationToken,
-    ready: Arc<AtomicBool>,
-}
-
-pub struct Cluster {
-    client: async_nats::Client,
-    name: String,
-    serving: Mutex<HashMap<(Arc<str>, String), Serving>>,
-    forwarded: AtomicU64,
-    forward_failures: AtomicU64,
-    served: AtomicU64,
-}
-
 impl Cluster {
-    /// Connects to NATS. A server that is not up yet is waited for in the
-    /// background (requests meanwhile fail as `unavailable`), so the host
-    /// starts either way.
-    pub async fn connect(config: &ClusterConfig) -> Result<Arc<Cluster>, String> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("ferry {}", config.name))
-            .retry_on_initial_connect()
-            .max_reconnects(None::<usize>)
-            // Forwarded requests carry their own deadlines.
-            .request_timeout(None);
-        if let Some(file) = &config.credentials_file {
-            options = options
-                .credentials_file(file)
-                .await
-                .map_err(|e| format!("cluster.credentials_file: {}: {e}", file.display()))?;
-        }
-        if let Some(var) = &config.token_env {
-            let token = std::env::var(var).map_err(|_| {
-                format!("cluster.token_env: environment variable `{var}` is not set")
-            })?;
-            options = options.token(token);
-        }
-        if let Some(file) = &config.ca_file {
-            options = options.add_root_certificates(file.clone());
-        }
-        let urls: Vec<&str> = config.nats.split(',').map(str::trim).collect();
-        let client = options
-            .connect(urls.as_slice())
-            .await
-            .map_err(|e| format!("cluster.nats: cannot use {}: {e}", config.nats))?;
-        Ok(Arc::new(Cluster {
-            client,
-            name: config.name.clone(),
-            serving: Mutex::default(),
-            forwarded: AtomicU64::new(0),
-            forward_failures: AtomicU64::new(0),
-            served: AtomicU64::new(0),
-        }))
-    }
-
     /// Sends `inv` to a host that serves its service in `app`.
-    pub(super) async fn forward(
+    pub(in crate::pipeline) async fn forward(
         &self,
         app: &str,
         listed: bool,
@@ -136,6 +77,20 @@ impl Cluster {
                 ErrorCode::Timeout,
                 format!("no time left to forward the request for `{}`", inv.service),
             ));
+        }
+        // While NATS is away a request would only wait out its deadline in
+        // the client's buffer: say at once that the cluster is out of reach.
+        if !self.connected() {
+            return failed(ErrorBody {
+                retry_after_ms: Some(1_000),
+                ..ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the cluster cannot be reached now (NATS is disconnected), and this host does not serve `{}`",
+                        inv.service
+                    ),
+                )
+            });
         }
         let bad = |what: &str| ErrorBody::new(ErrorCode::BadRequest, format!("{what} is not JSON"));
         let params = match serde_json::from_str::<&RawValue>(inv.params) {
@@ -229,53 +184,8 @@ impl Cluster {
         }
     }
 
-    /// Answers for the services this host serves, per application; stops
-    /// answering for those it no longer serves.
-    pub(super) fn sync(self: &Arc<Self>, pipeline: &Arc<Pipeline>) {
-        let apps = pipeline.apps();
-        let mut wanted = Vec::new();
-        for name in apps.names() {
-            let Some(app) = apps.get(name) else { continue };
-            for plugin in pipeline.table.plugins() {
-                if app.serves(plugin.name()) {
-                    wanted.push((app.name.clone(), plugin.name().to_owned()));
-                }
-            }
-        }
-        let mut serving = self.serving.lock().expect("serving lock");
-        serving.retain(|key, s| {
-            let keep = wanted.contains(key);
-            if !keep {
-                s.stop.cancel();
-            }
-            keep
-        });
-        for key in wanted {
-            if serving.contains_key(&key) {
-                continue;
-            }
-            let s = Serving {
-                stop: CancellationToken::new(),
-                ready: Arc::default(),
-            };
-            tokio::spawn(self.clone().answer(
-                Arc::downgrade(pipeline),
-                key.clone(),
-                s.stop.clone(),
-                s.ready.clone(),
-            ));
-            serving.insert(key, s);
-        }
-    }
-
-    pub(super) fn stop(&self) {
-        for (_, s) in self.serving.lock().expect("serving lock").drain() {
-            s.stop.cancel();
-        }
-    }
-
     /// The queue subscription of one (application, service).
-    async fn answer(
+    pub(super) async fn answer(
         self: Arc<Self>,
         pipeline: Weak<Pipeline>,
         (app, service): (Arc<str>, String),
@@ -283,34 +193,9 @@ impl Cluster {
         ready: Arc<AtomicBool>,
     ) {
         let subject = subject(&app, &service);
-        let mut subscriber = loop {
-            match self
-                .client
-                .queue_subscribe(subject.clone(), subject.clone())
-                .await
-            {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(subject, "cannot subscribe on NATS, trying again: {e}");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let Some(mut subscriber) = self.subscribed(&subject, Some(&subject), &stop).await else {
+            return;
         };
-        // Ready once the server has it: a flush is a round trip.
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                flushed = self.client.flush() => {
-                    if flushed.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
         ready.store(true, Ordering::Relaxed);
         tracing::info!(app = &*app, service, "answering for the cluster");
         loop {
@@ -390,25 +275,5 @@ impl Cluster {
             Err(e) => json!({ "error": e }).to_string(),
         };
         let _ = self.client.publish(reply, body.into()).await;
-    }
-
-    /// This host in the cluster, for the status document.
-    pub fn status(&self) -> Value {
-        let serving = self.serving.lock().expect("serving lock");
-        let mut answering: Vec<Value> = serving
-            .iter()
-            .map(|((app, service), s)| {
-                json!({"app": &**app, "service": service, "ready": s.ready.load(Ordering::Relaxed)})
-            })
-            .collect();
-        answering.sort_by_key(|v| (v["app"].to_string(), v["service"].to_string()));
-        json!({
-            "name": self.name,
-            "connected": self.client.connection_state() == async_nats::connection::State::Connected,
-            "answering": answering,
-            "forwarded": self.forwarded.load(Ordering::Relaxed),
-            "forward_failures": self.forward_failures.load(Ordering::Relaxed),
-            "served_for_others": self.served.load(Ordering::Relaxed),
-        })
     }
 }
