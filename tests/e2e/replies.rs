@@ -4,12 +4,16 @@
 //! 4-byte framed JSON from the protocol description; an HTTP listener
 //! receiving a POST), retried while the hook is down, answered `timeout`
 //! when it outlives its deadline, refused outside the allow-list, and all
-//! delivered on SIGTERM. A batch runs its named requests at once.
+//! delivered on SIGTERM. A batch runs its named requests at once. In
+//! cluster mode (two hosts, a real NATS server with JetStream), an answer
+//! owed to an HTTP hook outlives the host that accepted the request.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_tests::receiver::Receiver;
+use ferry_tests::services::OwnNats;
 use ferry_tests::{Ferry, eventually, expect_error};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -324,4 +328,71 @@ async fn a_batch_runs_its_requests_at_once_and_answers_each_by_name() {
         .collect();
     let reply = client.request(&json!({"id": 9, "batch": too_many})).await;
     expect_error(&reply, "too_large");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
+    let nats = OwnNats::with_jetstream();
+    let start = |name: &str| {
+        Ferry::options()
+            .plugin("echo", "echo", None)
+            .config(&format!(
+                "cluster: {{nats: \"{}\", name: {name}}}\napps:\n  main:\n    hosts: [127.0.0.1]\n    services: [echo]\n    auth: none\n    reply_hooks: [\"http://127.0.0.1:*/hooks/*\"]\n",
+                nats.url()
+            ))
+            .start()
+    };
+    let (a, b) = (start("host-a"), start("host-b"));
+    for host in [&a, &b] {
+        eventually("the answers' stream is there", WAIT, async || {
+            (host.status().await["cluster"]["replies"]["ready"] == true).then_some(())
+        })
+        .await;
+    }
+    // Three failed attempts (then waits of 0.1, 0.4 and 1.6 s), then 200.
+    let receiver = Receiver::start().await;
+    receiver.script("/hooks/x", &[(500, None), (500, None), (500, None)]);
+    let mut client = a.connect().await;
+    let reply = client
+        .request(
+            &json!({"id": "late-1", "service": "echo", "action": "params",
+            "params": {"n": 1}, "reply_to": receiver.url("/hooks/x")}),
+        )
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    eventually("three attempts failed", WAIT, async || {
+        (receiver.count("/hooks/x") >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(a.status().await["async_requests"]["to_cluster"], 1);
+    // Time for the third attempt's negative acknowledgement to reach the
+    // server, then the host that accepted the request dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill_keeping_dir();
+    let got = eventually(
+        "the other host delivers the answer",
+        Duration::from_secs(20),
+        async || {
+            let got = receiver.received("/hooks/x");
+            (got.len() >= 4).then_some(got)
+        },
+    )
+    .await;
+    for r in &got {
+        assert_eq!(
+            r.json(),
+            json!({"id": "late-1", "status": "success", "result": {"n": 1}})
+        );
+    }
+    assert_eq!(got[3].status, 200);
+    eventually("B counts it delivered", WAIT, async || {
+        (b.status().await["async_requests"]["delivered"] == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.count("/hooks/x"),
+        4,
+        "an answer was delivered twice"
+    );
 }

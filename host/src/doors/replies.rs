@@ -4,7 +4,9 @@
 //! tenant, and the application's `reply_hooks`), answered at once with
 //! `{"id", "status": "accepted"}`, and then run in a task of its own whose
 //! response envelope goes to the hook; the pipeline's tracker counts it
-//! until then, and SIGTERM waits for it.
+//! until then, and SIGTERM waits for it. In cluster mode an `http://`
+//! hook's answer goes into the cluster's stream instead, for any host to
+//! deliver (`pipeline::cluster`).
 //!
 //! A batch (`{"id", "batch": {NAME: request, ...}, "timeout_ms"?}`) runs its
 //! named requests at once under one deadline and answers each by name, in
@@ -97,6 +99,14 @@ pub fn accept(
         let tracker = tracked.tracker();
         if answer.timed_out {
             tracker.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        // In a cluster the stream holds it from here, and any host
+        // delivers it: this one may go.
+        if let Some(cluster) = pipeline.cluster()
+            && cluster.keep_reply(&hook, &answer.frame).await
+        {
+            tracker.to_cluster.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         match hook.deliver(&answer.frame, tracker).await {
             Ok(_) => {

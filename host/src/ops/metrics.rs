@@ -560,6 +560,11 @@ pub fn render(pipeline: &Pipeline, doors: &[Reading]) -> String {
             "Answers no attempt could deliver.",
             owed.failed_deliveries,
         ),
+        (
+            "ferry_async_handed_to_cluster",
+            "Answers handed to the cluster's stream, for any host to deliver.",
+            owed.to_cluster,
+        ),
     ] {
         let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
         counter.inc_by(value);

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 /// Waits before the second, third... attempt of a delivery.
-const RETRY_AFTER: [Duration; 4] = [
+pub const RETRY_AFTER: [Duration; 4] = [
     Duration::from_millis(100),
     Duration::from_millis(400),
     Duration::from_millis(1_600),
@@ -23,7 +23,7 @@ const RETRY_AFTER: [Duration; 4] = [
 ];
 
 /// How long one attempt may take, connection included.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where an answer goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +71,31 @@ impl Hook {
                 tokio::time::sleep(RETRY_AFTER[attempt - 1]).await;
                 tracker.retried.fetch_add(1, Ordering::Relaxed);
             }
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(frame)).await {
-                Ok(Ok(())) => return Ok(attempt as u32 + 1),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            match self.try_once(frame).await {
+                Ok(()) => return Ok(attempt as u32 + 1),
+                Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// One attempt, within `ATTEMPT_TIMEOUT`.
+    pub async fn try_once(&self, frame: &[u8]) -> Result<(), String> {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(frame)).await {
+            Ok(done) => done,
+            Err(_) => Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+        }
+    }
+
+    /// The hook as `parse` reads it.
+    pub fn text(&self) -> String {
+        match self {
+            Hook::Unix(path) => format!("unix:{}", path.display()),
+            Hook::Http {
+                authority,
+                path_and_query,
+            } => format!("http://{authority}{path_and_query}"),
+        }
     }
 
     async fn attempt(&self, frame: &[u8]) -> Result<(), String> {
@@ -189,6 +207,9 @@ pub struct Tracker {
     pub retried: AtomicU64,
     /// Answers no attempt could deliver.
     pub failed: AtomicU64,
+    /// Answers handed to the cluster's stream (cluster mode), which any
+    /// host delivers.
+    pub to_cluster: AtomicU64,
     open: AtomicU64,
     idle: Notify,
 }
@@ -201,6 +222,7 @@ pub struct TrackerStatus {
     pub timed_out: u64,
     pub retried: u64,
     pub failed_deliveries: u64,
+    pub to_cluster: u64,
     pub tracked: u64,
 }
 
@@ -237,6 +259,7 @@ impl Tracker {
             timed_out: n(&self.timed_out),
             retried: n(&self.retried),
             failed_deliveries: n(&self.failed),
+            to_cluster: n(&self.to_cluster),
             tracked: n(&self.open),
         }
     }

@@ -22,10 +22,13 @@ struct Announce {
     serves: Vec<(String, String)>,
 }
 
+/// What a host serves, and when it last said so.
+type Heard = (Vec<(String, String)>, Instant);
+
 /// What was last heard from each host.
 #[derive(Default)]
 pub(super) struct Hosts {
-    heard: Mutex<HashMap<String, (Vec<(String, String)>, Instant)>>,
+    heard: Mutex<HashMap<String, Heard>>,
 }
 
 impl Cluster {

@@ -1,12 +1,15 @@
 //! Cluster mode: hosts joined through NATS share their services and their
 //! events. Requests for a service served elsewhere are forwarded
 //! (`requests`); events cross to every host, and each plugin subscription
-//! handles an event once per cluster (`events`). Hosts of one cluster
+//! handles an event once per cluster (`events`); answers of asynchronous
+//! requests go through a JetStream work queue (`replies`). Hosts of one
+//! cluster
 //! trust each other: a forwarded plugin call keeps its caller's verified
 //! identity.
 
 mod events;
 mod hosts;
+mod replies;
 mod requests;
 
 use std::collections::HashMap;
@@ -67,6 +70,7 @@ pub struct Cluster {
     served: AtomicU64,
     events: events::Events,
     hosts: hosts::Hosts,
+    replies: replies::Replies,
     /// Ends every task of the cluster's when the host stops.
     stopping: CancellationToken,
 }
@@ -81,6 +85,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             events: events::Events::start(client.clone(), stopping.clone()),
             hosts: hosts::Hosts::default(),
+            replies: replies::Replies::new(client.clone()),
             stopping,
             client,
             name: config.name.clone(),
@@ -186,6 +191,7 @@ impl Cluster {
         }
         drop(serving);
         self.sync_events(pipeline);
+        self.start_replies(pipeline);
     }
 
     pub(super) fn stop(&self) {
@@ -215,6 +221,7 @@ impl Cluster {
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
             "served_for_others": self.served.load(Ordering::Relaxed),
             "events": self.events.status(),
+            "replies": self.replies.status(),
             "hosts": hosts,
             "services": services,
         })

@@ -15,23 +15,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
-use futures_util::StreamExt as _;
+use async_nats::jetstream::{self, AckKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoints::Endpoint;
 use super::{Counts, Key, Webhooks, now_ms};
 use crate::resources::outbox::{NewDelivery, Outbox, Outcome};
+use crate::resources::work_queue;
 
 const STREAM: &str = "FERRY_WEBHOOKS";
 const SUBJECTS: &str = "ferry.webhooks.>";
 const TOPIC_HEADER: &str = "Ferry-Topic";
 const CREATED_HEADER: &str = "Ferry-Created";
-
-/// How long a pull waits for deliveries before it asks again (and looks
-/// at the endpoint's config and counts again).
-const PULL_WAIT: Duration = Duration::from_secs(2);
 
 /// The subject of one endpoint's deliveries.
 fn subject(app: &str, endpoint: &str) -> String {
@@ -67,19 +63,14 @@ impl Queue {
         self.ready.load(Ordering::Relaxed)
     }
 
-    async fn stream(&self) -> Result<stream::Stream, String> {
-        let stream = self
-            .jetstream
-            .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![SUBJECTS.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                description: Some("Ferry's webhook deliveries, owed to endpoints".into()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot open the stream {STREAM} (is JetStream on?): {e}"))?;
+    async fn stream(&self) -> Result<async_nats::jetstream::stream::Stream, String> {
+        let stream = work_queue::stream(
+            &self.jetstream,
+            STREAM,
+            SUBJECTS,
+            "Ferry's webhook deliveries, owed to endpoints",
+        )
+        .await?;
         self.ready.store(true, Ordering::Relaxed);
         Ok(stream)
     }
@@ -96,31 +87,18 @@ impl Queue {
         let jetstream = self.jetstream.clone();
         let (done, kept) = oneshot::channel();
         tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(deliveries.len());
-            let mut left = Vec::new();
-            for (d, counts) in deliveries {
+            let puts = deliveries.iter().map(|(d, _)| {
                 let message = jetstream::message::PublishMessage::build()
                     .message_id(&d.id)
                     .header(TOPIC_HEADER, d.topic.as_str())
                     .header(CREATED_HEADER, d.at_ms.to_string().as_str())
                     .payload(d.body.clone().into());
-                match jetstream
-                    .send_publish(subject(&d.app, &d.endpoint), message)
-                    .await
-                {
-                    Ok(ack) => acks.push((d, counts, ack)),
-                    Err(e) => {
-                        tracing::warn!(
-                            id = d.id,
-                            "webhooks: the cluster's stream did not take a delivery ({e}); this host sends it"
-                        );
-                        counts.pending.fetch_add(1, Ordering::Relaxed);
-                        left.push(d);
-                    }
-                }
-            }
-            for (d, counts, ack) in acks {
-                if let Err(e) = ack.await {
+                work_queue::put(&jetstream, subject(&d.app, &d.endpoint), message)
+            });
+            let stored = futures_util::future::join_all(puts).await;
+            let mut left = Vec::new();
+            for ((d, counts), stored) in deliveries.into_iter().zip(stored) {
+                if let Err(e) = stored {
                     tracing::warn!(
                         id = d.id,
                         "webhooks: the cluster's stream did not take a delivery ({e}); this host sends it"
@@ -216,34 +194,23 @@ impl Webhooks {
             return Ok(());
         };
         let name = consumer_name(&key.0, &key.1);
-        let mut consumer: jetstream::consumer::PullConsumer = queue
-            .stream()
-            .await?
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subject(&key.0, &key.1),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    // An attempt, with room: past it, a host that died
-                    // holding a delivery gives it up to the others.
-                    ack_wait: endpoint.timeout + Duration::from_secs(10),
-                    // The endpoint's schedule decides when it is dead.
-                    max_deliver: -1,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("the consumer {name}: {e}"))?;
+        // An attempt, with room: past it, a host that died holding a
+        // delivery gives it up to the others.
+        let ack_wait = endpoint.timeout + Duration::from_secs(10);
+        let consumer = work_queue::consumer(
+            &queue.stream().await?,
+            &name,
+            subject(&key.0, &key.1),
+            ack_wait,
+        )
+        .await?;
         loop {
             // The config of now: a reload may have changed the endpoint.
             let Some(endpoint) = self.endpoints.load().get(key).cloned() else {
                 return Ok(());
             };
-            if let Ok(info) = consumer.info().await {
-                let counts = self.counts(&key.0, &key.1);
-                counts.queued.store(
+            if let Ok(info) = consumer.get_info().await {
+                self.counts(&key.0, &key.1).queued.store(
                     info.num_pending + info.num_ack_pending as u64,
                     Ordering::Relaxed,
                 );
@@ -251,41 +218,18 @@ impl Webhooks {
             if self.disabled(&key.0, &key.1) {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(PULL_WAIT) => continue,
+                    _ = tokio::time::sleep(work_queue::PULL_WAIT) => continue,
                 }
             }
-            let first = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                permit = endpoint.slots.clone().acquire_owned() => permit.expect("never closed"),
-            };
-            let mut permits = vec![first];
-            while let Ok(permit) = endpoint.slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            let mut batch = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(PULL_WAIT)
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
-            loop {
-                let message = tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    message = batch.next() => match message {
-                        Some(message) => message.map_err(|e| e.to_string())?,
-                        None => break,
-                    },
-                };
-                let Some(permit) = permits.pop() else {
-                    // More than asked for: another host's turn, at once.
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    continue;
-                };
+            let pulled = work_queue::pull(&consumer, &endpoint.slots, stop, |message, permit| {
                 tokio::spawn(
                     self.clone()
                         .attempt_queued(endpoint.clone(), message, permit),
                 );
+            })
+            .await?;
+            if !pulled {
+                return Ok(());
             }
         }
     }
@@ -298,13 +242,7 @@ impl Webhooks {
         message: jetstream::Message,
         _permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-        };
+        let header = |name: &str| work_queue::header(&message, name);
         let (Some(id), Ok(body)) = (
             header(async_nats::header::NATS_MESSAGE_ID.as_ref()),
             std::str::from_utf8(&message.payload),
