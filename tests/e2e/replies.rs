@@ -6,7 +6,9 @@
 //! when it outlives its deadline, refused outside the allow-list, and all
 //! delivered on SIGTERM. A batch runs its named requests at once. In
 //! cluster mode (two hosts, a real NATS server with JetStream), an answer
-//! owed to an HTTP hook outlives the host that accepted the request.
+//! owed to an HTTP hook outlives the process that accepted the request: a
+//! loopback hook's is delivered by that host once it is back, never by
+//! the other.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -331,10 +333,10 @@ async fn a_batch_runs_its_requests_at_once_and_answers_each_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
+async fn in_a_cluster_an_answer_outlives_the_host_process_that_accepted_its_request() {
     let nats = OwnNats::with_jetstream();
-    let start = |name: &str| {
-        Ferry::options()
+    let start = |options: ferry_tests::Options, name: &str| {
+        options
             .plugin("echo", "echo", None)
             .config(&format!(
                 "cluster: {{nats: \"{}\", name: {name}}}\napps:\n  main:\n    hosts: [127.0.0.1]\n    services: [echo]\n    auth: none\n    reply_hooks: [\"http://127.0.0.1:*/hooks/*\"]\n",
@@ -342,13 +344,18 @@ async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
             ))
             .start()
     };
-    let (a, b) = (start("host-a"), start("host-b"));
-    for host in [&a, &b] {
+    let ready = async |host: &Ferry| {
         eventually("the answers' stream is there", WAIT, async || {
             (host.status().await["cluster"]["replies"]["ready"] == true).then_some(())
         })
-        .await;
-    }
+        .await
+    };
+    let (a, b) = (
+        start(Ferry::options(), "host-a"),
+        start(Ferry::options(), "host-b"),
+    );
+    ready(&a).await;
+    ready(&b).await;
     // Three failed attempts (then waits of 0.1, 0.4 and 1.6 s), then 200.
     let receiver = Receiver::start().await;
     receiver.script("/hooks/x", &[(500, None), (500, None), (500, None)]);
@@ -365,12 +372,22 @@ async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
     })
     .await;
     assert_eq!(a.status().await["async_requests"]["to_cluster"], 1);
+    // The hook is on loopback, beside host-a: B, elsewhere as far as it
+    // knows, never posts it.
+    assert_eq!(b.status().await["async_requests"]["retried"], 0);
     // Time for the third attempt's negative acknowledgement to reach the
-    // server, then the host that accepted the request dies.
+    // server; then host-a dies and starts again from its folder.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    a.kill_keeping_dir();
+    let dir = a.kill_keeping_dir();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        receiver.count("/hooks/x"),
+        3,
+        "posted while host-a was down"
+    );
+    let a = start(Ferry::options_in(dir), "host-a");
     let got = eventually(
-        "the other host delivers the answer",
+        "host-a delivers the answer",
         Duration::from_secs(20),
         async || {
             let got = receiver.received("/hooks/x");
@@ -385,8 +402,8 @@ async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
         );
     }
     assert_eq!(got[3].status, 200);
-    eventually("B counts it delivered", WAIT, async || {
-        (b.status().await["async_requests"]["delivered"] == 1).then_some(())
+    eventually("host-a counts it delivered", WAIT, async || {
+        (a.status().await["async_requests"]["delivered"] == 1).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -394,5 +411,11 @@ async fn in_a_cluster_an_answer_outlives_the_host_that_accepted_its_request() {
         receiver.count("/hooks/x"),
         4,
         "an answer was delivered twice"
+    );
+    let on_b = b.status().await["async_requests"].clone();
+    assert_eq!(
+        (&on_b["delivered"], &on_b["retried"]),
+        (&json!(0), &json!(0)),
+        "{on_b}"
     );
 }

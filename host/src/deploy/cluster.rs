@@ -25,7 +25,7 @@ const MAX_COMPONENT: usize = 256 * 1024 * 1024;
 
 /// The bucket, created if it is not there yet.
 pub async fn bucket(client: &async_nats::Client, name: &str) -> Result<ObjectStore, String> {
-    let jetstream = async_nats::jetstream::new(client.clone());
+    let jetstream = crate::resources::work_queue::context(client.clone());
     if let Ok(store) = jetstream.get_object_store(name).await {
         return Ok(store);
     }

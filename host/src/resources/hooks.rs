@@ -87,6 +87,24 @@ impl Hook {
         }
     }
 
+    /// Whether the hook is on the host's own machine (a socket, or HTTP on
+    /// a loopback address): only a host there can deliver to it.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Hook::Unix(_) => true,
+            Hook::Http { authority, .. } => {
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
     /// The hook as `parse` reads it.
     pub fn text(&self) -> String {
         match self {

@@ -333,7 +333,8 @@ impl Outbox {
     }
 
     /// Keeps a delivery that died elsewhere (the cluster's stream) as dead
-    /// here, where listing and reviving find it.
+    /// here, where listing and reviving find it; one this outbox already
+    /// holds is left as it is.
     pub async fn bury(
         &self,
         d: NewDelivery,
@@ -343,7 +344,7 @@ impl Outbox {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT OR REPLACE INTO deliveries (id, app, endpoint, topic, body, state, attempts,
+            "INSERT OR IGNORE INTO deliveries (id, app, endpoint, topic, body, state, attempts,
              next_at_ms, last_status, last_error, created_ms, done_ms)
              VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?, ?, ?, ?)",
         )

@@ -17,6 +17,18 @@ use tokio_util::sync::CancellationToken;
 /// looks at its config and counts again).
 pub const PULL_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a JetStream API call or a publish's ack may take: the
+/// client's own requests have no timeout (forwarded requests carry their
+/// deadlines), and a call lost in a NATS restart must not wait for ever.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A JetStream context whose calls end within `API_TIMEOUT`.
+pub fn context(client: async_nats::Client) -> jetstream::Context {
+    let mut context = jetstream::new(client);
+    context.set_timeout(API_TIMEOUT);
+    context
+}
+
 /// The stream `name` over `subjects`, created if no host has yet.
 pub async fn stream(
     jetstream: &jetstream::Context,
@@ -114,12 +126,19 @@ pub fn header(message: &jetstream::Message, name: &str) -> Option<String> {
         .map(|v| v.as_str().to_owned())
 }
 
-/// Publishes `message` and waits until the server has stored it.
+/// Publishes `message` and waits until the server has stored it. Refused
+/// at once while NATS is disconnected: the client would keep the publish
+/// and send it on reconnecting, after its caller had given up on it and
+/// done the work another way, and the work would be done twice.
 pub async fn put(
     jetstream: &jetstream::Context,
+    client: &async_nats::Client,
     subject: String,
     message: jetstream::message::PublishMessage,
 ) -> Result<(), String> {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return Err("NATS is disconnected".into());
+    }
     let ack = jetstream
         .send_publish(subject, message)
         .await

@@ -1,10 +1,13 @@
 //! Answers of asynchronous requests in cluster mode. An answer owed to an
 //! `http://` hook goes into the JetStream work-queue stream
-//! `FERRY_REPLIES`; every host pulls from its one durable consumer and
-//! posts what it takes, retrying on the hooks' schedule by negative
-//! acknowledgements with delay, so an answer outlives the host that made
-//! it. A `unix:` hook names a socket on the accepting host's machine: that
-//! host delivers it itself, as without a cluster.
+//! `FERRY_REPLIES` once it is ready, and is posted from there, retrying on
+//! the hooks' schedule by negative acknowledgements with delay, so it
+//! outlives the process that made it. A hook on a routable address may be
+//! posted to by any host (one durable consumer shared by all); a hook on
+//! loopback is beside the accepting host, so only a host of that name
+//! posts it (a consumer of its own), the same host after a restart
+//! included. `unix:` hooks are delivered by the accepting host itself, as
+//! without a cluster.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -20,14 +23,17 @@ use crate::resources::hooks::{ATTEMPT_TIMEOUT, Hook, RETRY_AFTER};
 use crate::resources::work_queue;
 
 const STREAM: &str = "FERRY_REPLIES";
-const SUBJECT: &str = "ferry.replies.http";
-const CONSUMER: &str = "ferry-replies";
+const SUBJECTS: &str = "ferry.replies.>";
+/// Hooks any host can reach.
+const SHARED: &str = "ferry.replies.http";
+const SHARED_CONSUMER: &str = "ferry-replies";
 const HOOK_HEADER: &str = "Ferry-Hook";
 /// Answers one host posts at once.
 const SLOTS: usize = 32;
 
 pub(super) struct Replies {
     jetstream: jetstream::Context,
+    client: async_nats::Client,
     /// The stream exists: until then answers are delivered by the host
     /// that has them.
     ready: AtomicBool,
@@ -41,7 +47,8 @@ pub(super) struct Replies {
 impl Replies {
     pub(super) fn new(client: async_nats::Client) -> Replies {
         Replies {
-            jetstream: jetstream::new(client),
+            jetstream: work_queue::context(client.clone()),
+            client,
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             sequence: AtomicU64::new(0),
@@ -65,6 +72,11 @@ impl Cluster {
         if !matches!(hook, Hook::Http { .. }) || !replies.ready.load(Ordering::Relaxed) {
             return false;
         }
+        let subject = if hook.is_local() {
+            self.own_subject()
+        } else {
+            SHARED.to_owned()
+        };
         let id = format!(
             "{}-{}-{}",
             self.name,
@@ -75,7 +87,7 @@ impl Cluster {
             .message_id(id)
             .header(HOOK_HEADER, hook.text().as_str())
             .payload(bytes::Bytes::copy_from_slice(frame));
-        match work_queue::put(&replies.jetstream, SUBJECT.into(), message).await {
+        match work_queue::put(&replies.jetstream, &replies.client, subject, message).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -107,6 +119,11 @@ impl Cluster {
         });
     }
 
+    /// The subject of answers owed to hooks beside this host.
+    fn own_subject(&self) -> String {
+        format!("ferry.replies.host.{}", self.name)
+    }
+
     async fn deliver_replies(
         self: &Arc<Self>,
         pipeline: &Weak<Pipeline>,
@@ -116,22 +133,29 @@ impl Cluster {
         let stream = work_queue::stream(
             &replies.jetstream,
             STREAM,
-            SUBJECT,
+            SUBJECTS,
             "Ferry's answers of asynchronous requests, owed to their hooks",
         )
         .await?;
-        replies.ready.store(true, Ordering::Relaxed);
         let ack_wait = ATTEMPT_TIMEOUT + Duration::from_secs(10);
-        let consumer = work_queue::consumer(&stream, CONSUMER, SUBJECT.into(), ack_wait).await?;
-        while work_queue::pull(&consumer, slots, &self.stopping, |message, permit| {
-            let pipeline = pipeline.clone();
-            tokio::spawn(async move {
-                post(pipeline, message).await;
-                drop(permit);
-            });
-        })
-        .await?
-        {}
+        let shared =
+            work_queue::consumer(&stream, SHARED_CONSUMER, SHARED.into(), ack_wait).await?;
+        let own_name = format!("ferry-replies-host-{}", self.name);
+        let own = work_queue::consumer(&stream, &own_name, self.own_subject(), ack_wait).await?;
+        replies.ready.store(true, Ordering::Relaxed);
+        let take = async |consumer: &jetstream::consumer::PullConsumer| {
+            while work_queue::pull(consumer, slots, &self.stopping, |message, permit| {
+                let pipeline = pipeline.clone();
+                tokio::spawn(async move {
+                    post(pipeline, message).await;
+                    drop(permit);
+                });
+            })
+            .await?
+            {}
+            Ok::<(), String>(())
+        };
+        tokio::try_join!(take(&shared), take(&own))?;
         Ok(())
     }
 }
@@ -139,17 +163,24 @@ impl Cluster {
 /// One attempt at an answer from the stream; counted on this host's
 /// tracker, whichever host accepted the request.
 async fn post(pipeline: Weak<Pipeline>, message: jetstream::Message) {
-    let Some(hook) = work_queue::header(&message, HOOK_HEADER).and_then(|h| Hook::parse(&h).ok())
-    else {
-        tracing::warn!("an answer in {STREAM} without a usable hook; dropped");
+    let hook = work_queue::header(&message, HOOK_HEADER)
+        .and_then(|h| Hook::parse(&h).ok())
+        .filter(|h| matches!(h, Hook::Http { .. }));
+    let framed = message.payload.len() >= 4
+        && u32::from_be_bytes(message.payload[..4].try_into().expect("four bytes")) as usize
+            == message.payload.len() - 4;
+    let (Some(hook), true) = (hook, framed) else {
+        tracing::warn!("an answer in {STREAM} that no Ferry host wrote; dropped");
         let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    // A host that is stopping leaves the answer to the next one.
+    let Some(pipeline) = pipeline.upgrade() else {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     };
     let attempt = message.info().map_or(1, |i| i.delivered.max(1) as usize);
     let outcome = hook.try_once(&message.payload).await;
-    let Some(pipeline) = pipeline.upgrade() else {
-        return;
-    };
     let tracker = pipeline.tracker();
     let acked = match outcome {
         Ok(()) => {

@@ -42,6 +42,7 @@ fn consumer_name(app: &str, endpoint: &str) -> String {
 
 pub(super) struct Queue {
     jetstream: jetstream::Context,
+    client: async_nats::Client,
     /// The stream exists (created by this host or another): until then
     /// deliveries stay in the outbox.
     ready: AtomicBool,
@@ -52,7 +53,8 @@ pub(super) struct Queue {
 impl Queue {
     pub(super) fn new(client: async_nats::Client, stop: CancellationToken) -> Queue {
         Queue {
-            jetstream: jetstream::new(client),
+            jetstream: work_queue::context(client.clone()),
+            client,
             ready: AtomicBool::new(false),
             workers: Mutex::default(),
             stop,
@@ -84,7 +86,7 @@ impl Queue {
         outbox: Arc<Outbox>,
         deliveries: Vec<(NewDelivery, Arc<Counts>)>,
     ) -> oneshot::Receiver<()> {
-        let jetstream = self.jetstream.clone();
+        let (jetstream, client) = (self.jetstream.clone(), self.client.clone());
         let (done, kept) = oneshot::channel();
         tokio::spawn(async move {
             let puts = deliveries.iter().map(|(d, _)| {
@@ -93,7 +95,7 @@ impl Queue {
                     .header(TOPIC_HEADER, d.topic.as_str())
                     .header(CREATED_HEADER, d.at_ms.to_string().as_str())
                     .payload(d.body.clone().into());
-                work_queue::put(&jetstream, subject(&d.app, &d.endpoint), message)
+                work_queue::put(&jetstream, &client, subject(&d.app, &d.endpoint), message)
             });
             let stored = futures_util::future::join_all(puts).await;
             let mut left = Vec::new();
@@ -197,6 +199,10 @@ impl Webhooks {
         // An attempt, with room: past it, a host that died holding a
         // delivery gives it up to the others.
         let ack_wait = endpoint.timeout + Duration::from_secs(10);
+        // Slots of its own: the outbox's dispatcher (deliveries kept here
+        // while the stream was away, revived dead ones) must not wait on a
+        // pull that holds the endpoint's.
+        let slots = Arc::new(tokio::sync::Semaphore::new(endpoint.concurrency));
         let consumer = work_queue::consumer(
             &queue.stream().await?,
             &name,
@@ -221,7 +227,7 @@ impl Webhooks {
                     _ = tokio::time::sleep(work_queue::PULL_WAIT) => continue,
                 }
             }
-            let pulled = work_queue::pull(&consumer, &endpoint.slots, stop, |message, permit| {
+            let pulled = work_queue::pull(&consumer, &slots, stop, |message, permit| {
                 tokio::spawn(
                     self.clone()
                         .attempt_queued(endpoint.clone(), message, permit),
