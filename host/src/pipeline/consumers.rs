@@ -38,6 +38,9 @@ use crate::runtime::{CallError, Work};
 
 const ATTEMPTS: &str = "x-ferry-attempts";
 const ERROR: &str = "x-ferry-error";
+/// How long messages in hand may take to finish once the connection is
+/// lost (their acknowledgements cannot arrive; the broker redelivers).
+const HANDLERS_AFTER_LOSS: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One consumer of one plugin in one application.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -279,8 +282,29 @@ impl Consuming {
                 },
             }
         };
-        // Those in hand finish (and are acknowledged if the channel still
-        // stands; the broker gives back any it did not hear about).
+        if let Err(error) = &ended {
+            // Down from now, not once the messages in hand are done: an
+            // acknowledgement on a cut connection may take its time.
+            if self.counters.connected.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    app = &*self.key.app,
+                    plugin = self.key.service,
+                    queue = self.queue(),
+                    "consumer stopped, reconnecting: {error}"
+                );
+            }
+            // The broker gives back whatever was not acknowledged; those in
+            // hand get a moment to finish, then are dropped.
+            let finishing = async { while handling.join_next().await.is_some() {} };
+            if tokio::time::timeout(HANDLERS_AFTER_LOSS, finishing)
+                .await
+                .is_err()
+            {
+                handling.abort_all();
+            }
+            return ended;
+        }
+        // Stopping: those in hand finish and are acknowledged.
         while handling.join_next().await.is_some() {}
         if ended.is_ok() {
             let _ = channel.close(200, "consumer stopped".into()).await;
