@@ -207,14 +207,7 @@ impl Consuming {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            if self.counters.connected.swap(false, Ordering::Relaxed) {
-                tracing::warn!(
-                    app = &*self.key.app,
-                    plugin = self.key.service,
-                    queue = self.queue(),
-                    "consumer stopped, reconnecting: {error}"
-                );
-            }
+            // A consuming session marked itself down (and said so) already.
             self.broker.failed(&error);
             *self.counters.last_error.lock().expect("lock") = Some(error);
             tokio::select! {

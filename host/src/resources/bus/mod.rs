@@ -10,212 +10,20 @@
 //! missed, while here each subscriber has its own bound, its own drop
 //! counter and its own sequence, and keys shared between consumers.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::Notify;
 
-use crate::core::names::topic_matches;
+mod subscriber;
+use subscriber::fan_out;
+pub use subscriber::{Event, Kind, Subscriber, SubscriberStatus};
 
 /// Largest payload an event may carry, so every event line stays far
 /// below the consumers' 1 MiB line limit.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
-
-/// One published event, shared by every subscriber. For consumers it is
-/// written once as the line up to its `seq`; only the number and the
-/// payload after it are added per consumer.
-pub struct Event {
-    head: String,
-    pub topic: String,
-    pub id: String,
-    /// Milliseconds since the Unix epoch.
-    pub source_time_ms: u64,
-    /// JSON text.
-    pub payload: String,
-    /// Its topic's counters, for deliveries and failures.
-    counters: Arc<TopicCounters>,
-}
-
-impl Event {
-    fn new(
-        topic: &str,
-        id: String,
-        source_time_ms: u64,
-        payload: String,
-        counters: Arc<TopicCounters>,
-    ) -> Arc<Event> {
-        let topic_json = serde_json::to_string(topic).expect("a string serializes");
-        let id_json = serde_json::to_string(&id).expect("a string serializes");
-        Arc::new(Event {
-            head: format!(
-                r#"{{"type":"event","event_type":{topic_json},"event_id":{id_json},"source_time":"{source_time_ms}","seq":"#
-            ),
-            topic: topic.to_owned(),
-            id,
-            source_time_ms,
-            payload,
-            counters,
-        })
-    }
-
-    /// Counts a plugin subscription's failure to handle it.
-    pub fn count_failed(&self) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one subscriber's handling of it.
-    pub fn count_delivered(&self) {
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Appends this event as an event line with `seq`.
-    pub fn write_line(&self, seq: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.head.as_bytes());
-        out.extend_from_slice(seq.to_string().as_bytes());
-        out.extend_from_slice(br#","payload":"#);
-        out.extend_from_slice(self.payload.as_bytes());
-        out.extend_from_slice(b"}\n");
-    }
-}
-
-/// Who a subscriber is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An outside consumer's connection on the events socket.
-    Consumer,
-    /// A plugin's subscription, delivered to its `event-handler`.
-    Plugin,
-}
-
-/// What a subscriber has waiting.
-struct Queue {
-    events: VecDeque<(u64, Arc<Event>)>,
-    /// The `seq` of the last event given to this subscriber.
-    seq: u64,
-    dropped: u64,
-    delivered: u64,
-    closed: bool,
-}
-
-/// One subscriber: an outside consumer's connection, or a plugin's
-/// subscription.
-pub struct Subscriber {
-    pub id: u64,
-    pub kind: Kind,
-    pub app: Arc<str>,
-    pub consumer: String,
-    pub event_key: String,
-    /// Swapped whole when a WebSocket client changes its subscriptions;
-    /// read without a lock by every publish.
-    topics: arc_swap::ArcSwap<Vec<String>>,
-    capacity: usize,
-    queue: Mutex<Queue>,
-    /// Wakes the subscriber's writer when an event is queued.
-    pub ready: Notify,
-}
-
-/// A subscriber's counters, for status.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriberStatus {
-    pub consumer: String,
-    pub event_key: String,
-    pub topics: Vec<String>,
-    pub seq: u64,
-    pub queued: usize,
-    pub dropped: u64,
-    pub delivered: u64,
-}
-
-impl Subscriber {
-    fn push(&self, event: &Arc<Event>) -> Pushed {
-        let mut queue = self.queue.lock().expect("subscriber queue lock");
-        if queue.closed {
-            return Pushed::Closed;
-        }
-        queue.seq += 1;
-        let seq = queue.seq;
-        let mut outcome = Pushed::Queued;
-        if queue.events.len() >= self.capacity {
-            queue.events.pop_front();
-            queue.dropped += 1;
-            outcome = Pushed::DroppedOldest;
-        }
-        queue.events.push_back((seq, event.clone()));
-        drop(queue);
-        self.ready.notify_one();
-        outcome
-    }
-
-    /// The patterns it receives.
-    pub fn topics(&self) -> Arc<Vec<String>> {
-        self.topics.load_full()
-    }
-
-    /// Replaces the patterns it receives (already valid); its `seq` goes on.
-    pub fn set_topics(&self, topics: Vec<String>) {
-        self.topics.store(Arc::new(topics));
-    }
-
-    /// Takes the oldest event waiting, with its `seq`.
-    pub fn pop(&self) -> Option<(u64, Arc<Event>)> {
-        let mut queue = self.queue.lock().expect("subscriber queue lock");
-        let next = queue.events.pop_front()?;
-        queue.delivered += 1;
-        Some(next)
-    }
-
-    /// Takes everything waiting, written as event lines into `out`;
-    /// answers how many.
-    pub fn drain_into(&self, out: &mut Vec<u8>) -> usize {
-        let mut queue = self.queue.lock().expect("subscriber queue lock");
-        let n = queue.events.len();
-        for (seq, event) in queue.events.drain(..) {
-            event.write_line(seq, out);
-            event.count_delivered();
-        }
-        queue.delivered += n as u64;
-        n
-    }
-
-    pub fn status(&self) -> SubscriberStatus {
-        let queue = self.queue.lock().expect("subscriber queue lock");
-        SubscriberStatus {
-            consumer: self.consumer.clone(),
-            event_key: self.event_key.clone(),
-            topics: self.topics.load().to_vec(),
-            seq: queue.seq,
-            queued: queue.events.len(),
-            dropped: queue.dropped,
-            delivered: queue.delivered,
-        }
-    }
-}
-
-enum Pushed {
-    Queued,
-    DroppedOldest,
-    Closed,
-}
-
-/// Queues `event` for each of `subscribers` and counts what it did.
-fn fan_out(counters: &TopicCounters, event: &Arc<Event>, subscribers: &[Arc<Subscriber>]) {
-    let (mut queued, mut dropped) = (0, 0);
-    for subscriber in subscribers {
-        match subscriber.push(event) {
-            Pushed::Queued => queued += 1,
-            Pushed::DroppedOldest => {
-                queued += 1;
-                dropped += 1;
-            }
-            Pushed::Closed => {}
-        }
-    }
-    counters.queued.fetch_add(queued, Ordering::Relaxed);
-    counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-}
 
 /// Consumers sharing one `event_key`, for `first_for_key` and
 /// `pre_shutdown_check`.
@@ -376,7 +184,7 @@ impl Bus {
                 .subscribers
                 .iter()
                 .filter(|s| relay.is_none() || s.kind == Kind::Consumer)
-                .filter(|s| s.topics.load().iter().any(|p| topic_matches(p, topic)))
+                .filter(|s| s.wants(topic))
                 .cloned()
                 .collect();
             (bus.counters(topic), subscribers)
@@ -435,7 +243,7 @@ impl Bus {
                     .subscribers
                     .iter()
                     .filter(|s| s.kind == Kind::Consumer)
-                    .filter(|s| s.topics.load().iter().any(|p| topic_matches(p, topic)))
+                    .filter(|s| s.wants(topic))
                     .cloned()
                     .collect(),
             };
@@ -460,23 +268,15 @@ impl Bus {
         capacity: usize,
     ) -> Subscription {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed) + 1;
-        let subscriber = Arc::new(Subscriber {
+        let subscriber = Arc::new(Subscriber::new(
             id,
             kind,
-            app: app.clone(),
+            app.clone(),
             consumer,
-            event_key: event_key.clone(),
-            topics: arc_swap::ArcSwap::from_pointee(topics),
+            event_key.clone(),
+            topics,
             capacity,
-            queue: Mutex::new(Queue {
-                events: VecDeque::new(),
-                seq: 0,
-                dropped: 0,
-                delivered: 0,
-                closed: false,
-            }),
-            ready: Notify::new(),
-        });
+        ));
         let mut apps = self.apps.lock().expect("bus lock");
         let bus = apps.entry(app).or_default();
         let mut first_for_key = true;
@@ -517,11 +317,7 @@ impl Bus {
     /// Removes a subscriber whose connection or subscription ended; what
     /// it had waiting goes with it.
     pub fn unsubscribe(&self, subscriber: &Subscriber) {
-        subscriber
-            .queue
-            .lock()
-            .expect("subscriber queue lock")
-            .closed = true;
+        subscriber.close();
         let mut apps = self.apps.lock().expect("bus lock");
         if let Some(bus) = apps.get_mut(&subscriber.app) {
             bus.subscribers.retain(|s| s.id != subscriber.id);
