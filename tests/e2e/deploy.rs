@@ -172,6 +172,43 @@ async fn a_file_written_slowly_is_loaded_once_whole() {
     assert_eq!(log.matches("service deployed").count(), 1, "{log}");
 }
 
+/// Bytes the process has read through system calls so far (`rchar`).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|line| line.strip_prefix("rchar: "))
+        .expect("rchar in /proc/PID/io")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_host_does_not_read_its_plugins_again() {
+    // Reading a plugin raises inotify events of its own (open, read,
+    // close); a watcher that took them for changes read every plugin again
+    // every two seconds, for ever.
+    let ferry = Ferry::options().plugin("echo", "echo", None).start();
+    wait_for_version(&ferry, "1").await;
+    // Past the quiet time after the load, in which a change would be acted on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = bytes_read(ferry.pid());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let read = bytes_read(ferry.pid()) - before;
+    let size = plugin_bytes("echo").len() as u64;
+    assert!(
+        read < size / 4,
+        "an idle host read {read} bytes in 5 s (echo.wasm is {size} bytes)"
+    );
+    assert_eq!(
+        ferry
+            .log_with("service deployed")
+            .await
+            .matches("service deployed")
+            .count(),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_file_leaves_the_working_version_serving() {
     let ferry = Ferry::options().plugin("echo", "echo", None).start();

@@ -38,6 +38,15 @@ fn changes(event: notify::Result<notify::Event>) -> Vec<Change> {
             return vec![Change::Rescan];
         }
     };
+    // The host's own reads of a plugin (open, read, close without writing)
+    // change nothing; taken for changes, each look at a file would schedule
+    // the next, and every plugin would be read and hashed again every
+    // `QUIET`, for as long as the host runs.
+    if let EventKind::Access(kind) = event.kind
+        && kind != AccessKind::Close(AccessMode::Write)
+    {
+        return Vec::new();
+    }
     let settled = matches!(
         event.kind,
         EventKind::Access(AccessKind::Close(AccessMode::Write))
