@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
+
 use super::pool::Warm;
 
 /// How often expired instances are looked for.
@@ -24,9 +26,22 @@ struct Parked {
 
 #[derive(Default)]
 struct Idle {
-    /// By the application the instance served; `None`: it has served none.
-    by_app: HashMap<Option<Arc<str>>, Vec<Parked>>,
+    /// By the application the instance served. Looked up on every request:
+    /// keyed by the name borrowed (no reference count touched), hashed with
+    /// foldhash rather than SipHash (names come from the config, not from
+    /// callers, so there is no flooding to resist).
+    by_app: HashMap<Arc<str>, Vec<Parked>, RandomState>,
+    /// Instances that have served no application yet.
+    fresh: Vec<Parked>,
     count: usize,
+}
+
+impl Idle {
+    fn stacks(&mut self) -> impl Iterator<Item = &mut Vec<Parked>> {
+        self.by_app
+            .values_mut()
+            .chain(std::iter::once(&mut self.fresh))
+    }
 }
 
 /// One version's idle instances.
@@ -55,9 +70,9 @@ impl IdlePool {
         let mut idle = self.lock();
         let own = idle
             .by_app
-            .get_mut(&Some(app.clone()))
+            .get_mut(&**app)
             .and_then(Vec::pop)
-            .or_else(|| idle.by_app.get_mut(&None).and_then(Vec::pop))?;
+            .or_else(|| idle.fresh.pop())?;
         idle.count -= 1;
         Some(own.warm)
     }
@@ -66,7 +81,7 @@ impl IdlePool {
     /// and hands the instance back where it came from).
     pub fn take_any(&self) -> Option<Warm> {
         let mut idle = self.lock();
-        let parked = idle.by_app.values_mut().find_map(Vec::pop)?;
+        let parked = idle.stacks().find_map(Vec::pop)?;
         idle.count -= 1;
         Some(parked.warm)
     }
@@ -81,13 +96,17 @@ impl IdlePool {
             return;
         }
         idle.count += 1;
-        idle.by_app
-            .entry(warm.app.clone())
-            .or_default()
-            .push(Parked {
-                warm,
-                since: Instant::now(),
-            });
+        let stack = match &warm.app {
+            Some(app) => match idle.by_app.get_mut(&**app) {
+                Some(stack) => stack,
+                None => idle.by_app.entry(app.clone()).or_default(),
+            },
+            None => &mut idle.fresh,
+        };
+        stack.push(Parked {
+            warm,
+            since: Instant::now(),
+        });
     }
 
     /// Drops every idle instance.
@@ -106,7 +125,7 @@ impl IdlePool {
         {
             let mut idle = self.lock();
             let mut count = 0;
-            for parked in idle.by_app.values_mut() {
+            for parked in idle.stacks() {
                 let (keep, old): (Vec<Parked>, Vec<Parked>) = std::mem::take(parked)
                     .into_iter()
                     .partition(|p| now.duration_since(p.since) < self.ttl);
@@ -125,6 +144,7 @@ impl IdlePool {
         let idle = self.lock();
         idle.by_app
             .values()
+            .chain(std::iter::once(&idle.fresh))
             .flat_map(|parked| parked.first())
             .map(|p| p.since)
             .min()
@@ -134,17 +154,16 @@ impl IdlePool {
     fn evict_oldest(&self) -> bool {
         let evicted = {
             let mut idle = self.lock();
-            let key = idle
-                .by_app
-                .iter()
-                .filter_map(|(k, v)| v.first().map(|p| (k.clone(), p.since)))
-                .min_by_key(|(_, since)| *since)
-                .map(|(k, _)| k);
-            let Some(key) = key else {
+            let Some(stack) = idle
+                .stacks()
+                .filter(|v| !v.is_empty())
+                .min_by_key(|v| v[0].since)
+            else {
                 return false;
             };
+            let oldest = stack.remove(0);
             idle.count -= 1;
-            idle.by_app.get_mut(&key).map(|v| v.remove(0))
+            oldest
         };
         drop(evicted);
         true
