@@ -77,7 +77,14 @@ impl<'a> Request<'a> {
                 message: "invalid request: a request is a JSON object".into(),
             });
         }
-        let request: Request = serde_json::from_slice(frame).map_err(|e| BadRequest {
+        // Checked as UTF-8 once, whole: parsed from bytes, serde_json would
+        // check every string and raw value again on its own. A frame that
+        // is not UTF-8 is parsed from bytes, for serde_json's own message.
+        let parsed = match std::str::from_utf8(frame) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(frame),
+        };
+        let request: Request = parsed.map_err(|e| BadRequest {
             id: salvage_id(frame),
             message: format!("invalid request: {e}"),
         })?;
