@@ -255,9 +255,14 @@ impl Pipeline {
                 self.loading_wait_ms
                     .load(std::sync::atomic::Ordering::Relaxed)
             });
-            self.table
-                .wait_loading(inv.service, inv.received + Duration::from_millis(wait))
-                .await;
+            // Boxed, as the cluster's forward below: rare paths whose state
+            // would otherwise grow every request's future, which each door
+            // moves (and the socket door copies into a task) per request.
+            Box::pin(
+                self.table
+                    .wait_loading(inv.service, inv.received + Duration::from_millis(wait)),
+            )
+            .await;
             if self.table.is_loading(inv.service) {
                 return Err(ErrorBody {
                     retry_after_ms: Some(1_000),
@@ -307,7 +312,7 @@ impl Pipeline {
                 }
                 let (name, listed) = (app.name.clone(), app.lists(inv.service));
                 drop(apps);
-                return cluster.forward(&name, listed, inv, timeout_ms).await;
+                return Box::pin(cluster.forward(&name, listed, inv, timeout_ms)).await;
             }
         }
         let call = match self.prepare(inv) {

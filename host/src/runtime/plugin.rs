@@ -329,7 +329,8 @@ impl Plugin {
         let warm = self.take_idle(&app);
         let mut warm = match warm {
             Some(warm) => warm,
-            None => self.instantiate(deadline, timeout_ms).await?,
+            // Boxed: rare, and its state would double every call's.
+            None => Box::pin(self.instantiate(deadline, timeout_ms)).await?,
         };
         warm.app = Some(app.clone());
         warm.store.data_mut().log.begin_request();
