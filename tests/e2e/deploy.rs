@@ -172,16 +172,6 @@ async fn a_file_written_slowly_is_loaded_once_whole() {
     assert_eq!(log.matches("service deployed").count(), 1, "{log}");
 }
 
-/// Bytes the process has read through system calls so far (`rchar`).
-fn bytes_read(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    io.lines()
-        .find_map(|line| line.strip_prefix("rchar: "))
-        .expect("rchar in /proc/PID/io")
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_host_does_not_read_its_plugins_again() {
     // Reading a plugin raises inotify events of its own (open, read,
@@ -191,9 +181,9 @@ async fn an_idle_host_does_not_read_its_plugins_again() {
     wait_for_version(&ferry, "1").await;
     // Past the quiet time after the load, in which a change would be acted on.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = bytes_read(ferry.pid());
+    let before = ferry.bytes_read();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let read = bytes_read(ferry.pid()) - before;
+    let read = ferry.bytes_read() - before;
     let size = plugin_bytes("echo").len() as u64;
     assert!(
         read < size / 4,

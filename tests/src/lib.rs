@@ -484,6 +484,17 @@ impl Ferry {
             .count()
     }
 
+    /// Bytes the host process has read through system calls so far
+    /// (`rchar` in `/proc/PID/io`).
+    pub fn bytes_read(&self) -> u64 {
+        let io = fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap();
+        io.lines()
+            .find_map(|line| line.strip_prefix("rchar: "))
+            .expect("rchar in /proc/PID/io")
+            .parse()
+            .unwrap()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().unwrap().try_wait().unwrap().is_none()
