@@ -163,11 +163,32 @@ impl TraceId {
     pub fn span(self) -> u64 {
         self.0 as u64 ^ TraceId::new().0 as u64
     }
+
+    /// A `traceparent` header value (`00-<trace>-<span>-01`) for a span of
+    /// our own in this trace. Written digit by digit: the HTTP door puts
+    /// one on every response, and `fmt`'s padded hex cost it more than the
+    /// rest of the header handling.
+    pub fn traceparent(self) -> [u8; 55] {
+        let mut out = *b"00-################################-################-01";
+        write_hex(&mut out[3..35], self.0);
+        write_hex(&mut out[36..52], u128::from(self.span()));
+        out
+    }
+}
+
+/// `n`'s low `out.len()` hex digits, lowercase, most significant first.
+fn write_hex(out: &mut [u8], mut n: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let mut digits = [0u8; 32];
+        write_hex(&mut digits, self.0);
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 }
 
@@ -196,5 +217,31 @@ mod tests {
         let (a, b) = (TraceId::new(), TraceId::new());
         assert_ne!(a, b);
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn a_traceparent_carries_the_trace_and_a_span_of_its_own() {
+        // Leading zeros stay: every field has its fixed width.
+        let id = TraceId::parse("00000000000000000000000000000abc").unwrap();
+        assert_eq!(id.to_string(), "00000000000000000000000000000abc");
+        let header = String::from_utf8(id.traceparent().to_vec()).unwrap();
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", "00000000000000000000000000000abc", "01")
+        );
+        assert_eq!(parts[2].len(), 16);
+        assert!(
+            parts[2]
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        );
+        assert_eq!(TraceId::of_traceparent(&header), Some(id));
+        assert_ne!(
+            id.traceparent(),
+            id.traceparent(),
+            "each answer is a span of its own"
+        );
     }
 }

@@ -8,15 +8,13 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 
-use super::{
-    Counted, Gateway, HttpError, HttpState, bearer_token, header_str, host, json_response,
-    status_for, with_retry_after,
-};
+use super::headers::Headers;
+use super::{Counted, Gateway, HttpError, HttpState, json_response, status_for, with_retry_after};
 use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route, TraceId};
 use crate::doors::envelope::{self, Request};
 
@@ -26,7 +24,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Reads the whole body, refusing one over `max` bytes as `too_large`
 /// (at once when its declared length says so).
 async fn read_body(
-    headers: &axum::http::HeaderMap,
+    headers: &Headers<'_>,
     body: Body,
     max: usize,
     within: std::time::Duration,
@@ -37,10 +35,7 @@ async fn read_body(
             format!("request body is over the limit of {max} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.content_length();
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
@@ -69,18 +64,13 @@ async fn read_body(
 /// the response that refuses it (logged).
 async fn body_and_bearer<'h>(
     gateway: &Gateway,
-    parts: &'h axum::http::request::Parts,
+    parts: &axum::http::request::Parts,
+    headers: &Headers<'h>,
     body: Body,
 ) -> Result<(Bytes, Option<&'h str>), Response> {
     let read = async {
-        let body = read_body(
-            &parts.headers,
-            body,
-            gateway.state.max_body,
-            gateway.body_timeout,
-        )
-        .await?;
-        Ok::<_, HttpError>((body, bearer_token(&parts.headers)?))
+        let body = read_body(headers, body, gateway.state.max_body, gateway.body_timeout).await?;
+        Ok::<_, HttpError>((body, headers.bearer_token()?))
     }
     .await;
     read.map_err(|error| {
@@ -112,11 +102,11 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let trace = trace_for(&parts.headers);
+    let headers = Headers::of(&parts.headers);
+    let trace = headers.trace();
     let outcome = async {
         let (service, action) = service_and_action(parts.uri.path())?;
-        let body = read_body(&parts.headers, body, state.max_body, gateway.body_timeout).await?;
-        let headers = &parts.headers;
+        let body = read_body(&headers, body, state.max_body, gateway.body_timeout).await?;
         let params = if body.iter().all(u8::is_ascii_whitespace) {
             "{}"
         } else {
@@ -133,11 +123,12 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
                 json => json,
             }
         };
-        let request_id = match header_str(headers, "x-request-id")? {
+        let request_id = match headers.request_id()? {
             Some(id) => serde_json::to_string(id).expect("a string always serializes"),
-            None => format!("\"http-{}\"", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            None => generated_id(),
         };
-        let timeout_ms = header_str(headers, "x-timeout-ms")?
+        let timeout_ms = headers
+            .timeout_ms()?
             .map(|t| {
                 t.parse::<u64>().map_err(|_| {
                     HttpError::new(
@@ -147,12 +138,12 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
                 })
             })
             .transpose()?;
-        let tenant = header_str(headers, "x-tenant-id")?;
-        let token = bearer_token(headers)?;
+        let tenant = headers.tenant_id()?;
+        let token = headers.bearer_token()?;
         let invocation = Invocation {
             door: DoorKind::Http,
             route: Route::Host {
-                host: host(headers),
+                host: headers.host(),
                 named: None,
             },
             service: &service,
@@ -180,21 +171,23 @@ pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Respo
     with_traceparent(response, trace)
 }
 
-/// The trace id of the request's `traceparent` header, or a new one.
-fn trace_for(headers: &axum::http::HeaderMap) -> TraceId {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceId::of_traceparent)
-        .unwrap_or_else(TraceId::new)
+/// `"http-N"` (as JSON text) for a request that brings no `X-Request-Id`.
+fn generated_id() -> String {
+    let mut number = itoa::Buffer::new();
+    let number = number.format(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let mut id = String::with_capacity(number.len() + 7);
+    id.push_str("\"http-");
+    id.push_str(number);
+    id.push('"');
+    id
 }
 
 /// Answers the request's trace in a `traceparent` header of its own span.
 fn with_traceparent(mut response: Response, trace: TraceId) -> Response {
-    let span = trace.span();
-    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("00-{trace}-{span:016x}-01")) {
-        response.headers_mut().insert("traceparent", value);
-    }
+    static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    let value =
+        HeaderValue::from_bytes(&trace.traceparent()).expect("a traceparent is visible ASCII");
+    response.headers_mut().insert(TRACEPARENT.clone(), value);
     response
 }
 
@@ -205,9 +198,9 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
-    let header_trace = trace_for(headers);
-    let (body, bearer) = match body_and_bearer(&gateway, &parts, body).await {
+    let headers = Headers::of(&parts.headers);
+    let header_trace = headers.trace();
+    let (body, bearer) = match body_and_bearer(&gateway, &parts, &headers, body).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
@@ -239,7 +232,7 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
             )
         }
         Ok(request) if request.reply_to.is_some() => {
-            let arrival = arrival(headers, received);
+            let arrival = arrival(&headers, received);
             match crate::doors::replies::accept(&state.pipeline, &request, &body, arrival) {
                 Ok(frame) => (StatusCode::ACCEPTED, None, frame),
                 Err(error) => (
@@ -249,7 +242,7 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
                 ),
             }
         }
-        Ok(request) => match run_envelope(state, &request, host(headers), received, trace).await {
+        Ok(request) => match run_envelope(state, &request, headers.host(), received, trace).await {
             Ok(result) => (
                 StatusCode::OK,
                 None,
@@ -275,12 +268,12 @@ pub async fn rpc(State(gateway): State<Gateway>, request: HttpRequest) -> Respon
 }
 
 /// Where an HTTP request came from, for asynchronous requests and batches.
-fn arrival(headers: &axum::http::HeaderMap, received: Instant) -> crate::doors::replies::Arrival {
+fn arrival(headers: &Headers<'_>, received: Instant) -> crate::doors::replies::Arrival {
     crate::doors::replies::Arrival {
         door: DoorKind::Http,
         service: None,
         default_app: None,
-        host: host(headers).map(str::to_owned),
+        host: headers.host().map(str::to_owned),
         trusted: false,
         received,
     }
@@ -295,8 +288,8 @@ pub async fn batch(State(gateway): State<Gateway>, request: HttpRequest) -> Resp
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
-    let (body, bearer) = match body_and_bearer(&gateway, &parts, body).await {
+    let headers = Headers::of(&parts.headers);
+    let (body, bearer) = match body_and_bearer(&gateway, &parts, &headers, body).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
@@ -307,7 +300,7 @@ pub async fn batch(State(gateway): State<Gateway>, request: HttpRequest) -> Resp
     let (status, frame) = match crate::doors::replies::run_batch(
         &state.pipeline,
         &frame,
-        &arrival(headers, received),
+        &arrival(&headers, received),
     )
     .await
     {
@@ -366,6 +359,7 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
     let state = &gateway.state;
     let _counted = Counted::new(&state.tally);
     let (parts, body) = request.into_parts();
+    let headers = Headers::of(&parts.headers);
     let outcome = async {
         let topic = parts
             .uri
@@ -373,7 +367,7 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
             .strip_prefix("/v1/events/")
             .ok_or_else(|| HttpError::new(ErrorCode::NotFound, "no such endpoint"))?;
         let topic = decode(topic)?;
-        let body = read_body(&parts.headers, body, state.max_body, gateway.body_timeout).await?;
+        let body = read_body(&headers, body, state.max_body, gateway.body_timeout).await?;
         let payload = if body.iter().all(u8::is_ascii_whitespace) {
             "{}"
         } else {
@@ -381,12 +375,12 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
                 .map_err(|_| HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8"))?
         };
         let route = Route::Host {
-            host: host(&parts.headers),
+            host: headers.host(),
             named: None,
         };
         let app = state
             .pipeline
-            .events_app(route, bearer_token(&parts.headers)?, false)
+            .events_app(route, headers.bearer_token()?, false)
             .map_err(HttpError)?;
         crate::doors::events::publish(&state.pipeline, &app, &topic, payload)
             .await

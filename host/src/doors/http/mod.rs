@@ -4,6 +4,7 @@
 //! `/v1/status` and `/metrics` read `ops` (`ops.rs`). One error type turns
 //! every refusal into `{"error": {"code", "message"}}` with its status.
 
+mod headers;
 mod invoke;
 mod ops;
 mod serve;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -144,31 +145,6 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// The bearer token of an `Authorization` header, if there is one. A header
-/// that is there but not `Bearer <token>` is refused, never ignored.
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, HttpError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let malformed = || {
-        HttpError::new(
-            ErrorCode::Unauthorized,
-            "malformed Authorization header: expected `Bearer <token>`",
-        )
-    };
-    let value = value.to_str().map_err(|_| malformed())?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
-        return Err(malformed());
-    }
-    Ok(Some(token))
-}
-
-fn host(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::HOST).and_then(|v| v.to_str().ok())
-}
-
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
@@ -198,20 +174,6 @@ fn with_retry_after(
         );
     }
     response
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, HttpError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str().map_err(|_| {
-                HttpError::new(
-                    ErrorCode::BadRequest,
-                    format!("header `{name}` is not visible ASCII"),
-                )
-            })
-        })
-        .transpose()
 }
 
 async fn no_route(State(state): State<HttpState>) -> HttpError {
