@@ -123,6 +123,24 @@ async fn every_error_code_maps_to_its_documented_status() {
         405,
         "bad_request",
     );
+    // Paths next to the call route's shape are refused, whichever way.
+    for path in [
+        "/v1/echo/params/",
+        "/v1/echo/params/more",
+        "/v1//params",
+        "/v1/echo/",
+    ] {
+        assert_error(
+            &ferry.http("POST", path, &[], b"{}").await,
+            404,
+            "not_found",
+        );
+    }
+    // A percent-encoded part is decoded, as by the router.
+    let reply = ferry
+        .http("POST", "/v1/echo/par%61ms", &[], br#"{"a":1}"#)
+        .await;
+    assert_eq!((reply.status, reply.text()), (200, r#"{"a":1}"#.to_owned()));
     let big = vec![b' '; 10_000];
     let message = assert_error(
         &ferry.http("POST", "/v1/echo/echo", &[], &big).await,

@@ -137,7 +137,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         };
         doors.spawn(http::serve(
             listener,
-            http::app(state.clone(), limits.header_timeout),
+            http::Door::gateway(state.clone(), limits.header_timeout),
             limits,
             shutdown.clone(),
         ));
@@ -154,7 +154,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         };
         doors.spawn(http::serve(
             listener,
-            http::admin_app(state),
+            http::Door::admin(state),
             limits,
             shutdown.clone(),
         ));

@@ -98,6 +98,26 @@ fn decode(part: &str) -> Result<Cow<'_, str>, HttpError> {
 /// plugin's result. Optional headers: `X-Request-Id`, `X-Tenant-Id`,
 /// `X-Timeout-Ms`.
 pub async fn call(State(gateway): State<Gateway>, request: HttpRequest) -> Response {
+    answer_call(&gateway, request).await
+}
+
+/// Whether `path` is one the router would give to `call`: `/v1/A/B` with
+/// neither part empty, `B` without a `/`, and `A` not `events` (the
+/// publishing route's). Matched on the raw path, as the router does.
+pub(super) fn is_call_path(path: &str) -> bool {
+    path.strip_prefix("/v1/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, action)| {
+            !service.is_empty()
+                && service != "events"
+                && !action.is_empty()
+                && !action.contains('/')
+        })
+}
+
+/// `call`'s work, for the router's route and the door's own look at the
+/// path alike.
+pub(super) async fn answer_call(gateway: &Gateway, request: HttpRequest) -> Response {
     let state = &gateway.state;
     let _counted = Counted::new(&state.tally);
     let received = Instant::now();
@@ -395,6 +415,35 @@ pub async fn publish(State(gateway): State<Gateway>, request: HttpRequest) -> Re
         Err(error) => {
             log_failure(parts.uri.path(), &error.0);
             axum::response::IntoResponse::into_response(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_call_path;
+
+    #[test]
+    fn the_call_route_is_two_parts_under_v1_and_not_the_publishing_route() {
+        for path in [
+            "/v1/echo/params",
+            "/v1/rpc/x",
+            "/v1/ev%65nts/x",
+            "/v1/a/b%2Fc",
+        ] {
+            assert!(is_call_path(path), "{path}");
+        }
+        for path in [
+            "/v1/events/news",
+            "/v1/echo",
+            "/v1/echo/",
+            "/v1//params",
+            "/v1/echo/params/",
+            "/v1/a/b/c",
+            "/v2/echo/params",
+            "/healthz",
+        ] {
+            assert!(!is_call_path(path), "{path}");
         }
     }
 }

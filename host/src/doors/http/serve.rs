@@ -16,7 +16,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 /// The HTTP door's limits.
 #[derive(Debug, Clone, Copy)]
@@ -99,11 +98,12 @@ impl Drop for Busy {
 /// flight finish and closes every connection.
 pub async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    door: super::Door,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(Connections::default());
+    let door = Arc::new(door);
     let tasks = TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -124,17 +124,17 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let (id, open) = connections.add();
-        let (app, shutdown, connections) = (app.clone(), shutdown.clone(), connections.clone());
+        let (door, shutdown, connections) = (door.clone(), shutdown.clone(), connections.clone());
         tasks.spawn(async move {
             let service = hyper::service::service_fn({
                 let open = open.clone();
                 move |request: hyper::Request<hyper::body::Incoming>| {
                     let busy = Busy::enter(&open);
-                    let app = app.clone();
+                    let door = door.clone();
                     async move {
-                        let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                        let response = door.answer(request.map(axum::body::Body::new)).await;
                         drop(busy);
-                        response
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 }
             });
