@@ -7,10 +7,11 @@
 //! busy is the newcomer turned away, with a 503.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -28,8 +29,36 @@ pub struct HttpLimits {
 struct Open {
     /// Requests being handled now.
     busy: AtomicUsize,
-    /// Closes the connection at once (only ever one with nothing running).
-    evict: CancellationToken,
+    /// What the accept loop asks of it: `RUN`, `EVICT` or `DRAIN`.
+    stop: AtomicU8,
+    /// The connection's task, woken when `stop` changes.
+    waker: AtomicWaker,
+}
+
+/// Serving as usual.
+const RUN: u8 = 0;
+/// Close at once (only ever asked of one with nothing running).
+const EVICT: u8 = 1;
+/// Finish the request running, then close (the host is shutting down).
+const DRAIN: u8 = 2;
+
+impl Open {
+    fn ask(&self, stop: u8) {
+        self.stop.store(stop, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready with `EVICT` or `DRAIN` once asked. The connection's task
+    /// looks at this every time it wakes, so it is an atomic and a waker
+    /// rather than a cancellation token for each reason: a token's check
+    /// takes a lock, and its wait another.
+    fn poll_stop(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<u8> {
+        self.waker.register(cx.waker());
+        match self.stop.load(Ordering::Acquire) {
+            RUN => std::task::Poll::Pending,
+            stop => std::task::Poll::Ready(stop),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -44,7 +73,8 @@ impl Connections {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let open = Arc::new(Open {
             busy: AtomicUsize::new(0),
-            evict: CancellationToken::new(),
+            stop: AtomicU8::new(RUN),
+            waker: AtomicWaker::new(),
         });
         self.open
             .lock()
@@ -55,6 +85,13 @@ impl Connections {
 
     fn remove(&self, id: u64) {
         self.open.lock().expect("connections lock").remove(&id);
+    }
+
+    /// Asks every open connection to finish what it runs and close.
+    fn drain(&self) {
+        for open in self.open.lock().expect("connections lock").values() {
+            open.ask(DRAIN);
+        }
     }
 
     /// Makes room for one more under `max`: closes the oldest connection
@@ -70,7 +107,7 @@ impl Connections {
             .map(|(id, _)| *id);
         match idle.and_then(|id| open.remove(&id)) {
             Some(evicted) => {
-                evicted.evict.cancel();
+                evicted.ask(EVICT);
                 true
             }
             None => false,
@@ -124,7 +161,7 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let (id, open) = connections.add();
-        let (door, shutdown, connections) = (door.clone(), shutdown.clone(), connections.clone());
+        let (door, connections) = (door.clone(), connections.clone());
         tasks.spawn(async move {
             let service = hyper::service::service_fn({
                 let open = open.clone();
@@ -150,10 +187,12 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = conn.as_mut() => break,
-                    // Evicted: nothing runs on it (a head half-read, or an
-                    // idle keep-alive), so it is simply closed.
-                    _ = open.evict.cancelled() => break,
-                    _ = shutdown.cancelled(), if !closing => {
+                    stop = std::future::poll_fn(|cx| open.poll_stop(cx)), if !closing => {
+                        // Evicted: nothing runs on it (a head half-read,
+                        // or an idle keep-alive), so it is simply closed.
+                        if stop == EVICT {
+                            break;
+                        }
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -163,6 +202,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Every connection was added before its task was spawned, and none is
+    // added after the loop: each one is asked.
+    connections.drain();
     tasks.close();
     tasks.wait().await;
 }
