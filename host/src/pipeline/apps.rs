@@ -73,7 +73,10 @@ impl App {
 
 pub struct Apps {
     by_name: BTreeMap<String, Arc<App>>,
-    by_host: HashMap<String, Arc<App>>,
+    /// foldhash rather than SipHash: looked up on every HTTP request, and
+    /// its keys come from the config, so a client's `Host` header can only
+    /// miss, never crowd a bucket.
+    by_host: HashMap<String, Arc<App>, foldhash::fast::RandomState>,
     /// Every host name maps here: only when no `apps` are configured.
     any_host: Option<Arc<App>>,
     /// The application of socket requests that name none.
@@ -119,13 +122,13 @@ impl Apps {
             });
             return Ok(Apps {
                 by_name: BTreeMap::from([(DEFAULT_APP.to_owned(), app.clone())]),
-                by_host: HashMap::new(),
+                by_host: HashMap::default(),
                 any_host: Some(app.clone()),
                 socket_default: Some(app),
             });
         }
         let mut by_name = BTreeMap::new();
-        let mut by_host = HashMap::new();
+        let mut by_host = HashMap::default();
         for (name, app) in &config.apps {
             let auth = match &app.auth {
                 AuthConfig::None => Auth::Open,
