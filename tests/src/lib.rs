@@ -701,7 +701,13 @@ impl Client {
 
     /// The next response, or `None` when the host closed the connection.
     pub async fn recv(&mut self) -> Option<Value> {
-        tokio::time::timeout(RESPONSE_WAIT, self.recv_inner())
+        self.recv_within(RESPONSE_WAIT).await
+    }
+
+    /// The next response within `wait`: for a request whose own deadline
+    /// is longer than the usual wait.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.recv_inner())
             .await
             .expect("no response within the test's wait")
     }
@@ -727,8 +733,15 @@ impl Client {
 
     /// Sends one request and waits for its response.
     pub async fn request(&mut self, value: &Value) -> Value {
+        self.request_within(value, RESPONSE_WAIT).await
+    }
+
+    /// Sends `value` and waits up to `wait` for its response.
+    pub async fn request_within(&mut self, value: &Value, wait: Duration) -> Value {
         self.send(value).await;
-        self.recv().await.expect("ferry closed the connection")
+        self.recv_within(wait)
+            .await
+            .expect("ferry closed the connection")
     }
 }
 
