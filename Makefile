@@ -19,7 +19,7 @@ run: plugins host
 
 ## The whole test suite: unit tests, then end-to-end tests against the real binary.
 test: plugins host
-	$(CARGO) test --release -p ferry-host -p ferry-tests
+	$(CARGO) test --release -p ferry-sdk -p ferry-host -p ferry-tests
 
 ## Benchmarks: socket and HTTP echo, and todo.get on each database engine,
 ## Ferry against native servers, in one run each; and the plugin languages.

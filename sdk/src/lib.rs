@@ -28,6 +28,16 @@
 //! `.wasm` file into the host's plugins folder. The WIT contract behind this
 //! lives in the repository's `wit/` folder; plugin authors never touch it.
 
+#[cfg(any(
+    test,
+    all(
+        feature = "allocator",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )
+))]
+mod alloc;
+
 use std::cell::OnceCell;
 use std::mem::ManuallyDrop;
 use std::time::Duration;
