@@ -59,13 +59,27 @@ pub async fn serve(
     let mut requests = JoinSet::new();
 
     loop {
+        // The waits below are biased to the work, which is usually ready at
+        // once (polling the shutdown and the writer on every frame was
+        // their largest cost), so these two are looked at here first: a
+        // flood of frames still cannot keep a shutdown or a gone reader
+        // from ending the loop.
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if writer.is_finished() {
+            requests.abort_all();
+            return;
+        }
         let permit = tokio::select! {
+            biased;
             permit = in_flight.clone().acquire_owned() => permit.expect("in-flight semaphore is never closed"),
             _ = &mut stop => break,
         };
         // A client that does not read its responses stops being read: the
         // host holds at most `max_unsent` bytes of answers for it.
         tokio::select! {
+            biased;
             _ = outbox.below(limits.max_unsent) => {}
             _ = &mut stop => break,
             _ = &mut writer => {
@@ -74,6 +88,7 @@ pub async fn serve(
             }
         }
         let frame: Bytes = tokio::select! {
+            biased;
             read = frames.read_frame() => match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
