@@ -384,6 +384,112 @@ async fn stalled_http_connections_do_not_lock_out_good_clients() {
     drop(stalled);
 }
 
+/// `header_timeout_ms` bounds the wait for a request head: a head that
+/// stalls, and a keep-alive connection left idle, are closed once it
+/// passes (never before), while a head that arrives in pieces within it is
+/// served, and a busy keep-alive connection is not cut off between requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_timeout_closes_stalled_and_idle_connections_and_only_those() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .http("{listen: 127.0.0.1:0, header_timeout_ms: 500}")
+        .start();
+    let addr = ferry.http.unwrap();
+    // Reads until the host closes the connection; what it sent, and when.
+    let closed = async |stream: &mut tokio::net::TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("the connection is still open 5 s on")
+            {
+                Ok(0) | Err(_) => return (Instant::now(), got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let request = |body: &str| {
+        format!(
+            "POST /v1/echo/params HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+
+    // Half a head, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let began = Instant::now();
+    stalled
+        .write_all(b"POST /v1/echo/params HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    let (at, got) = closed(&mut stalled).await;
+    let waited = at - began;
+    assert!(
+        waited >= TIMEOUT - Duration::from_millis(20),
+        "closed after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "closed only after {waited:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&got).contains(" 200 "),
+        "a stalled head was answered"
+    );
+
+    // A head in three pieces, 150 ms apart: within the timeout, answered;
+    // then four more requests 300 ms apart on the same connection (each
+    // wait shorter than the timeout, their sum longer); then idle, closed.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let first = request(r#"{"n":0}"#);
+    let (a, rest) = first.split_at(20);
+    let (b, c) = rest.split_at(20);
+    for piece in [a, b, c] {
+        slow.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 4096];
+    let mut read_reply = async |stream: &mut tokio::net::TcpStream, n: u32| {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(&format!("{{\"n\":{n}}}")) {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("no answer within 5 s")
+                .unwrap();
+            assert!(read > 0, "closed before answering request {n}");
+            got.extend_from_slice(&buf[..read]);
+        }
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    };
+    read_reply(&mut slow, 0).await;
+    answered += 1;
+    for n in 1..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.write_all(request(&format!(r#"{{"n":{n}}}"#)).as_bytes())
+            .await
+            .unwrap();
+        read_reply(&mut slow, n).await;
+        answered += 1;
+    }
+    assert_eq!(answered, 5);
+    let idle_from = Instant::now();
+    let (at, got) = closed(&mut slow).await;
+    let idle = at - idle_from;
+    assert!(got.is_empty(), "sent on an idle connection: {got:?}");
+    assert!(
+        idle >= TIMEOUT - Duration::from_millis(20),
+        "idle connection closed after {idle:?}"
+    );
+    assert!(
+        idle < Duration::from_secs(3),
+        "idle connection closed only after {idle:?}"
+    );
+}
+
 /// An HTTP client that goes away mid-request has its request cancelled, as
 /// on the socket: the plugin's instance is free long before the deadline.
 #[tokio::test(flavor = "multi_thread")]

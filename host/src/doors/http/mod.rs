@@ -8,6 +8,7 @@ mod headers;
 mod invoke;
 mod ops;
 mod serve;
+mod timer;
 
 pub use serve::{HttpLimits, serve};
 

@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::timer::{self, Clock, Deadline, HeaderTimer};
 
 /// The HTTP door's limits.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +35,8 @@ struct Open {
     stop: AtomicU8,
     /// The connection's task, woken when `stop` changes.
     waker: AtomicWaker,
+    /// When the request head hyper waits for is due, for the sweeper.
+    header: Arc<Deadline>,
 }
 
 /// Serving as usual.
@@ -75,6 +79,7 @@ impl Connections {
             busy: AtomicUsize::new(0),
             stop: AtomicU8::new(RUN),
             waker: AtomicWaker::new(),
+            header: Arc::default(),
         });
         self.open
             .lock()
@@ -91,6 +96,13 @@ impl Connections {
     fn drain(&self) {
         for open in self.open.lock().expect("connections lock").values() {
             open.ask(DRAIN);
+        }
+    }
+
+    /// Wakes the connections whose request head is overdue.
+    fn sweep(&self, clock: &Clock) {
+        for open in self.open.lock().expect("connections lock").values() {
+            open.header.wake_if_due(clock);
         }
     }
 
@@ -142,6 +154,23 @@ pub async fn serve(
     let connections = Arc::new(Connections::default());
     let door = Arc::new(door);
     let tasks = TaskTracker::new();
+    let clock = Clock::new();
+    // Runs until the last connection is gone (draining ones still need
+    // their header deadline), so outside `tasks`.
+    let swept = CancellationToken::new();
+    let sweeper = tokio::spawn({
+        let (connections, swept) = (connections.clone(), swept.clone());
+        let mut ticks = tokio::time::interval(timer::tick(limits.header_timeout));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        async move {
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => connections.sweep(&clock),
+                    _ = swept.cancelled() => return,
+                }
+            }
+        }
+    });
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -176,7 +205,10 @@ pub async fn serve(
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(HeaderTimer {
+                    clock,
+                    deadline: open.header.clone(),
+                })
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 // `GET /v1/ws` takes the connection over; it then counts
@@ -207,6 +239,8 @@ pub async fn serve(
     connections.drain();
     tasks.close();
     tasks.wait().await;
+    swept.cancel();
+    let _ = sweeper.await;
 }
 
 /// Answers a connection there is no room for, and closes it.
