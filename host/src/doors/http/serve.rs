@@ -156,18 +156,15 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let clock = Clock::new();
     // Runs until the last connection is gone (draining ones still need
-    // their header deadline), so outside `tasks`.
-    let swept = CancellationToken::new();
+    // their header deadline), so outside `tasks`, and stopped after them.
     let sweeper = tokio::spawn({
-        let (connections, swept) = (connections.clone(), swept.clone());
+        let connections = connections.clone();
         let mut ticks = tokio::time::interval(timer::tick(limits.header_timeout));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         async move {
             loop {
-                tokio::select! {
-                    _ = ticks.tick() => connections.sweep(&clock),
-                    _ = swept.cancelled() => return,
-                }
+                ticks.tick().await;
+                connections.sweep(&clock);
             }
         }
     });
@@ -239,8 +236,7 @@ pub async fn serve(
     connections.drain();
     tasks.close();
     tasks.wait().await;
-    swept.cancel();
-    let _ = sweeper.await;
+    sweeper.abort();
 }
 
 /// Answers a connection there is no room for, and closes it.
