@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -296,8 +297,16 @@ async fn write_responses(
         };
         if !sending.is_empty() {
             // A client that reads nothing for this long is given up on: its
-            // connection closes, and the work done for it is cancelled.
-            match tokio::time::timeout(write_timeout, write.write_all(&sending)).await {
+            // connection closes, and the work done for it is cancelled. The
+            // timer is armed only for a write the socket does not take at
+            // once, which is rare: arming one costs a clock read and more.
+            let mut writing = std::pin::pin!(write.write_all(&sending));
+            let first = std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await;
+            let written = match first {
+                Poll::Ready(done) => Ok(done),
+                Poll::Pending => tokio::time::timeout(write_timeout, writing).await,
+            };
+            match written {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {

@@ -86,9 +86,9 @@ impl IdlePool {
         Some(parked.warm)
     }
 
-    /// Parks `warm` under the application it served, unless the pool is
-    /// full (then it is dropped).
-    pub fn put(&self, warm: Warm) {
+    /// Parks `warm`, idle since `since`, under the application it served,
+    /// unless the pool is full (then it is dropped).
+    pub fn put(&self, warm: Warm, since: Instant) {
         let mut idle = self.lock();
         if idle.count >= self.capacity {
             drop(idle);
@@ -103,10 +103,7 @@ impl IdlePool {
             },
             None => &mut idle.fresh,
         };
-        stack.push(Parked {
-            warm,
-            since: Instant::now(),
-        });
+        stack.push(Parked { warm, since });
     }
 
     /// Drops every idle instance.

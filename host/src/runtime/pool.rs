@@ -116,7 +116,7 @@ impl Plugin {
     pub async fn warm_up(&self) -> Result<(), CallError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits().timeout_ms);
         let warm = self.instantiate(deadline, self.limits().timeout_ms).await?;
-        self.idle.put(warm);
+        self.idle.put(warm, Instant::now());
         Ok(())
     }
 
@@ -236,13 +236,14 @@ impl Plugin {
         })
     }
 
-    /// Returns a healthy instance to the pool unless it reached its reuse cap.
-    pub(super) fn release(&self, mut warm: Warm) {
+    /// Returns a healthy instance, done at `done`, to the pool unless it
+    /// reached its reuse cap.
+    pub(super) fn release(&self, mut warm: Warm, done: Instant) {
         warm.store.data_mut().end_request();
         warm.served += 1;
         if warm.served >= self.limits().reuse || self.is_retired() {
             return;
         }
-        self.idle.put(warm);
+        self.idle.put(warm, done);
     }
 }

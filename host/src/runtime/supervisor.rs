@@ -112,7 +112,7 @@ impl Plugin {
             Err(_elapsed) => Err(format!("no answer within {timeout_ms} ms")),
             Ok(Err(trap)) => Err(self.trap(trap, warm.store.data()).to_string()),
             Ok(Ok(verdict)) => {
-                self.release(warm);
+                self.release(warm, Instant::now());
                 verdict.map_err(|e| format!("{}: {}", e.code, e.message))
             }
         }
