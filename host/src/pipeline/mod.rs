@@ -417,7 +417,9 @@ impl Pipeline {
         let call = Call {
             ctx: Context {
                 request_id: inv.request_id.to_owned(),
-                app: app.name.to_string(),
+                // Not `to_string`, which goes through `Display` for an
+                // `Arc<str>` (some 200 instructions a request).
+                app: String::from(&*app.name),
                 service: service.to_owned(),
                 tenant,
                 subject,
