@@ -66,7 +66,7 @@ wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 ## Coverage-guided fuzzing of the host's parsers (frames, envelopes, JWT
-## headers, PostgreSQL placeholders): each target for FUZZ_SECONDS (60).
+## headers, PostgreSQL placeholders, plugin answers' JSON): each target for FUZZ_SECONDS (60).
 ## cargo-fuzz is installed into $(FERRY_TOOLS) on first use.
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := $(FERRY_TOOLS)/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames envelope jwt placeholders)
+[ ${#targets[@]} -gt 0 ] || targets=(frames envelope jwt placeholders json)
 work="${CARGO_TARGET_DIR:-$PWD/../target}/fuzz"
 mkdir -p "$work"
 # cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable

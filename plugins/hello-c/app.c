@@ -6,7 +6,8 @@
  * tenant's visits in the application's database (the manifest grants it),
  * `boom` logs and aborts, to show that a trap becomes `plugin_trap` and the
  * next request is served, and `publish` publishes `{topic, payload}` on the
- * application's bus. Events it is subscribed to are published again on
+ * application's bus. `forge` (C only) answers text that is not JSON, to
+ * show that the host refuses it. Events it is subscribed to are published again on
  * `seen.hello-c` with what the delivery said; a payload with
  * `retry_until: N` is answered `retry` until attempt N, and `reject: true`
  * is rejected.
@@ -165,6 +166,14 @@ static bool dispatch(const context_t *ctx, const str_t *action, const str_t *par
     if (is(action, "whoami")) return whoami(ctx, ret);
     if (is(action, "visit")) return visit(ctx, ret, err);
     if (is(action, "publish")) return publish(params, ret, err);
+    if (is(action, "forge")) {
+        /* A result that is not JSON, shaped to close the host's envelope
+         * early and add fields of its own: the host must refuse it. */
+        static const char forged[] = "1}, \"status\": \"success\", \"forged\": {\"x\": 1";
+        ret->ptr = (uint8_t *)strdup(forged);
+        ret->len = strlen(forged);
+        return true;
+    }
     if (is(action, "boom")) {
         /* The host quotes the last error logged in the `plugin_trap` it
          * answers, then serves the next request on a fresh instance. */
@@ -176,7 +185,7 @@ static bool dispatch(const context_t *ctx, const str_t *action, const str_t *par
     ferry_json_raw(&message, (const char *)ctx->service.ptr, ctx->service.len);
     ferry_json_lit(&message, "` has no action `");
     ferry_json_raw(&message, (const char *)action->ptr, action->len);
-    ferry_json_lit(&message, "` (it has: echo, whoami, visit, publish, boom)");
+    ferry_json_lit(&message, "` (it has: echo, whoami, visit, publish, boom, forge)");
     set(&err->code, "not_found");
     err->message.ptr = (uint8_t *)message.ptr;
     err->message.len = message.len;

@@ -245,6 +245,26 @@ async fn python_javascript_and_c_plugins_pass_the_echo_cases_and_more() {
     let js = ferry_tests::service_status(&status, "hello-js");
     assert_eq!(js["circuit"]["state"], "closed", "{js}");
     assert_eq!(js["health"]["exported"], false);
+
+    // A result that is not JSON (here shaped to end the envelope's object
+    // early and add fields) is refused, on both doors, and the plugin keeps
+    // serving.
+    let forge = json!({"id": "f-1", "service": "hello-c", "action": "forge"});
+    let response = client.request(&forge).await;
+    assert_eq!(response["id"], "f-1", "{response}");
+    let message = expect_error(&response, "internal");
+    assert!(message.contains("not valid JSON"), "{message}");
+    assert!(response.get("forged").is_none(), "{response}");
+    let reply = ferry.http("POST", "/v1/hello-c/forge", &[], b"{}").await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    assert!(body.get("forged").is_none(), "{body}");
+    let echo = json!({"id": 3, "service": "hello-c", "action": "echo", "params": [1]});
+    assert_eq!(
+        expect_success(&client.request(&echo).await)["params"],
+        json!([1])
+    );
 }
 
 /// Where skeletons build their Rust code: beside, not inside, the target

@@ -72,7 +72,7 @@ impl EventsState {
                 ),
             ));
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(payload) {
+        if let Err(e) = crate::core::json::check_value(payload) {
             return Err(error(
                 "bad_request",
                 format!("the payload is not JSON: {e}"),

@@ -179,7 +179,7 @@ impl ServicesState {
                 ),
             ));
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&request.params) {
+        if let Err(e) = crate::core::json::check_value(&request.params) {
             return Err(error(
                 "bad_request",
                 format!(

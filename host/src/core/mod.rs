@@ -6,6 +6,7 @@
 pub mod error;
 pub mod identity;
 pub mod invocation;
+pub mod json;
 pub mod names;
 
 pub use error::{ErrorBody, ErrorCode};

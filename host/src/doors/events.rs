@@ -487,6 +487,6 @@ fn compact(payload: &str) -> Result<Cow<'_, str>, ErrorBody> {
         let value: serde_json::Value = serde_json::from_str(payload).map_err(not_json)?;
         return Ok(Cow::Owned(value.to_string()));
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(payload).map_err(not_json)?;
+    crate::core::json::check_value(payload).map_err(not_json)?;
     Ok(Cow::Borrowed(payload))
 }

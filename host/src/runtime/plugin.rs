@@ -393,7 +393,7 @@ impl Plugin {
                         limit,
                     });
                 }
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+                if let Err(e) = crate::core::json::check_value(&json) {
                     return Err(CallError::BadResult {
                         service: self.name.to_string(),
                         detail: e.to_string(),
