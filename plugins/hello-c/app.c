@@ -7,8 +7,8 @@
  * `boom` logs and aborts, to show that a trap becomes `plugin_trap` and the
  * next request is served, and `publish` publishes `{topic, payload}` on the
  * application's bus. `forge` (C only) answers text that is not JSON, to
- * show that the host refuses it. Events it is subscribed to are published again on
- * `seen.hello-c` with what the delivery said; a payload with
+ * show that the host refuses it. Events it is subscribed to are published
+ * again on `seen.hello-c` with what the delivery said; a payload with
  * `retry_until: N` is answered `retry` until attempt N, and `reject: true`
  * is rejected.
  *

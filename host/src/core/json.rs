@@ -53,13 +53,13 @@ pub fn scan(text: &[u8]) -> Option<bool> {
                         at = inside;
                         continue 'value;
                     }
-                    _ => match key(text, inside) {
-                        Some(value) => {
-                            at = value;
-                            continue 'value;
-                        }
-                        None => return Some(false),
-                    },
+                    _ => {
+                        let Some(value) = key(text, inside) else {
+                            return Some(false);
+                        };
+                        at = value;
+                        continue 'value;
+                    }
                 }
             }
             Some(b'"') => match string(text, at + 1) {
@@ -86,13 +86,13 @@ pub fn scan(text: &[u8]) -> Option<bool> {
                     at = whitespace(text, at + 1);
                     continue 'value;
                 }
-                (b'{', Some(b',')) => match key(text, whitespace(text, at + 1)) {
-                    Some(value) => {
-                        at = value;
-                        continue 'value;
-                    }
-                    None => return Some(false),
-                },
+                (b'{', Some(b',')) => {
+                    let Some(value) = key(text, whitespace(text, at + 1)) else {
+                        return Some(false);
+                    };
+                    at = value;
+                    continue 'value;
+                }
                 (b'[', Some(b']')) | (b'{', Some(b'}')) => {
                     depth -= 1;
                     at += 1;
