@@ -1,6 +1,7 @@
 //! Request envelopes: whatever the bytes, parsing answers a request or a
 //! bad-request error without panicking; a request is a JSON object, read
-//! as a JSON parser reads the same bytes; and every answer the host writes
+//! as a JSON parser reads the same bytes; the quick reader of plain
+//! requests reads nothing but what serde_json reads, and reads it the same; and every answer the host writes
 //! by hand around the client's raw id (success or error) is valid JSON
 //! carrying that id back unchanged. Numbers are compared as written: JSON
 //! allows `1e999`, and the host echoes an id as the client wrote it.
@@ -32,6 +33,14 @@ fn text<'a>(object: &Object<'a>, key: &str) -> &'a str {
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Some(quick) = envelope::quick::read(text)
+    {
+        match Request::parse_with_serde(text) {
+            Ok(serde) => assert_eq!(quick, serde, "the quick reader and serde_json differ"),
+            Err(e) => panic!("the quick reader took what serde_json refuses: {e}"),
+        }
+    }
     match Request::parse(data) {
         Ok(request) => {
             let whole: Object =

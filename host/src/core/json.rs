@@ -30,16 +30,38 @@ pub fn check_value(text: &str) -> Result<(), serde_json::Error> {
 /// The scan alone: whether `text` (UTF-8 already) is one JSON value, or
 /// `None` when it nests containers deeper than [`MAX_DEPTH`].
 pub fn scan(text: &[u8]) -> Option<bool> {
+    match value(text, whitespace(text, 0)) {
+        Ok(end) => Some(whitespace(text, end) == text.len()),
+        Err(Stop::Invalid) => Some(false),
+        Err(Stop::Deep) => None,
+    }
+}
+
+/// Where the JSON value that starts at `at` ends, when the bytes from there
+/// begin with one (what follows it is not looked at); `None` when they do
+/// not, or nest deeper than [`MAX_DEPTH`]. For a reader of a larger text
+/// that takes a value as it is written, like the socket envelope's params.
+pub fn value_end(text: &[u8], at: usize) -> Option<usize> {
+    value(text, at).ok()
+}
+
+/// Why [`value`] stopped without a value.
+enum Stop {
+    Invalid,
+    Deep,
+}
+
+/// One value from `at` (no whitespace before it): where it ends.
+fn value(text: &[u8], mut at: usize) -> Result<usize, Stop> {
     // The open containers, innermost last: `[` or `{`.
     let mut open = [0u8; MAX_DEPTH];
     let mut depth = 0;
-    let mut at = whitespace(text, 0);
     'value: loop {
         // A value starts at `at`.
         at = match text.get(at) {
             Some(&bracket @ (b'[' | b'{')) => {
                 if depth == MAX_DEPTH {
-                    return None;
+                    return Err(Stop::Deep);
                 }
                 open[depth] = bracket;
                 depth += 1;
@@ -55,7 +77,7 @@ pub fn scan(text: &[u8]) -> Option<bool> {
                     }
                     _ => {
                         let Some(value) = key(text, inside) else {
-                            return Some(false);
+                            return Err(Stop::Invalid);
                         };
                         at = value;
                         continue 'value;
@@ -64,23 +86,23 @@ pub fn scan(text: &[u8]) -> Option<bool> {
             }
             Some(b'"') => match string(text, at + 1) {
                 Some(end) => end,
-                None => return Some(false),
+                None => return Err(Stop::Invalid),
             },
             Some(b'-' | b'0'..=b'9') => match number(text, at) {
                 Some(end) => end,
-                None => return Some(false),
+                None => return Err(Stop::Invalid),
             },
             Some(b't') if text[at..].starts_with(b"true") => at + 4,
             Some(b'f') if text[at..].starts_with(b"false") => at + 5,
             Some(b'n') if text[at..].starts_with(b"null") => at + 4,
-            _ => return Some(false),
+            _ => return Err(Stop::Invalid),
         };
         // After a value: close containers until a comma leads to the next.
         loop {
-            at = whitespace(text, at);
             if depth == 0 {
-                return Some(at == text.len());
+                return Ok(at);
             }
+            at = whitespace(text, at);
             match (open[depth - 1], text.get(at)) {
                 (b'[', Some(b',')) => {
                     at = whitespace(text, at + 1);
@@ -88,7 +110,7 @@ pub fn scan(text: &[u8]) -> Option<bool> {
                 }
                 (b'{', Some(b',')) => {
                     let Some(value) = key(text, whitespace(text, at + 1)) else {
-                        return Some(false);
+                        return Err(Stop::Invalid);
                     };
                     at = value;
                     continue 'value;
@@ -97,18 +119,27 @@ pub fn scan(text: &[u8]) -> Option<bool> {
                     depth -= 1;
                     at += 1;
                 }
-                _ => return Some(false),
+                _ => return Err(Stop::Invalid),
             }
         }
     }
 }
 
 /// Past the whitespace JSON allows from `at`.
-fn whitespace(text: &[u8], mut at: usize) -> usize {
+pub fn whitespace(text: &[u8], mut at: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\r' | b'\t') = text.get(at) {
         at += 1;
     }
     at
+}
+
+/// Where a string without escapes ends, from `at` just past its opening
+/// quote: past its closing quote. `None` for a string with an escape or a
+/// control character in it (or no end): the text between the quotes is
+/// then not the string's value as it is.
+pub fn plain_string_end(text: &[u8], at: usize) -> Option<usize> {
+    let end = plain(text, at);
+    (text.get(end) == Some(&b'"')).then_some(end + 1)
 }
 
 /// An object's key and its colon from `at`: where the value starts.
@@ -305,6 +336,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_value_ends_where_it_ends_whatever_follows() {
+        let end = |text: &str, at| value_end(text.as_bytes(), at);
+        assert_eq!(end(r#"[1, {"a": "b"}] , x"#, 0), Some(15));
+        assert_eq!(end(r#"x:"a\"b" }"#, 2), Some(8));
+        assert_eq!(end("-1.5e3,", 0), Some(6));
+        assert_eq!(end("null}", 0), Some(4));
+        assert_eq!(end("[1,]", 0), None);
+        assert_eq!(end("tru", 0), None);
+        assert_eq!(end(" 1", 0), None, "no whitespace before the value");
+        assert_eq!(end(&"[".repeat(MAX_DEPTH + 1), 0), None);
     }
 
     #[test]
