@@ -1,7 +1,8 @@
 //! The JSON check on plugins' answers: whatever the text, the scan's
 //! verdict, when it gives one, is serde_json's (above all, it never takes
 //! what serde_json refuses: the host writes what it takes into envelopes
-//! as it is), and `check_value` always agrees with serde_json.
+//! as it is), `check_value` always agrees with serde_json, and `one_value`
+//! answers what serde_json reads as a raw value.
 #![no_main]
 
 use ferry_fuzz::core::json;
@@ -17,4 +18,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(scanned, serde, "scan and serde_json disagree on {text:?}");
     }
     assert_eq!(json::check_value(text).is_ok(), serde, "{text:?}");
+    let raw = serde_json::from_str::<&serde_json::value::RawValue>(text);
+    assert_eq!(
+        json::one_value(text).ok(),
+        raw.ok().map(|raw| raw.get()),
+        "{text:?}"
+    );
 });

@@ -53,4 +53,4 @@ pub use generated::ferry::plugin::sql::{
     Executed as SqlExecuted, Host as SqlHost, HostTransaction as SqlHostTransaction,
     Rows as SqlRows, Value as SqlValue, add_to_linker as add_sql_to_linker,
 };
-pub use generated::ferry::plugin::types::{Context, Error as WitError};
+pub use generated::ferry::plugin::types::{Context as WitContext, Error as WitError};

@@ -4,12 +4,45 @@
 //! plugin only ever borrows it, so nothing of one request survives into the
 //! next.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::bindings::{Context, InvocationHost, InvocationHostCall};
+use super::bindings::{InvocationHost, InvocationHostCall, WitContext};
 use crate::core::Origin;
+
+/// What the host tells a plugin about the request it handles. The names
+/// are shared with the application and the plugin and the claims are
+/// borrowed when there are none: a plugin reads these on demand, and most
+/// calls read none of them, so building one costs no allocation for them.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub request_id: String,
+    pub app: Arc<str>,
+    pub service: Arc<str>,
+    pub tenant: Option<String>,
+    pub subject: Option<String>,
+    pub claims: Cow<'static, str>,
+    pub time_left_ms: u64,
+}
+
+impl Context {
+    /// The `context` record of the `service` world's `handler`, which takes
+    /// every field at once.
+    pub fn to_wit(&self) -> WitContext {
+        WitContext {
+            request_id: self.request_id.clone(),
+            app: String::from(&*self.app),
+            service: String::from(&*self.service),
+            tenant: self.tenant.clone(),
+            subject: self.subject.clone(),
+            claims: String::from(&*self.claims),
+            time_left_ms: self.time_left_ms,
+        }
+    }
+}
 
 /// What a call's plugin may read about it.
 pub struct CallInfo {
@@ -43,11 +76,11 @@ impl InvocationHostCall for CallTable<'_> {
     }
 
     fn app(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
-        Ok(self.info(&call)?.ctx.app.clone())
+        Ok(String::from(&*self.info(&call)?.ctx.app))
     }
 
     fn service(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
-        Ok(self.info(&call)?.ctx.service.clone())
+        Ok(String::from(&*self.info(&call)?.ctx.service))
     }
 
     fn tenant(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<Option<String>> {
@@ -59,7 +92,7 @@ impl InvocationHostCall for CallTable<'_> {
     }
 
     fn claims(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
-        Ok(self.info(&call)?.ctx.claims.clone())
+        Ok(String::from(&*self.info(&call)?.ctx.claims))
     }
 
     fn time_left_ms(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<u64> {

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::bindings::{Context, ServicesHost, ServicesRequest, WitError};
+use super::bindings::{ServicesHost, ServicesRequest, WitError};
+use super::invocation::Context;
 use crate::core::{Caller, ErrorBody, Identity, Origin};
 
 /// One call a plugin makes, as the pipeline runs it.
@@ -145,7 +146,7 @@ impl ServicesState {
             identity: Identity {
                 subject: ctx.subject.clone(),
                 tenant: ctx.tenant.clone(),
-                claims: ctx.claims.clone(),
+                claims: String::from(&*ctx.claims),
             },
             deadline,
             depth: origin.depth + 1,

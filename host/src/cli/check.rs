@@ -178,10 +178,10 @@ impl SmokeCase {
             ctx: crate::runtime::Context {
                 request_id: format!("\"smoke-{index}\""),
                 app: "smoke".into(),
-                service: service.to_owned(),
+                service: service.into(),
                 tenant: self.tenant.clone(),
                 subject: self.subject.clone(),
-                claims,
+                claims: claims.into(),
                 time_left_ms: timeout_ms,
             },
             app: "smoke".into(),

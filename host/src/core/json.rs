@@ -27,6 +27,20 @@ pub fn check_value(text: &str) -> Result<(), serde_json::Error> {
     }
 }
 
+/// The JSON value `text` holds, without the whitespace around it, when
+/// `text` is exactly one value (as serde_json reads a `RawValue` from it);
+/// otherwise serde_json's description of the first thing wrong. For a
+/// request body taken as a plugin's params as it is written.
+pub fn one_value(text: &str) -> Result<&str, serde_json::Error> {
+    let bytes = text.as_bytes();
+    let start = whitespace(bytes, 0);
+    match value(bytes, start) {
+        Ok(end) if whitespace(bytes, end) == bytes.len() => Ok(&text[start..end]),
+        // As in `check_value`: serde_json has the last word, and the words.
+        _ => serde_json::from_str::<&serde_json::value::RawValue>(text).map(|raw| raw.get()),
+    }
+}
+
 /// The scan alone: whether `text` (UTF-8 already) is one JSON value, or
 /// `None` when it nests containers deeper than [`MAX_DEPTH`].
 pub fn scan(text: &[u8]) -> Option<bool> {
@@ -307,15 +321,18 @@ mod tests {
             "NaN",
             "1}, \"status\": \"success\"",
         ];
+        let raw = |text| serde_json::from_str::<&serde_json::value::RawValue>(text);
         for text in valid {
             assert_eq!(scan(text.as_bytes()), Some(true), "{text:?}");
             assert!(serde_says(text), "{text:?}");
             assert!(check_value(text).is_ok(), "{text:?}");
+            assert_eq!(one_value(text).ok(), Some(raw(text).unwrap().get()));
         }
         for text in invalid {
             assert_eq!(scan(text.as_bytes()), Some(false), "{text:?}");
             assert!(!serde_says(text), "{text:?}");
             assert!(check_value(text).is_err(), "{text:?}");
+            assert!(one_value(text).is_err(), "{text:?}");
         }
     }
 

@@ -16,6 +16,7 @@ mod trigger;
 mod verified;
 pub mod webhooks;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -411,16 +412,19 @@ impl Pipeline {
         let (subject, claims) = match identity {
             Some(Identity {
                 subject, claims, ..
-            }) => (subject, claims),
-            None => (None, "{}".to_owned()),
+            }) => (subject, Cow::Owned(claims)),
+            None => (None, Cow::Borrowed("{}")),
         };
         let call = Call {
             ctx: Context {
                 request_id: inv.request_id.to_owned(),
-                // Not `to_string`, which goes through `Display` for an
-                // `Arc<str>` (some 200 instructions a request).
-                app: String::from(&*app.name),
-                service: service.to_owned(),
+                app: app.name.clone(),
+                // The plugin's own name is the name it was found by.
+                service: if plugin.name() == service {
+                    plugin.shared_name()
+                } else {
+                    service.into()
+                },
                 tenant,
                 subject,
                 claims,

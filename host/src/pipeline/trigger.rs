@@ -40,8 +40,8 @@ pub(super) async fn trigger(
     let call = Call {
         ctx: Context {
             request_id: serde_json::to_string(id).expect("a string serializes"),
-            app: app.to_string(),
-            service: service.to_owned(),
+            app: app.clone(),
+            service: service.into(),
             tenant: None,
             subject: None,
             claims: "{}".into(),

@@ -20,7 +20,7 @@ pub use error::CallError;
 pub use plugin::{Call, Plugin, Settings, Work};
 pub use stats::StatsSnapshot;
 
-pub use crate::capabilities::bindings::Context;
+pub use crate::capabilities::invocation::Context;
 
 /// Seconds since the Unix epoch, as status shows times.
 pub fn unix_seconds(t: std::time::SystemTime) -> u64 {

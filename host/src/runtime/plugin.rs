@@ -26,7 +26,8 @@ use super::state::StoreState;
 use super::stats::{Gauge, PluginStats};
 use super::supervisor::HealthStatus;
 use crate::capabilities::Shared;
-use crate::capabilities::bindings::{Context, EventHandlerIndices, HealthIndices, WitEvent};
+use crate::capabilities::bindings::{EventHandlerIndices, HealthIndices, WitEvent};
+use crate::capabilities::invocation::Context;
 use crate::capabilities::log::LogBudget;
 use crate::config::{Limits, Subscription};
 use crate::core::Origin as CallOrigin;
@@ -157,6 +158,11 @@ impl Plugin {
             deployment: None,
             stats: PluginStats::default(),
         }
+    }
+
+    /// The name, shared: for what outlives a borrow of the plugin.
+    pub fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
     }
 
     pub fn name(&self) -> &str {

@@ -14,10 +14,10 @@ use super::error::CallError;
 use super::plugin::{Plugin, Work};
 use super::state::StoreState;
 use crate::capabilities::bindings::{
-    CallHandler, CallHandlerIndices, Context, EventHandler, Handler, HandlerIndices, Health,
-    WitError, WitFailure,
+    CallHandler, CallHandlerIndices, EventHandler, Handler, HandlerIndices, Health, WitError,
+    WitFailure,
 };
-use crate::capabilities::invocation::CallInfo;
+use crate::capabilities::invocation::{CallInfo, Context};
 use crate::core::Origin;
 
 /// The engine had no free instance slot.
@@ -89,7 +89,11 @@ impl Warm {
             }
         };
         match entry {
-            Entry::Handler(guest) => guest.call_handle(&mut *store, &ctx, action, params).await,
+            Entry::Handler(guest) => {
+                guest
+                    .call_handle(&mut *store, &ctx.to_wit(), action, params)
+                    .await
+            }
             Entry::Call(guest) => {
                 let call = store.data_mut().table.push(CallInfo {
                     ctx,

@@ -11,7 +11,6 @@ use axum::extract::{Request as HttpRequest, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body_util::BodyExt;
-use serde_json::value::RawValue;
 
 use super::headers::Headers;
 use super::{Counted, Gateway, HttpError, HttpState, json_response, status_for, with_retry_after};
@@ -132,13 +131,13 @@ pub(super) async fn answer_call(gateway: &Gateway, request: HttpRequest) -> Resp
         } else {
             let text = std::str::from_utf8(&body)
                 .map_err(|_| HttpError::new(ErrorCode::BadRequest, "request body is not UTF-8"))?;
-            let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+            let raw = crate::core::json::one_value(text).map_err(|e| {
                 HttpError::new(
                     ErrorCode::BadRequest,
                     format!("request body is not JSON: {e}"),
                 )
             })?;
-            match raw.get() {
+            match raw {
                 "null" => "{}",
                 json => json,
             }
