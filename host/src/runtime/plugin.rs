@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
@@ -366,9 +367,23 @@ impl Plugin {
             .saturating_duration_since(Instant::now())
             .as_millis() as u64;
 
-        let outcome =
-            tokio::time::timeout_at(deadline.into(), warm.handle(ctx, deadline, origin, work))
-                .await;
+        // Most calls are done at their first poll: the deadline's timer is
+        // armed only for one that is not (a plugin waiting on the host, or
+        // yielding at an epoch tick), which spares the common call the
+        // timer and a move of the handler's state (a kilobyte) into it.
+        let outcome = {
+            let handling = warm.handle(ctx, deadline, origin, work);
+            tokio::pin!(handling);
+            match std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await {
+                Poll::Ready(done) => Ok(done),
+                Poll::Pending => {
+                    // Back to the scheduler first, as the plugin asked by
+                    // yielding: the timer's first poll polls it again.
+                    tokio::task::yield_now().await;
+                    tokio::time::timeout_at(deadline.into(), handling).await
+                }
+            }
+        };
         let finished = *done.insert(Instant::now());
 
         // Every path below that does not return `warm` to the pool drops it,
