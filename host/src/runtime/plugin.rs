@@ -375,12 +375,17 @@ impl Plugin {
             let handling = warm.handle(ctx, deadline, origin, work);
             tokio::pin!(handling);
             match std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Ok(done),
+                Poll::Ready(done) => Some(done),
+                // Out of time already (say, waiting for a slot took it all):
+                // cut off now, as the timer would have at this poll.
+                Poll::Pending if Instant::now() >= deadline => None,
                 Poll::Pending => {
                     // Back to the scheduler first, as the plugin asked by
                     // yielding: the timer's first poll polls it again.
                     tokio::task::yield_now().await;
-                    tokio::time::timeout_at(deadline.into(), handling).await
+                    tokio::time::timeout_at(deadline.into(), handling)
+                        .await
+                        .ok()
                 }
             }
         };
@@ -389,22 +394,22 @@ impl Plugin {
         // Every path below that does not return `warm` to the pool drops it,
         // which is how a failed instance is thrown away.
         match outcome {
-            Err(_elapsed) => {
+            None => {
                 tracing::warn!(plugin = %self.name, timeout_ms, trace = %origin_trace, "request timed out; instance discarded");
                 Err(self.timeout(timeout_ms))
             }
-            Ok(Err(trap)) => {
+            Some(Err(trap)) => {
                 tracing::debug!(plugin = %self.name, trace = %origin_trace, "the call trapped");
                 Err(self.trap(trap, warm.store.data()))
             }
-            Ok(Ok(Err(e))) => {
+            Some(Ok(Err(e))) => {
                 self.release(warm, finished);
                 Err(CallError::Plugin {
                     code: e.code,
                     message: e.message,
                 })
             }
-            Ok(Ok(Ok(json))) => {
+            Some(Ok(Ok(json))) => {
                 self.release(warm, finished);
                 let limit = self.limits().max_response_bytes;
                 if json.len() as u64 > limit {
