@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::framing::{FrameError, seal};
+use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
 
 pub mod quick;
-use crate::core::{DoorKind, ErrorBody, ErrorCode, Invocation, Route};
 
 /// The id of a response that answers no request, or one whose id could
 /// not be read.

@@ -68,10 +68,7 @@ pub fn read(text: &str) -> Option<Request<'_>> {
     at = whitespace(bytes, at + 1);
     loop {
         // A key, its colon, and where its value starts.
-        if bytes.get(at) != Some(&b'"') {
-            return None;
-        }
-        let key_end = plain_string_end(bytes, at + 1)?;
+        let key_end = string(bytes, at)?;
         let field = field(&bytes[at + 1..key_end - 1])?;
         if seen & field != 0 {
             return None;
