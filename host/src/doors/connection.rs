@@ -236,8 +236,10 @@ struct Outbox {
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
-    /// The slots of the responses in `bytes`: one per request answered.
-    slots: Vec<OwnedSemaphorePermit>,
+    /// The slots of the responses in `bytes`, merged into one permit (one
+    /// per request answered): handed back together after the write, with
+    /// one turn of the semaphore's lock rather than one per response.
+    slots: Option<OwnedSemaphorePermit>,
     /// No more responses will come.
     closed: bool,
 }
@@ -252,7 +254,11 @@ impl Outbox {
             write(&mut pending.bytes);
             self.unsent
                 .fetch_add(pending.bytes.len() - before, Ordering::Relaxed);
-            pending.slots.extend(slot);
+            match (&mut pending.slots, slot) {
+                (Some(held), Some(slot)) => held.merge(slot),
+                (held, slot @ Some(_)) => *held = slot,
+                (_, None) => {}
+            }
         }
         self.ready.notify_one();
     }
@@ -324,9 +330,8 @@ async fn write_responses(
             }
         }
         // Counted once written: only then has the client been answered.
-        tally
-            .answered
-            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        let answered = slots.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        tally.answered.fetch_add(answered as u64, Ordering::Relaxed);
         drop(slots);
         // Closed after the last request finished: what was swapped out
         // above was the last of it.
