@@ -25,13 +25,13 @@ pub struct Context {
     pub tenant: Option<String>,
     pub subject: Option<String>,
     pub claims: Cow<'static, str>,
-    pub time_left_ms: u64,
 }
 
 impl Context {
     /// The `context` record of the `service` world's `handler`, which takes
-    /// every field at once.
-    pub fn to_wit(&self) -> WitContext {
+    /// every field at once (its time left counted now, as the call starts).
+    pub fn to_wit(&self, deadline: Instant) -> WitContext {
+        let left = deadline.saturating_duration_since(Instant::now());
         WitContext {
             request_id: self.request_id.clone(),
             app: String::from(&*self.app),
@@ -39,7 +39,7 @@ impl Context {
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
             claims: String::from(&*self.claims),
-            time_left_ms: self.time_left_ms,
+            time_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -174,6 +174,7 @@ impl SmokeCase {
             Some(subject) => json!({ "sub": subject }).to_string(),
             None => "{}".to_owned(),
         };
+        let now = std::time::Instant::now();
         let call = crate::runtime::Call {
             ctx: crate::runtime::Context {
                 request_id: format!("\"smoke-{index}\""),
@@ -182,7 +183,6 @@ impl SmokeCase {
                 tenant: self.tenant.clone(),
                 subject: self.subject.clone(),
                 claims: claims.into(),
-                time_left_ms: timeout_ms,
             },
             app: "smoke".into(),
             database,
@@ -190,7 +190,8 @@ impl SmokeCase {
                 action: &self.action,
                 params: &params,
             },
-            deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
+            received: now,
+            deadline: now + Duration::from_millis(timeout_ms),
             timeout_ms,
             origin: crate::core::Origin::outside(None),
         };

@@ -37,6 +37,7 @@ pub(super) async fn trigger(
         .and_then(|app| app.database.clone());
     drop(pipeline);
     let timeout_ms = plugin.limits().timeout_ms;
+    let now = std::time::Instant::now();
     let call = Call {
         ctx: Context {
             request_id: serde_json::to_string(id).expect("a string serializes"),
@@ -45,12 +46,12 @@ pub(super) async fn trigger(
             tenant: None,
             subject: None,
             claims: "{}".into(),
-            time_left_ms: timeout_ms,
         },
         app: app.clone(),
         database,
         work,
-        deadline: std::time::Instant::now() + Duration::from_millis(timeout_ms),
+        received: now,
+        deadline: now + Duration::from_millis(timeout_ms),
         timeout_ms,
         origin: Origin::outside(None),
     };

@@ -74,6 +74,9 @@ pub struct Call<'a> {
     pub app: Arc<str>,
     pub database: Option<Arc<Database>>,
     pub work: Work<'a>,
+    /// When the request reached the host: where its latency starts, and
+    /// the circuit's clock as it is admitted (a clock read fewer per call).
+    pub received: Instant,
     /// When the caller stops waiting; already capped by the plugin's own
     /// `timeout_ms`.
     pub deadline: Instant,
@@ -254,7 +257,7 @@ impl Plugin {
     }
 
     pub async fn call(&self, call: Call<'_>) -> Result<String, CallError> {
-        let arrived = Instant::now();
+        let arrived = call.received;
         let probe = match self.circuit.admit(arrived) {
             Admission::Pass => false,
             Admission::Probe => true,
@@ -330,10 +333,11 @@ impl Plugin {
     /// `done` is set to when the handler returned, if it was called.
     async fn run(&self, call: Call<'_>, done: &mut Option<Instant>) -> Result<String, CallError> {
         let Call {
-            mut ctx,
+            ctx,
             app,
             database,
             work,
+            received: _,
             deadline,
             timeout_ms,
             origin,
@@ -363,9 +367,6 @@ impl Plugin {
         // An instance that sat idle across epoch ticks would otherwise yield
         // at its first check: start every call with a full tick.
         warm.store.set_epoch_deadline(1);
-        ctx.time_left_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
 
         // Most calls are done at their first poll: the deadline's timer is
         // armed only for one that is not (a plugin waiting on the host, or

@@ -91,7 +91,7 @@ impl Warm {
         match entry {
             Entry::Handler(guest) => {
                 guest
-                    .call_handle(&mut *store, &ctx.to_wit(), action, params)
+                    .call_handle(&mut *store, &ctx.to_wit(deadline), action, params)
                     .await
             }
             Entry::Call(guest) => {
