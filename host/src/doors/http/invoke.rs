@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -38,9 +39,13 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let collected = tokio::time::timeout(within, http_body_util::Limited::new(body, max).collect())
-        .await
-        .map_err(|_| {
+    let mut collecting = std::pin::pin!(http_body_util::Limited::new(body, max).collect());
+    // Mostly the body is in with the head: its timer (and the clock read
+    // that sets it) is armed only for a body that is not.
+    let collected = match std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await
+    {
+        Poll::Ready(collected) => collected,
+        Poll::Pending => tokio::time::timeout(within, collecting).await.map_err(|_| {
             HttpError::new(
                 ErrorCode::BadRequest,
                 format!(
@@ -48,7 +53,8 @@ async fn read_body(
                     within.as_millis()
                 ),
             )
-        })?;
+        })?,
+    };
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -88,6 +94,12 @@ fn service_and_action(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), HttpEr
 }
 
 fn decode(part: &str) -> Result<Cow<'_, str>, HttpError> {
+    // Nearly every path has nothing to decode: it is taken as it is then,
+    // without the decoder's walk and a UTF-8 check of text that is a
+    // `str` already.
+    if !part.contains('%') {
+        return Ok(Cow::Borrowed(part));
+    }
     percent_encoding::percent_decode_str(part)
         .decode_utf8()
         .map_err(|_| HttpError::new(ErrorCode::BadRequest, "the path is not UTF-8"))
