@@ -521,3 +521,104 @@ async fn a_client_that_hangs_up_mid_request_has_it_cancelled() {
         gone.elapsed()
     );
 }
+
+/// A request body is read whole however it arrives: chunks sent apart are
+/// joined in order; chunks that together pass the limit (no length
+/// declared up front) are refused as `too_large`; a body that stops
+/// arriving is refused once the header timeout has passed, not before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_in_chunks_is_joined_and_refused_past_the_limit_or_when_it_stalls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .config("max_frame_bytes: 4096\n")
+        .http("{listen: 127.0.0.1:0, header_timeout_ms: 500}")
+        .start();
+    let addr = ferry.http.unwrap();
+    // Writes the head and then each piece 100 ms apart (a write the host
+    // refuses by closing is not an error here), and reads the response to
+    // its end: its status line and body.
+    let exchange = async |head: &str, pieces: &[&[u8]]| {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        for piece in pieces {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(piece).await.is_err() {
+                break;
+            }
+        }
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+            .await
+            .expect("no end of the response within 5 s");
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    };
+    let chunked = format!(
+        "POST /v1/echo/params HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+
+    // Three chunks of one JSON object: the plugin gets all of it.
+    let (status, body) = exchange(
+        &chunked,
+        &[
+            b"9\r\n{\"user\":\"\r\n",
+            b"4\r\nada\"\r\n",
+            b"d\r\n,\"items\":[1]}\r\n",
+            b"0\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"user": "ada", "items": [1]})
+    );
+
+    // Three chunks of 2,000 bytes: past the 4,096 limit with the third.
+    let chunk = format!("7d0\r\n{}\r\n", "a".repeat(2000));
+    let (status, body) = exchange(
+        &chunked,
+        &[
+            chunk.as_bytes(),
+            chunk.as_bytes(),
+            chunk.as_bytes(),
+            b"0\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(status.contains(" 413 "), "{status}: {body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "too_large"
+    );
+
+    // Ten bytes of a declared twenty, then nothing.
+    let began = Instant::now();
+    let (status, body) = exchange(
+        &format!(
+            "POST /v1/echo/params HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 20\r\n\r\n"
+        ),
+        &[b"{\"user\":\"a"],
+    )
+    .await;
+    let waited = began.elapsed();
+    assert!(status.contains(" 400 "), "{status}: {body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "bad_request");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 500 ms"),
+        "{error}"
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "refused after {waited:?}"
+    );
+}
