@@ -46,6 +46,12 @@ pub struct Warm {
     pub(super) served: u32,
     /// The application it serves, once it has served one.
     pub(super) app: Option<Arc<str>>,
+    /// The `call` each request is lent to the plugin as: one entry in the
+    /// store's table, filled anew per request rather than pushed and
+    /// deleted (a box and a move of its contents each time). Only a
+    /// borrow lent for one export call ever reaches the guest, so nothing
+    /// it holds reaches the entry between requests.
+    pub(super) call: Option<Resource<CallInfo>>,
 }
 
 impl Warm {
@@ -63,6 +69,7 @@ impl Warm {
             store,
             entry,
             events,
+            call,
             ..
         } = self;
         let (action, params) = match work {
@@ -95,19 +102,23 @@ impl Warm {
                     .await
             }
             Entry::Call(guest) => {
-                let call = store.data_mut().table.push(CallInfo {
+                let info = CallInfo {
                     ctx,
                     deadline,
                     origin,
-                })?;
-                let borrowed = Resource::<CallInfo>::new_borrow(call.rep());
-                let outcome = guest
+                };
+                let table = &mut store.data_mut().table;
+                let rep = match call {
+                    Some(call) => {
+                        *table.get_mut(call)? = info;
+                        call.rep()
+                    }
+                    None => call.insert(table.push(info)?).rep(),
+                };
+                let borrowed = Resource::<CallInfo>::new_borrow(rep);
+                guest
                     .call_handle(&mut *store, borrowed, action, params)
-                    .await;
-                // A call cut off half-way leaves its entry behind; the
-                // instance is thrown away then, and its table with it.
-                store.data_mut().table.delete(call)?;
-                outcome
+                    .await
             }
         }
     }
@@ -220,6 +231,7 @@ impl Plugin {
                 events,
                 served: 0,
                 app: None,
+                call: None,
             }),
             Ok(Err(e)) => {
                 if store.data().limiter.refused {
