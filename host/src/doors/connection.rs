@@ -6,10 +6,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::poll_immediate;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -307,10 +307,9 @@ async fn write_responses(
             // timer is armed only for a write the socket does not take at
             // once, which is rare: arming one costs a clock read and more.
             let mut writing = std::pin::pin!(write.write_all(&sending));
-            let first = std::future::poll_fn(|cx| Poll::Ready(writing.as_mut().poll(cx))).await;
-            let written = match first {
-                Poll::Ready(done) => Ok(done),
-                Poll::Pending => tokio::time::timeout(write_timeout, writing).await,
+            let written = match poll_immediate(writing.as_mut()).await {
+                Some(done) => Ok(done),
+                None => tokio::time::timeout(write_timeout, writing).await,
             };
             match written {
                 Ok(Ok(())) => {}

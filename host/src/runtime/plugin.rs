@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::poll_immediate;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 use wasmtime::Trap;
 use wasmtime::component::InstancePre;
@@ -375,12 +375,12 @@ impl Plugin {
         let outcome = {
             let handling = warm.handle(ctx, deadline, origin, work);
             tokio::pin!(handling);
-            match std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Some(done),
+            match poll_immediate(handling.as_mut()).await {
+                Some(done) => Some(done),
                 // Out of time already (say, waiting for a slot took it all):
                 // cut off now, as the timer would have at this poll.
-                Poll::Pending if Instant::now() >= deadline => None,
-                Poll::Pending => {
+                None if Instant::now() >= deadline => None,
+                None => {
                     // Back to the scheduler first, as the plugin asked by
                     // yielding: the timer's first poll polls it again.
                     tokio::task::yield_now().await;

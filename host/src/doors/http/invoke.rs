@@ -4,13 +4,13 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request as HttpRequest, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
+use futures_util::future::poll_immediate;
 use http_body_util::BodyExt;
 
 use super::headers::Headers;
@@ -42,10 +42,9 @@ async fn read_body(
     let mut collecting = std::pin::pin!(collect(body, max));
     // Mostly the body is in with the head: its timer (and the clock read
     // that sets it) is armed only for a body that is not.
-    let collected = match std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await
-    {
-        Poll::Ready(collected) => collected,
-        Poll::Pending => tokio::time::timeout(within, collecting)
+    let collected = match poll_immediate(collecting.as_mut()).await {
+        Some(collected) => collected,
+        None => tokio::time::timeout(within, collecting)
             .await
             .map_err(|_| {
                 HttpError::new(
