@@ -15,10 +15,10 @@
 //
 // Build: `make plugins` at the repository root, or `../../sdk/js/build.sh .`
 
-import { log } from 'ferry:plugin/log@0.1.2';
-import { execute, query } from 'ferry:plugin/sql@0.1.2';
-import { publish } from 'ferry:plugin/events@0.1.2';
-import { call } from 'ferry:plugin/services@0.1.2';
+import { log } from 'ferry:plugin/log@0.1.3';
+import { execute, query } from 'ferry:plugin/sql@0.1.3';
+import { publish } from 'ferry:plugin/events@0.1.3';
+import { call } from 'ferry:plugin/services@0.1.3';
 
 // An error for the caller: thrown as `{code, message}`, it becomes the
 // `error` of the response.

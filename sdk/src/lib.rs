@@ -39,7 +39,6 @@
 mod alloc;
 
 use std::cell::OnceCell;
-use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -60,7 +59,7 @@ pub mod events;
 pub mod services;
 pub mod sql;
 
-use __bindings::ferry::plugin::invocation::Call;
+use __bindings::ferry::plugin::invocation::{self as wit_invocation, Call};
 use __bindings::ferry::plugin::log as wit_log;
 use __bindings::ferry::plugin::types::Error as WitError;
 
@@ -126,13 +125,10 @@ impl std::error::Error for Error {}
 
 /// What the host tells an action about the request it handles. Each field
 /// is fetched from the host the first time it is read, so an action pays
-/// only for what it looks at.
+/// only for what it looks at (and one that reads none, nothing at all).
 pub struct Ctx {
-    /// The host's handle of the call, borrowed for the length of the
-    /// request. Held as a `Call` that is never dropped (dropping would end
-    /// a resource the plugin does not own), so that `Ctx` carries no
-    /// lifetime and actions can keep returning values borrowed from it.
-    call: ManuallyDrop<Call>,
+    /// The host's handle of the request, asked for at the first read.
+    call: OnceCell<Call>,
     request_id: OnceCell<String>,
     app: OnceCell<String>,
     service: OnceCell<String>,
@@ -156,14 +152,9 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
-    /// # Safety
-    /// The `Ctx` must not outlive the export call that received `call`.
-    unsafe fn new(call: &Call) -> Self {
+    fn new() -> Self {
         Ctx {
-            // SAFETY: the handle stays valid while the export call runs,
-            // which the caller guarantees `Ctx` does not outlive; the
-            // `ManuallyDrop` keeps the borrowed handle from being dropped.
-            call: ManuallyDrop::new(unsafe { Call::from_handle(call.handle()) }),
+            call: OnceCell::new(),
             request_id: OnceCell::new(),
             app: OnceCell::new(),
             service: OnceCell::new(),
@@ -175,46 +166,56 @@ impl Ctx {
         }
     }
 
+    fn call(&self) -> &Call {
+        self.call.get_or_init(|| {
+            // A `Ctx` exists only inside the host's call of `handle`, where
+            // the host always has the request.
+            wit_invocation::current().expect("the host lends the request while `handle` runs")
+        })
+    }
+
     /// The service that called this one through `services`, or `None`
     /// for a request from outside the host.
     pub fn caller(&self) -> Option<&str> {
-        self.caller.get_or_init(|| self.call.caller()).as_deref()
+        self.caller.get_or_init(|| self.call().caller()).as_deref()
     }
 
     /// The request's trace id (32 hex digits), the same along a chain of
     /// calls and in the host's log lines.
     pub fn trace_id(&self) -> &str {
-        self.trace_id.get_or_init(|| self.call.trace_id())
+        self.trace_id.get_or_init(|| self.call().trace_id())
     }
 
     /// The caller's request id, as JSON text (`42` or `"a-1"`).
     pub fn request_id(&self) -> &str {
-        self.request_id.get_or_init(|| self.call.request_id())
+        self.request_id.get_or_init(|| self.call().request_id())
     }
 
     /// The application the request came through.
     pub fn app(&self) -> &str {
-        self.app.get_or_init(|| self.call.app())
+        self.app.get_or_init(|| self.call().app())
     }
 
     /// This service's name, as the caller addressed it.
     pub fn service(&self) -> &str {
-        self.service.get_or_init(|| self.call.service())
+        self.service.get_or_init(|| self.call().service())
     }
 
     /// The tenant the request acts for, if any.
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.get_or_init(|| self.call.tenant()).as_deref()
+        self.tenant.get_or_init(|| self.call().tenant()).as_deref()
     }
 
     /// The authenticated subject, if a token was verified.
     pub fn subject(&self) -> Option<&str> {
-        self.subject.get_or_init(|| self.call.subject()).as_deref()
+        self.subject
+            .get_or_init(|| self.call().subject())
+            .as_deref()
     }
 
     /// The verified token's claims as JSON text (`{}` without a token).
     pub fn claims_json(&self) -> &str {
-        self.claims.get_or_init(|| self.call.claims())
+        self.claims.get_or_init(|| self.call().claims())
     }
 
     /// The verified token's claims, deserialized into `T`.
@@ -226,7 +227,7 @@ impl Ctx {
 
     /// Time left now before the host cuts this request off.
     pub fn time_left(&self) -> Duration {
-        Duration::from_millis(self.call.time_left_ms())
+        Duration::from_millis(self.call().time_left_ms())
     }
 }
 
@@ -329,13 +330,12 @@ macro_rules! __service_impl {
         #[doc(hidden)]
         pub struct __FerryService;
 
-        impl $crate::__bindings::exports::ferry::plugin::call_handler::Guest for __FerryService {
+        impl $crate::__bindings::exports::ferry::plugin::request_handler::Guest for __FerryService {
             fn handle(
-                call: &$crate::__bindings::ferry::plugin::invocation::Call,
                 action: ::std::string::String,
                 params: ::std::string::String,
             ) -> ::std::result::Result<::std::string::String, $crate::__bindings::ferry::plugin::types::Error> {
-                $crate::__handle(call, &action, &params, &[$($name),+], |ctx, action, params| {
+                $crate::__handle(&action, &params, &[$($name),+], |ctx, action, params| {
                     $(if action == $name {
                         return ::std::option::Option::Some($crate::__invoke(ctx, params, $action));
                     })+
@@ -369,15 +369,13 @@ pub type __Dispatch = fn(&Ctx, &str, &str) -> Option<Result<String, Error>>;
 /// `service!` generates; not part of the public API.
 #[doc(hidden)]
 pub fn __handle(
-    call: &Call,
     action: &str,
     params: &str,
     actions: &[&str],
     dispatch: __Dispatch,
 ) -> Result<String, WitError> {
     install_panic_hook();
-    // SAFETY: `ctx` lives on this frame and is dropped before it returns.
-    let ctx = unsafe { Ctx::new(call) };
+    let ctx = Ctx::new();
     let outcome = dispatch(&ctx, action, params).unwrap_or_else(|| {
         Err(Error::not_found(format!(
             "service `{}` has no action `{action}` (it has: {})",

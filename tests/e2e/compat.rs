@@ -3,7 +3,10 @@
 //! was built against `ferry:plugin@0.1.0` (the `service` world, context as
 //! a record), before the `plugin` world and its on-demand context existed;
 //! `echo-wit-0.1.1.wasm` is `echo` as built against `ferry:plugin@0.1.1`
-//! (the `plugin-with-health` world), before the `events` interfaces.
+//! (the `plugin-with-health` world), before the `events` interfaces;
+//! `echo-wit-0.1.2.wasm` is `echo` as built against `ferry:plugin@0.1.2`
+//! (the `plugin-with-events` world), whose entry point is lent the call
+//! with every request, before `request-handler` and `invocation.current`.
 //! Each WIT change must keep these tests passing.
 
 use ferry_tests::{Ferry, expect_success, ferry_bin, fixture};
@@ -82,6 +85,54 @@ async fn a_plugin_built_against_wit_0_1_1_loads_answers_and_reports_health() {
     assert_eq!(old["world"], "plugin");
     assert_eq!(old["health"]["exported"], true, "{old}");
     assert_eq!(old["events"]["handler"], false, "{old}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_wit_0_1_2_reads_its_lent_call_beside_a_current_one() {
+    let ferry = Ferry::options()
+        .plugin("echo", "echo", None)
+        .start_with(|deploy| {
+            std::fs::copy(fixture("echo-wit-0.1.2.wasm"), deploy.join("old.wasm")).unwrap();
+        });
+    let mut client = ferry.connect().await;
+    // Each reads the context its own way: the old one from the call it is
+    // lent, the current one through `invocation.current`. Interleaved, so
+    // that each reads its own request and nothing of the one before.
+    for (n, service) in ["old", "echo", "old", "echo"].into_iter().enumerate() {
+        let id = format!("c-{n}");
+        let tenant = format!("t-{n}");
+        let response = client
+            .request(&json!({
+                "id": id, "service": service, "action": "echo",
+                "params": {"n": n}, "tenant_id": tenant, "timeout_ms": 2000
+            }))
+            .await;
+        let result = expect_success(&response);
+        assert_eq!(result["params"], json!({"n": n}), "{service}");
+        assert_eq!(
+            result["ctx"]["request_id"],
+            format!("\"{id}\""),
+            "{service}"
+        );
+        assert_eq!(result["ctx"]["service"], service);
+        assert_eq!(result["ctx"]["tenant"], tenant.as_str(), "{service}");
+        let left = result["ctx"]["time_left_ms"].as_u64().unwrap();
+        assert!(left > 1_000 && left <= 2_000, "{service}: time left {left}");
+        let response = client
+            .request(&json!({"id": 9, "service": service, "action": "context", "params": {}}))
+            .await;
+        let seen = expect_success(&response);
+        assert_eq!(
+            seen["trace_id"].as_str().map(str::len),
+            Some(32),
+            "{service}: {seen}"
+        );
+    }
+    let status = ferry.status().await;
+    let old = ferry_tests::service_status(&status, "old");
+    assert_eq!(old["world"], "plugin");
+    assert_eq!(old["health"]["exported"], true, "{old}");
+    assert_eq!(old["events"]["handler"], true, "{old}");
 }
 
 #[test]

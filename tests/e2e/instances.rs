@@ -127,3 +127,41 @@ async fn an_instance_never_serves_two_applications() {
     let again = client.request(&remember("alpha", "again")).await;
     assert_eq!(expect_success(&again)["previous"], "alpha's secret");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_keeps_a_call_handle_past_its_request_serves_no_other() {
+    let ferry = Ferry::options()
+        .plugin("faulty", "faulty", Some("max_concurrency: 1\n"))
+        .start();
+    let mut client = ferry.connect().await;
+    let stash =
+        |id: &str| json!({"id": id, "service": "faulty", "action": "stash_call", "params": {}});
+    let instantiations = |status: &serde_json::Value| {
+        service_status(status, "faulty")["stats"]["instantiations"]
+            .as_u64()
+            .unwrap()
+    };
+    // An instance that drops its handles serves request after request.
+    let ok = json!({"id": 0, "service": "faulty", "action": "ok", "params": {}});
+    expect_success(&client.request(&ok).await);
+    let before = instantiations(&ferry.status().await);
+    for _ in 0..3 {
+        expect_success(&client.request(&ok).await);
+    }
+    assert_eq!(instantiations(&ferry.status().await), before);
+    for id in ["first", "second", "third"] {
+        // One instance at a time: were the one that kept a handle given
+        // the next request, that handle would read it.
+        let response = client.request(&stash(id)).await;
+        assert_eq!(
+            expect_success(&response)["previous"],
+            json!(null),
+            "{id}: a kept handle reached a later request"
+        );
+    }
+    // Each instance kept its handle, so each was discarded after it: the
+    // first stash ran on the warm instance, the other two and the request
+    // after them on new ones.
+    expect_success(&client.request(&ok).await);
+    assert_eq!(instantiations(&ferry.status().await), before + 3);
+}

@@ -33,6 +33,9 @@ pub use generated::exports::ferry::plugin::handler::{
 pub use generated::exports::ferry::plugin::health::{
     Guest as Health, GuestIndices as HealthIndices,
 };
+pub use generated::exports::ferry::plugin::request_handler::{
+    Guest as RequestHandler, GuestIndices as RequestHandlerIndices,
+};
 pub use generated::ferry::plugin::config::{
     Host as ConfigHost, add_to_linker as add_config_to_linker,
 };

@@ -1,8 +1,9 @@
 //! `ferry:plugin/invocation`: the request being handled, as a resource the
-//! plugin reads field by field. The runtime puts one `CallInfo` into the
-//! store's resource table for each call and takes it out afterwards; the
-//! plugin only ever borrows it, so nothing of one request survives into the
-//! next.
+//! plugin reads field by field. Each instance keeps one `CallInfo` entry in
+//! its store's resource table, filled anew for every request and lent only
+//! while the request runs: plugins of 0.1.1 and 0.1.2 are handed it as a
+//! borrow, those of 0.1.3 ask for it (`current`) when they read it.
+//! Nothing of one request is readable once it has ended.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,8 +53,53 @@ pub struct CallInfo {
     pub origin: Origin,
 }
 
-/// The interface's view of the store: the resource table the call lives in.
-pub struct CallTable<'a>(pub &'a mut ResourceTable);
+/// An instance's one call entry, and whether a request is running on it.
+#[derive(Default)]
+pub struct CallSlot {
+    entry: Option<Resource<CallInfo>>,
+    active: bool,
+    /// Handles `current` gave that the plugin has not dropped. Every one
+    /// names the same entry, which the next request refills: an instance
+    /// that keeps one past its request is not given another request.
+    kept: u32,
+}
+
+impl CallSlot {
+    /// Puts `info` into the entry (made on the instance's first request,
+    /// refilled after: no box and no move of a `CallInfo` per request) and
+    /// opens it to the plugin; answers the entry's rep.
+    pub fn lend(&mut self, table: &mut ResourceTable, info: CallInfo) -> wasmtime::Result<u32> {
+        self.active = true;
+        match &self.entry {
+            Some(entry) => {
+                *table.get_mut(entry)? = info;
+                Ok(entry.rep())
+            }
+            None => Ok(self.entry.insert(table.push(info)?).rep()),
+        }
+    }
+
+    /// The request is over: handles the plugin kept read nothing more.
+    pub fn end(&mut self) {
+        self.active = false;
+    }
+
+    /// Whether the plugin still holds a handle of the request that ended.
+    pub fn kept_past_end(&self) -> bool {
+        !self.active && self.kept > 0
+    }
+
+    fn rep(&self) -> Option<u32> {
+        self.entry.as_ref().map(Resource::rep)
+    }
+}
+
+/// The interface's view of the store: the resource table the call lives
+/// in, and the instance's call entry.
+pub struct CallTable<'a> {
+    pub table: &'a mut ResourceTable,
+    pub slot: &'a mut CallSlot,
+}
 
 /// Names the projection the linker uses to reach [`CallTable`].
 pub struct HasCalls;
@@ -64,11 +110,24 @@ impl wasmtime::component::HasData for HasCalls {
 
 impl CallTable<'_> {
     fn info(&self, call: &Resource<CallInfo>) -> wasmtime::Result<&CallInfo> {
-        Ok(self.0.get(call)?)
+        // A handle kept past its request: a bug in the plugin, which traps
+        // as the use of any stale handle does.
+        if !self.slot.active {
+            wasmtime::bail!("the request this `call` handle names has ended");
+        }
+        Ok(self.table.get(call)?)
     }
 }
 
-impl InvocationHost for CallTable<'_> {}
+impl InvocationHost for CallTable<'_> {
+    fn current(&mut self) -> wasmtime::Result<Option<Resource<CallInfo>>> {
+        let Some(rep) = self.slot.rep().filter(|_| self.slot.active) else {
+            return Ok(None);
+        };
+        self.slot.kept += 1;
+        Ok(Some(Resource::new_own(rep)))
+    }
+}
 
 impl InvocationHostCall for CallTable<'_> {
     fn request_id(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
@@ -112,9 +171,13 @@ impl InvocationHostCall for CallTable<'_> {
     }
 
     fn drop(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<()> {
-        // Plugins only borrow calls; the runtime removes its own entry.
-        // Should a handle ever be owned and dropped, the entry goes too.
-        let _ = self.0.delete(call);
+        // Every handle `current` gives names the instance's one entry,
+        // which stays for the next request; no other entry is ever made.
+        if Some(call.rep()) == self.slot.rep() {
+            self.slot.kept = self.slot.kept.saturating_sub(1);
+        } else {
+            let _ = self.table.delete(call);
+        }
         Ok(())
     }
 }

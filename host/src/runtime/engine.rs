@@ -17,9 +17,9 @@ use super::pool::EntryIndices;
 use super::state::StoreState;
 use crate::capabilities::Shared;
 use crate::capabilities::bindings::{
-    CallHandlerIndices, EventHandlerIndices, HandlerIndices, HealthIndices, add_config_to_linker,
-    add_events_to_linker, add_invocation_to_linker, add_log_to_linker, add_services_to_linker,
-    add_sql_to_linker,
+    CallHandlerIndices, EventHandlerIndices, HandlerIndices, HealthIndices, RequestHandlerIndices,
+    add_config_to_linker, add_events_to_linker, add_invocation_to_linker, add_log_to_linker,
+    add_services_to_linker, add_sql_to_linker,
 };
 use crate::config::MAX_MEMORY_MB;
 
@@ -42,11 +42,11 @@ pub enum LoadError {
     #[error("the component imports something Ferry does not provide: {0}")]
     Imports(String),
     #[error(
-        "its manifest subscribes to events (`permissions.events.subscribe`), but the component does not export `ferry:plugin/event-handler@0.1.2`: build it for the `plugin-with-events` world (the Rust SDK does) or `service-with-events`"
+        "its manifest subscribes to events (`permissions.events.subscribe`), but the component does not export `ferry:plugin/event-handler@0.1.3`: build it for the `plugin-with-events` world (the Rust SDK does) or `service-with-events`"
     )]
     NoEventHandler,
     #[error(
-        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world, nor `ferry:plugin/call-handler@0.1.1` of the `plugin` world: {0}"
+        "the component does not export the `ferry:plugin/handler@0.1.0` interface of the `service` world, nor `ferry:plugin/request-handler@0.1.3` (or `call-handler@0.1.1`) of the `plugin` world: {0}"
     )]
     Exports(String),
 }
@@ -156,14 +156,17 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        // Plugins built against 0.1.1 and later export `call-handler`; those
-        // built against 0.1.0 export `handler`.
-        let entry = match CallHandlerIndices::new(&instance_pre) {
-            Ok(indices) => EntryIndices::Call(indices),
-            Err(_) => EntryIndices::Handler(
+        // Plugins built against 0.1.3 and later export `request-handler`;
+        // against 0.1.1 and 0.1.2, `call-handler`; against 0.1.0, `handler`.
+        let entry = if let Ok(indices) = RequestHandlerIndices::new(&instance_pre) {
+            EntryIndices::Request(indices)
+        } else if let Ok(indices) = CallHandlerIndices::new(&instance_pre) {
+            EntryIndices::Call(indices)
+        } else {
+            EntryIndices::Handler(
                 HandlerIndices::new(&instance_pre)
                     .map_err(|e| LoadError::Exports(format!("{e:#}")))?,
-            ),
+            )
         };
         let health = HealthIndices::new(&instance_pre).ok();
         let event_handler = EventHandlerIndices::new(&instance_pre).ok();

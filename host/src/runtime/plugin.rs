@@ -214,7 +214,7 @@ impl Plugin {
     /// (0.1.1 on) or `service` (0.1.0).
     pub fn world(&self) -> &'static str {
         match self.entry {
-            EntryIndices::Call(_) => "plugin",
+            EntryIndices::Request(_) | EntryIndices::Call(_) => "plugin",
             EntryIndices::Handler(_) => "service",
         }
     }

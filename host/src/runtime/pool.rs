@@ -14,8 +14,8 @@ use super::error::CallError;
 use super::plugin::{Plugin, Work};
 use super::state::StoreState;
 use crate::capabilities::bindings::{
-    CallHandler, CallHandlerIndices, EventHandler, Handler, HandlerIndices, Health, WitError,
-    WitFailure,
+    CallHandler, CallHandlerIndices, EventHandler, Handler, HandlerIndices, Health, RequestHandler,
+    RequestHandlerIndices, WitError, WitFailure,
 };
 use crate::capabilities::invocation::{CallInfo, Context};
 use crate::core::Origin;
@@ -25,7 +25,11 @@ pub(super) struct Exhausted(String);
 
 /// Which entry point a version exports, found when it is loaded.
 pub enum EntryIndices {
-    /// `call-handler` (the `plugin` world): the context is read on demand.
+    /// `request-handler` (the `plugin` world from 0.1.3): the plugin asks
+    /// for the call when it reads it.
+    Request(RequestHandlerIndices),
+    /// `call-handler` (the `plugin` world of 0.1.1 and 0.1.2): the call is
+    /// lent with the request, its fields read on demand.
     Call(CallHandlerIndices),
     /// `handler` (the `service` world of 0.1.0): the context is a record.
     Handler(HandlerIndices),
@@ -33,6 +37,7 @@ pub enum EntryIndices {
 
 /// An instance's entry point.
 pub(super) enum Entry {
+    Request(RequestHandler),
     Call(CallHandler),
     Handler(Handler),
 }
@@ -46,12 +51,6 @@ pub struct Warm {
     pub(super) served: u32,
     /// The application it serves, once it has served one.
     pub(super) app: Option<Arc<str>>,
-    /// The `call` each request is lent to the plugin as: one entry in the
-    /// store's table, filled anew per request rather than pushed and
-    /// deleted (a box and a move of its contents each time). Only a
-    /// borrow lent for one export call ever reaches the guest, so nothing
-    /// it holds reaches the entry between requests.
-    pub(super) call: Option<Resource<CallInfo>>,
 }
 
 impl Warm {
@@ -69,7 +68,6 @@ impl Warm {
             store,
             entry,
             events,
-            call,
             ..
         } = self;
         let (action, params) = match work {
@@ -101,20 +99,12 @@ impl Warm {
                     .call_handle(&mut *store, &ctx.to_wit(deadline), action, params)
                     .await
             }
+            Entry::Request(guest) => {
+                lend(store, ctx, deadline, origin)?;
+                guest.call_handle(&mut *store, action, params).await
+            }
             Entry::Call(guest) => {
-                let info = CallInfo {
-                    ctx,
-                    deadline,
-                    origin,
-                };
-                let table = &mut store.data_mut().table;
-                let rep = match call {
-                    Some(call) => {
-                        *table.get_mut(call)? = info;
-                        call.rep()
-                    }
-                    None => call.insert(table.push(info)?).rep(),
-                };
+                let rep = lend(store, ctx, deadline, origin)?;
                 let borrowed = Resource::<CallInfo>::new_borrow(rep);
                 guest
                     .call_handle(&mut *store, borrowed, action, params)
@@ -122,6 +112,22 @@ impl Warm {
             }
         }
     }
+}
+
+/// Opens the instance's call entry to the plugin for one request.
+fn lend(
+    store: &mut Store<StoreState>,
+    ctx: Context,
+    deadline: Instant,
+    origin: Origin,
+) -> wasmtime::Result<u32> {
+    let state = store.data_mut();
+    let info = CallInfo {
+        ctx,
+        deadline,
+        origin,
+    };
+    state.call.lend(&mut state.table, info)
 }
 
 impl Plugin {
@@ -202,6 +208,9 @@ impl Plugin {
         let instantiated = tokio::time::timeout_at(deadline.into(), async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let entry = match &self.entry {
+                EntryIndices::Request(indices) => {
+                    Entry::Request(indices.load(&mut store, &instance)?)
+                }
                 EntryIndices::Call(indices) => Entry::Call(indices.load(&mut store, &instance)?),
                 EntryIndices::Handler(indices) => {
                     Entry::Handler(indices.load(&mut store, &instance)?)
@@ -231,7 +240,6 @@ impl Plugin {
                 events,
                 served: 0,
                 app: None,
-                call: None,
             }),
             Ok(Err(e)) => {
                 if store.data().limiter.refused {
@@ -258,6 +266,10 @@ impl Plugin {
         warm.store.data_mut().end_request();
         warm.served += 1;
         if warm.served >= self.limits().reuse || self.is_retired() {
+            return;
+        }
+        if warm.store.data().call.kept_past_end() {
+            tracing::warn!(plugin = %self.name, "instance discarded: it kept a handle of the request it answered (drop what `invocation.current` gives before returning)");
             return;
         }
         self.idle.put(warm, done);

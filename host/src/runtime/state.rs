@@ -11,7 +11,7 @@ use super::plugin::Settings;
 use crate::capabilities::Shared;
 use crate::capabilities::config::PluginConfig;
 use crate::capabilities::events::EventsState;
-use crate::capabilities::invocation::CallTable;
+use crate::capabilities::invocation::{CallSlot, CallTable};
 use crate::capabilities::log::{LogBudget, PluginLog};
 use crate::capabilities::services::ServicesState;
 use crate::capabilities::sql::{SqlState, SqlView};
@@ -22,6 +22,8 @@ use crate::capabilities::wasi;
 pub struct StoreState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
+    /// The request being handled, as `invocation` lends it.
+    pub call: CallSlot,
     pub limiter: MemoryLimiter,
     pub log: PluginLog,
     pub sql: SqlState,
@@ -41,6 +43,7 @@ impl StoreState {
         StoreState {
             wasi: wasi::sandbox(plugin, log_budget),
             table: ResourceTable::new(),
+            call: CallSlot::default(),
             limiter: MemoryLimiter::new(memory_bytes),
             log: PluginLog::new(plugin.clone(), log_budget.clone()),
             sql: SqlState::new(plugin.clone(), settings.database),
@@ -64,12 +67,16 @@ impl StoreState {
 
     /// The projection the linker hands the `invocation` interface.
     pub fn calls(&mut self) -> CallTable<'_> {
-        CallTable(&mut self.table)
+        CallTable {
+            table: &mut self.table,
+            slot: &mut self.call,
+        }
     }
 
     /// Clears what one request left behind, before the instance serves the
     /// next.
     pub fn end_request(&mut self) {
+        self.call.end();
         self.sql.end_request(&mut self.table);
     }
 }

@@ -64,6 +64,20 @@ fn remember(_: &Ctx, value: Value) -> Result<Value, Error> {
     Ok(json!({ "previous": kept.replace(value) }))
 }
 
+/// Keeps a handle of the request it handles past the request, on purpose,
+/// and reads the request id through the one kept the time before (none the
+/// first time): a handle outlives its request only to trap when used.
+fn stash_call(_: &Ctx, _: Value) -> Result<Value, Error> {
+    use ferry_sdk::__bindings::ferry::plugin::invocation::{Call, current};
+    thread_local! {
+        static KEPT: std::cell::RefCell<Option<Call>> = const { std::cell::RefCell::new(None) };
+    }
+    let previous = KEPT.with(|kept| kept.borrow().as_ref().map(Call::request_id));
+    let call = current().ok_or_else(|| Error::internal("no current call"))?;
+    KEPT.with(|kept| kept.replace(Some(call)));
+    Ok(json!({ "previous": previous }))
+}
+
 #[derive(Deserialize)]
 struct Chatter {
     lines: usize,
@@ -242,6 +256,7 @@ ferry_sdk::service!(
     slow,
     nap,
     remember,
+    stash_call,
     chatter,
     refuse,
     escape,

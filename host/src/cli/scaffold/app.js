@@ -2,7 +2,7 @@
 // with componentize-js; see README.md for the smoke test, deploying and
 // calling it.
 
-import { log } from 'ferry:plugin/log@0.1.2';
+import { log } from 'ferry:plugin/log@0.1.3';
 
 const actions = {
   // `hello {"name": "Ada"}` answers `{"message": "hello, Ada", "tenant": ...}`.
