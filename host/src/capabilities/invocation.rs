@@ -15,39 +15,82 @@ use super::bindings::{InvocationHost, InvocationHostCall, WitContext};
 use crate::core::Origin;
 
 /// What the host tells a plugin about the request it handles. The names
-/// are shared with the application and the plugin and the claims are
-/// borrowed when there are none: a plugin reads these on demand, and most
-/// calls read none of them, so building one costs no allocation for them.
+/// are shared with the application and the plugin, the request id and the
+/// tenant borrowed from the request, and the claims borrowed when there are
+/// none: a plugin reads these on demand, and most calls read none of them,
+/// so building one costs no allocation. The instance's call entry keeps an
+/// owned one and copies each request's into its strings' room.
 #[derive(Debug, Clone)]
-pub struct Context {
-    pub request_id: String,
+pub struct Context<'a> {
+    pub request_id: Cow<'a, str>,
     pub app: Arc<str>,
     pub service: Arc<str>,
-    pub tenant: Option<String>,
+    pub tenant: Option<Cow<'a, str>>,
     pub subject: Option<String>,
     pub claims: Cow<'static, str>,
 }
 
-impl Context {
+impl Context<'_> {
     /// The `context` record of the `service` world's `handler`, which takes
     /// every field at once (its time left counted now, as the call starts).
     pub fn to_wit(&self, deadline: Instant) -> WitContext {
         let left = deadline.saturating_duration_since(Instant::now());
         WitContext {
-            request_id: self.request_id.clone(),
+            request_id: self.request_id.to_string(),
             app: String::from(&*self.app),
             service: String::from(&*self.service),
-            tenant: self.tenant.clone(),
+            tenant: self.tenant.as_deref().map(str::to_owned),
             subject: self.subject.clone(),
             claims: String::from(&*self.claims),
             time_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
         }
     }
+
+    fn into_owned(self) -> Context<'static> {
+        Context {
+            request_id: Cow::Owned(self.request_id.into_owned()),
+            app: self.app,
+            service: self.service,
+            tenant: self.tenant.map(|t| Cow::Owned(t.into_owned())),
+            subject: self.subject,
+            claims: self.claims,
+        }
+    }
+}
+
+impl Context<'static> {
+    /// Takes `ctx`'s values, the borrowed ones copied into the room this
+    /// one's strings already have.
+    fn refill(&mut self, ctx: Context<'_>) {
+        copy_into(&mut self.request_id, &ctx.request_id);
+        match (&mut self.tenant, ctx.tenant) {
+            (Some(held), Some(tenant)) => copy_into(held, &tenant),
+            (held, tenant) => *held = tenant.map(|t| Cow::Owned(t.into_owned())),
+        }
+        self.app = ctx.app;
+        self.service = ctx.service;
+        self.subject = ctx.subject;
+        self.claims = ctx.claims;
+    }
+}
+
+/// Strings with more room than this are not reused: one long request id
+/// must not pin its room in an instance for every request after it.
+const KEEP_ROOM: usize = 256;
+
+fn copy_into(held: &mut Cow<'static, str>, value: &str) {
+    match held {
+        Cow::Owned(room) if room.capacity() <= KEEP_ROOM => {
+            room.clear();
+            room.push_str(value);
+        }
+        _ => *held = Cow::Owned(value.to_owned()),
+    }
 }
 
 /// What a call's plugin may read about it.
 pub struct CallInfo {
-    pub ctx: Context,
+    pub ctx: Context<'static>,
     /// When the caller stops waiting.
     pub deadline: Instant,
     pub origin: Origin,
@@ -65,17 +108,34 @@ pub struct CallSlot {
 }
 
 impl CallSlot {
-    /// Puts `info` into the entry (made on the instance's first request,
-    /// refilled after: no box and no move of a `CallInfo` per request) and
-    /// opens it to the plugin; answers the entry's rep.
-    pub fn lend(&mut self, table: &mut ResourceTable, info: CallInfo) -> wasmtime::Result<u32> {
+    /// Puts the request into the entry (made on the instance's first
+    /// request, refilled after: no box, no move of a `CallInfo` and no new
+    /// strings per request) and opens it to the plugin; answers the
+    /// entry's rep.
+    pub fn lend(
+        &mut self,
+        table: &mut ResourceTable,
+        ctx: Context<'_>,
+        deadline: Instant,
+        origin: Origin,
+    ) -> wasmtime::Result<u32> {
         self.active = true;
         match &self.entry {
             Some(entry) => {
-                *table.get_mut(entry)? = info;
+                let info = table.get_mut(entry)?;
+                info.ctx.refill(ctx);
+                info.deadline = deadline;
+                info.origin = origin;
                 Ok(entry.rep())
             }
-            None => Ok(self.entry.insert(table.push(info)?).rep()),
+            None => {
+                let info = CallInfo {
+                    ctx: ctx.into_owned(),
+                    deadline,
+                    origin,
+                };
+                Ok(self.entry.insert(table.push(info)?).rep())
+            }
         }
     }
 
@@ -131,7 +191,7 @@ impl InvocationHost for CallTable<'_> {
 
 impl InvocationHostCall for CallTable<'_> {
     fn request_id(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
-        Ok(self.info(&call)?.ctx.request_id.clone())
+        Ok(self.info(&call)?.ctx.request_id.to_string())
     }
 
     fn app(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<String> {
@@ -143,7 +203,7 @@ impl InvocationHostCall for CallTable<'_> {
     }
 
     fn tenant(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<Option<String>> {
-        Ok(self.info(&call)?.ctx.tenant.clone())
+        Ok(self.info(&call)?.ctx.tenant.as_deref().map(str::to_owned))
     }
 
     fn subject(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<Option<String>> {

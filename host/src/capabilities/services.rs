@@ -132,7 +132,7 @@ impl ServicesState {
         &mut self,
         service: &str,
         app: &Arc<str>,
-        ctx: &Context,
+        ctx: &Context<'_>,
         deadline: Instant,
         origin: &Origin,
     ) {
@@ -145,7 +145,7 @@ impl ServicesState {
             app: app.clone(),
             identity: Identity {
                 subject: ctx.subject.clone(),
-                tenant: ctx.tenant.clone(),
+                tenant: ctx.tenant.as_deref().map(str::to_owned),
                 claims: String::from(&*ctx.claims),
             },
             deadline,

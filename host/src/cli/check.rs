@@ -177,10 +177,10 @@ impl SmokeCase {
         let now = std::time::Instant::now();
         let call = crate::runtime::Call {
             ctx: crate::runtime::Context {
-                request_id: format!("\"smoke-{index}\""),
+                request_id: format!("\"smoke-{index}\"").into(),
                 app: "smoke".into(),
                 service: service.into(),
-                tenant: self.tenant.clone(),
+                tenant: self.tenant.as_deref().map(Into::into),
                 subject: self.subject.clone(),
                 claims: claims.into(),
             },

@@ -372,7 +372,7 @@ impl Pipeline {
             // unchanged.
             Some(caller) => (
                 Some(caller.identity.clone()),
-                caller.identity.tenant.clone(),
+                caller.identity.tenant.as_deref().map(Cow::Borrowed),
             ),
             None => {
                 let identity = authenticate(app, &plugin, inv)?;
@@ -417,7 +417,7 @@ impl Pipeline {
         };
         let call = Call {
             ctx: Context {
-                request_id: inv.request_id.to_owned(),
+                request_id: Cow::Borrowed(inv.request_id),
                 app: app.name.clone(),
                 // The plugin's own name is the name it was found by.
                 service: if plugin.name() == service {
@@ -559,9 +559,12 @@ fn authenticate(
 
 /// The tenant the request acts for. With a verified token it comes only
 /// from the token: a tenant asked for that differs is `forbidden`.
-fn tenancy(identity: Option<&Identity>, asked: Option<&str>) -> Result<Option<String>, ErrorBody> {
+fn tenancy<'a>(
+    identity: Option<&Identity>,
+    asked: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, ErrorBody> {
     let Some(identity) = identity else {
-        return Ok(asked.map(str::to_owned));
+        return Ok(asked.map(Cow::Borrowed));
     };
     if let Some(asked) = asked
         && identity.tenant.as_deref() != Some(asked)
@@ -574,5 +577,5 @@ fn tenancy(identity: Option<&Identity>, asked: Option<&str>) -> Result<Option<St
             },
         ));
     }
-    Ok(identity.tenant.clone())
+    Ok(identity.tenant.clone().map(Cow::Owned))
 }

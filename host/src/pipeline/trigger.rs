@@ -40,7 +40,9 @@ pub(super) async fn trigger(
     let now = std::time::Instant::now();
     let call = Call {
         ctx: Context {
-            request_id: serde_json::to_string(id).expect("a string serializes"),
+            request_id: serde_json::to_string(id)
+                .expect("a string serializes")
+                .into(),
             app: app.clone(),
             service: service.into(),
             tenant: None,

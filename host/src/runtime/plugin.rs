@@ -68,7 +68,7 @@ pub enum Work<'a> {
 
 /// One request or event delivery as the plugin sees it.
 pub struct Call<'a> {
-    pub ctx: Context,
+    pub ctx: Context<'a>,
     /// The request's application, and its database (used only if the
     /// plugin is granted it).
     pub app: Arc<str>,

@@ -59,7 +59,7 @@ impl Warm {
     /// error with code `retry` or `reject`).
     pub(super) async fn handle(
         &mut self,
-        ctx: Context,
+        ctx: Context<'_>,
         deadline: Instant,
         origin: Origin,
         work: Work<'_>,
@@ -117,17 +117,12 @@ impl Warm {
 /// Opens the instance's call entry to the plugin for one request.
 fn lend(
     store: &mut Store<StoreState>,
-    ctx: Context,
+    ctx: Context<'_>,
     deadline: Instant,
     origin: Origin,
 ) -> wasmtime::Result<u32> {
     let state = store.data_mut();
-    let info = CallInfo {
-        ctx,
-        deadline,
-        origin,
-    };
-    state.call.lend(&mut state.table, info)
+    state.call.lend(&mut state.table, ctx, deadline, origin)
 }
 
 impl Plugin {
