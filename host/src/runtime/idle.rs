@@ -20,7 +20,7 @@ use super::pool::Warm;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 struct Parked {
-    warm: Warm,
+    warm: Box<Warm>,
     since: Instant,
 }
 
@@ -66,7 +66,7 @@ impl IdlePool {
 
     /// An instance for a request of `app`: one that served `app` before,
     /// else one that has served nobody.
-    pub fn take(&self, app: &Arc<str>) -> Option<Warm> {
+    pub fn take(&self, app: &Arc<str>) -> Option<Box<Warm>> {
         let mut idle = self.lock();
         let own = idle
             .by_app
@@ -79,7 +79,7 @@ impl IdlePool {
 
     /// Any instance, for a health check (which reads no application's data
     /// and hands the instance back where it came from).
-    pub fn take_any(&self) -> Option<Warm> {
+    pub fn take_any(&self) -> Option<Box<Warm>> {
         let mut idle = self.lock();
         let parked = idle.stacks().find_map(Vec::pop)?;
         idle.count -= 1;
@@ -88,7 +88,7 @@ impl IdlePool {
 
     /// Parks `warm`, idle since `since`, under the application it served,
     /// unless the pool is full (then it is dropped).
-    pub fn put(&self, warm: Warm, since: Instant) {
+    pub fn put(&self, warm: Box<Warm>, since: Instant) {
         let mut idle = self.lock();
         if idle.count >= self.capacity {
             drop(idle);

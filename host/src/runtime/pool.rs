@@ -42,7 +42,10 @@ pub(super) enum Entry {
     Handler(Handler),
 }
 
-/// An instance with its store, ready for another request.
+/// An instance with its store, ready for another request. Kept boxed from
+/// its instantiation on: every request takes one out of the idle pool and
+/// puts it back, and a box moves as a pointer where the struct (its entry
+/// points' handles and all) is copied each time.
 pub struct Warm {
     pub(super) store: Store<StoreState>,
     pub(super) entry: Entry,
@@ -137,7 +140,7 @@ impl Plugin {
     }
 
     /// An idle instance for a request of `app`, if one is parked.
-    pub(super) fn take_idle(&self, app: &Arc<str>) -> Option<Warm> {
+    pub(super) fn take_idle(&self, app: &Arc<str>) -> Option<Box<Warm>> {
         self.idle.take(app)
     }
 
@@ -152,7 +155,7 @@ impl Plugin {
         &self,
         deadline: Instant,
         timeout_ms: u64,
-    ) -> Result<Warm, CallError> {
+    ) -> Result<Box<Warm>, CallError> {
         let mut attempts = 0;
         loop {
             match self.instantiate_once(deadline, timeout_ms).await {
@@ -173,7 +176,7 @@ impl Plugin {
         &self,
         deadline: Instant,
         timeout_ms: u64,
-    ) -> Result<Result<Warm, CallError>, Exhausted> {
+    ) -> Result<Result<Box<Warm>, CallError>, Exhausted> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let memory_bytes = (self.limits().memory_mb << 20) as usize;
         let mut store = Store::new(
@@ -228,14 +231,14 @@ impl Plugin {
         .await;
         Ok(match instantiated {
             Err(_elapsed) => Err(self.timeout(timeout_ms)),
-            Ok(Ok((entry, health, events))) => Ok(Warm {
+            Ok(Ok((entry, health, events))) => Ok(Box::new(Warm {
                 store,
                 entry,
                 health,
                 events,
                 served: 0,
                 app: None,
-            }),
+            })),
             Ok(Err(e)) => {
                 if store.data().limiter.refused {
                     return Ok(Err(self.memory_limit()));
@@ -257,7 +260,7 @@ impl Plugin {
 
     /// Returns a healthy instance, done at `done`, to the pool unless it
     /// reached its reuse cap.
-    pub(super) fn release(&self, mut warm: Warm, done: Instant) {
+    pub(super) fn release(&self, mut warm: Box<Warm>, done: Instant) {
         warm.store.data_mut().end_request();
         warm.served += 1;
         if warm.served >= self.limits().reuse || self.is_retired() {

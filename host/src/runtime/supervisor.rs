@@ -105,7 +105,7 @@ impl Plugin {
             .sql
             .begin_request(Arc::from(""), None, deadline);
         warm.store.set_epoch_deadline(1);
-        let Warm { store, health, .. } = &mut warm;
+        let Warm { store, health, .. } = &mut *warm;
         let check = health.as_ref().expect("checked above");
         let outcome = tokio::time::timeout_at(deadline.into(), check.call_check(&mut *store)).await;
         match outcome {
