@@ -230,14 +230,11 @@ impl InvocationHostCall for CallTable<'_> {
         Ok(self.info(&call)?.origin.trace.to_string())
     }
 
-    fn drop(&mut self, call: Resource<CallInfo>) -> wasmtime::Result<()> {
-        // Every handle `current` gives names the instance's one entry,
-        // which stays for the next request; no other entry is ever made.
-        if Some(call.rep()) == self.slot.rep() {
-            self.slot.kept = self.slot.kept.saturating_sub(1);
-        } else {
-            let _ = self.table.delete(call);
-        }
+    fn drop(&mut self, _: Resource<CallInfo>) -> wasmtime::Result<()> {
+        // Every handle `current` gives names the instance's one entry, which
+        // stays for the next request (no other entry is ever made): only
+        // the count of handles out goes down.
+        self.slot.kept = self.slot.kept.saturating_sub(1);
         Ok(())
     }
 }

@@ -65,8 +65,9 @@ fn remember(_: &Ctx, value: Value) -> Result<Value, Error> {
 }
 
 /// Keeps a handle of the request it handles past the request, on purpose,
-/// and reads the request id through the one kept the time before (none the
-/// first time): a handle outlives its request only to trap when used.
+/// and answers the request id read through the one kept the time before.
+/// The host discards an instance that keeps a handle, so no request ever
+/// finds one: `previous` is always none.
 fn stash_call(_: &Ctx, _: Value) -> Result<Value, Error> {
     use ferry_sdk::__bindings::ferry::plugin::invocation::{Call, current};
     thread_local! {
